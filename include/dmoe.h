@@ -1,0 +1,255 @@
+/*
+ * dmoe.h: the public C API of dmoe, a Mixture-of-Experts layer engine.
+ *
+ * One forward of an MoE layer, as data:
+ *
+ *   x (T, H) --route--> topk_ids (T, K) int32, topk_weights (T, K) float32
+ *            --experts-> y (T, H) = sum_k w[t,k] * FFN_{ids[t,k]}(x[t]) (+ shared experts)
+ *
+ * where FFN_e(x) = W2_e @ (silu(W1_e @ x) * (W3_e @ x)) (SwiGLU).
+ *
+ * Weights use the Hugging Face / vLLM layout, row-major, all in the layer's
+ * weight dtype:
+ *   router       (E, H)
+ *   w13          (E, 2F, H)    gate rows (W1) first, then up rows (W3)
+ *   w2           (E, H, F)
+ *   shared_w13   (S, 2Fs, H)   optional shared experts (S = n_shared_experts)
+ *   shared_w2    (S, H, Fs)
+ *   shared_gate  (1, H)        optional Qwen2-MoE style sigmoid gate of the shared output
+ *   correction_bias (E) float32, optional, used for expert selection only (DeepSeek-V3)
+ *
+ * Objects are opaque handles. Every fallible call returns a dmoe_status
+ * (0 = ok, negative = error); dmoe_context_last_error() gives a detailed
+ * message for the last failure. A failed call leaves its outputs untouched.
+ *
+ * Routing rules (identical on every backend):
+ *  - scores = softmax(logits) over all E experts, or sigmoid(logits);
+ *  - choice = scores + correction_bias (if given), used only to pick experts;
+ *  - grouped top-k (n_group > 1): experts form n_group equal groups; a group's
+ *    score is the sum of its top-2 choice values (top-1 if a group has one
+ *    expert); the topk_group best groups are kept, the rest are masked out;
+ *  - top-k over choice; ties resolve to the LOWER expert index (also among groups);
+ *  - weight = score of the picked expert (without bias); if renormalize, weights
+ *    are divided by their sum (left as they are when that sum is 0);
+ *    then multiplied by routed_scaling_factor.
+ *  - Non-finite logits have defined behaviour: NaN counts as the lowest possible
+ *    logit (-FLT_MAX), +inf/-inf are clamped to +FLT_MAX/-FLT_MAX. So a token
+ *    whose logits are all NaN is routed to experts 0..K-1 with equal weights.
+ */
+#ifndef DMOE_H
+#define DMOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DMOE_VERSION_MAJOR 0
+#define DMOE_VERSION_MINOR 1
+#define DMOE_VERSION_PATCH 0
+
+#if defined(_WIN32) && defined(DMOE_SHARED_BUILD)
+#define DMOE_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define DMOE_API __attribute__((visibility("default")))
+#else
+#define DMOE_API
+#endif
+
+/* Limits. Backends may document tighter ones (the CUDA backend: K <= 32,
+ * H and F multiples of 8). */
+#define DMOE_MAX_EXPERTS 4096       /* E and S */
+#define DMOE_MAX_DIM (1 << 20)      /* H and F */
+#define DMOE_MAX_TOKENS (1 << 24)   /* max_tokens */
+
+/* ---- status codes: one X-macro list gives the enum and the strings ---- */
+#define DMOE_STATUS_LIST(X)                                                              \
+    X(DMOE_OK, 0, "ok")                                                                  \
+    X(DMOE_ERR_NULL_POINTER, -1, "a required pointer is NULL")                           \
+    X(DMOE_ERR_INVALID_ARGUMENT, -2, "invalid argument")                                 \
+    X(DMOE_ERR_BAD_SHAPE, -3, "tensor shape does not match the layer")                   \
+    X(DMOE_ERR_UNSUPPORTED_DTYPE, -4, "dtype not supported here")                        \
+    X(DMOE_ERR_DTYPE_MISMATCH, -5, "tensor dtype does not match the layer")              \
+    X(DMOE_ERR_MISALIGNED, -6, "pointer is not aligned as required")                     \
+    X(DMOE_ERR_OUT_OF_MEMORY, -7, "out of memory")                                       \
+    X(DMOE_ERR_BACKEND_UNAVAILABLE, -8, "backend not available in this build or machine") \
+    X(DMOE_ERR_NO_WEIGHTS, -9, "layer has no weights set")                               \
+    X(DMOE_ERR_TOO_MANY_TOKENS, -10, "token count exceeds the layer's max_tokens")       \
+    X(DMOE_ERR_WRONG_DEVICE, -11, "tensor lives on the wrong device")                    \
+    X(DMOE_ERR_CUDA, -12, "CUDA error")                                                  \
+    X(DMOE_ERR_IO, -13, "I/O error")                                                     \
+    X(DMOE_ERR_CORRUPT_FILE, -14, "file is corrupt or inconsistent")                     \
+    X(DMOE_ERR_UNSUPPORTED, -15, "operation not supported by this backend")              \
+    X(DMOE_ERR_THREAD, -16, "could not start worker threads")                            \
+    X(DMOE_ERR_INTERNAL, -17, "internal error")
+
+typedef enum dmoe_status {
+#define DMOE_X_ENUM(name, value, text) name = value,
+    DMOE_STATUS_LIST(DMOE_X_ENUM)
+#undef DMOE_X_ENUM
+} dmoe_status;
+
+/* A short static description of a status ("unknown status" for others). */
+DMOE_API const char *dmoe_status_str(dmoe_status status);
+/* The symbolic name of a status ("DMOE_ERR_BAD_SHAPE"). */
+DMOE_API const char *dmoe_status_name(dmoe_status status);
+/* "0.1.0 (cuda: yes|no)" */
+DMOE_API const char *dmoe_version_string(void);
+
+/* ---- dtypes and tensors ---- */
+typedef enum dmoe_dtype {
+    DMOE_DTYPE_F32 = 0,
+    DMOE_DTYPE_BF16 = 1,
+    DMOE_DTYPE_F16 = 2,
+    DMOE_DTYPE_I32 = 3,
+} dmoe_dtype;
+
+DMOE_API size_t dmoe_dtype_size(dmoe_dtype dtype);  /* 0 for unknown */
+DMOE_API const char *dmoe_dtype_name(dmoe_dtype dtype); /* "f32", "bf16", "f16", "i32" */
+
+#define DMOE_DEVICE_HOST (-1)
+
+/* A view of caller memory: contiguous, row-major. */
+typedef struct dmoe_tensor {
+    void *data;
+    dmoe_dtype dtype;
+    int32_t n_dims;     /* 1..4 */
+    int64_t shape[4];   /* shape[0] is the slowest dimension */
+    int32_t device;     /* DMOE_DEVICE_HOST or a CUDA device ordinal */
+} dmoe_tensor;
+
+/* Convenience: a host or device view of a 2-D contiguous array. */
+DMOE_API dmoe_tensor dmoe_tensor_2d(void *data, dmoe_dtype dtype, int64_t rows, int64_t cols,
+                                    int32_t device);
+
+/* ---- backends and contexts ---- */
+typedef enum dmoe_backend {
+    DMOE_BACKEND_CPU_REF = 0, /* plain reference, float64 accumulation: the oracle */
+    DMOE_BACKEND_CPU = 1,     /* threaded, SIMD (AVX-512 BF16 / AVX2 / C), runtime dispatch */
+    DMOE_BACKEND_CUDA = 2,    /* NVIDIA GPUs (Hopper kernels on sm_90) */
+    DMOE_BACKEND_COUNT
+} dmoe_backend;
+
+DMOE_API const char *dmoe_backend_name(dmoe_backend backend); /* "cpu-ref", "cpu", "cuda" */
+/* Parses a name; returns DMOE_ERR_INVALID_ARGUMENT for unknown names. */
+DMOE_API dmoe_status dmoe_backend_from_name(const char *name, dmoe_backend *out);
+/* 1 if the backend is compiled in and usable on this machine (CUDA: a device exists). */
+DMOE_API int dmoe_backend_available(dmoe_backend backend);
+
+/* Host memory allocator used for every host allocation dmoe makes. alloc must
+ * return memory aligned to `align` (a power of two <= 4096) or NULL. */
+typedef struct dmoe_allocator {
+    void *(*alloc)(void *user, size_t size, size_t align);
+    void (*free)(void *user, void *ptr);
+    void *user;
+} dmoe_allocator;
+
+typedef struct dmoe_context_desc {
+    dmoe_backend backend;
+    int32_t n_threads;               /* cpu: worker threads; 0 = all online cores */
+    int32_t device;                  /* cuda: device ordinal */
+    const dmoe_allocator *allocator; /* NULL = the C library's aligned allocator */
+} dmoe_context_desc;
+
+typedef struct dmoe_context dmoe_context;
+
+/* Fills *desc with defaults: backend cpu, all cores, device 0, default allocator. */
+DMOE_API void dmoe_context_desc_init(dmoe_context_desc *desc);
+/* Creates a context. On failure *out is untouched and the message is available
+ * from dmoe_context_last_error(NULL) (per thread). */
+DMOE_API dmoe_status dmoe_context_create(const dmoe_context_desc *desc, dmoe_context **out);
+/* Destroys a context; NULL is a no-op. All its layers must be destroyed first. */
+DMOE_API void dmoe_context_destroy(dmoe_context *ctx);
+/* The message of the last failure on ctx ("" if none). With ctx == NULL, the
+ * calling thread's last failure of a call that had no context. */
+DMOE_API const char *dmoe_context_last_error(const dmoe_context *ctx);
+/* Worker threads in use (cpu), 1 otherwise. */
+DMOE_API int32_t dmoe_context_n_threads(const dmoe_context *ctx);
+DMOE_API dmoe_backend dmoe_context_backend(const dmoe_context *ctx);
+
+/* ---- layers ---- */
+typedef enum dmoe_scoring {
+    DMOE_SCORING_SOFTMAX = 0,
+    DMOE_SCORING_SIGMOID = 1,
+} dmoe_scoring;
+
+typedef enum dmoe_shared_gate {
+    DMOE_SHARED_GATE_NONE = 0,    /* shared experts added as they are (DeepSeek) */
+    DMOE_SHARED_GATE_SIGMOID = 1, /* multiplied by sigmoid(shared_gate . x) (Qwen2-MoE) */
+} dmoe_shared_gate;
+
+typedef struct dmoe_routing_desc {
+    dmoe_scoring scoring;
+    int32_t renormalize;           /* 1: divide the top-k weights by their sum */
+    int32_t n_group;               /* 0 or 1: no grouping; else must divide E */
+    int32_t topk_group;            /* groups kept when n_group > 1 */
+    float routed_scaling_factor;   /* multiplies the final weights (finite, > 0) */
+    int32_t use_correction_bias;   /* 1: weights carry correction_bias (E) float32 */
+} dmoe_routing_desc;
+
+typedef struct dmoe_layer_desc {
+    int64_t hidden;              /* H */
+    int64_t ffn;                 /* F, per routed expert */
+    int32_t n_experts;           /* E */
+    int32_t top_k;               /* K, 1 <= K <= E */
+    int32_t n_shared_experts;    /* S, 0 = none */
+    int64_t shared_ffn;          /* Fs, per shared expert (required when S > 0) */
+    dmoe_shared_gate shared_gate;
+    dmoe_routing_desc routing;
+    dmoe_dtype act_dtype;        /* x and y: f32, bf16 or f16 */
+    dmoe_dtype weight_dtype;     /* every matrix: f32, bf16 or f16 */
+    int64_t max_tokens;          /* largest T a call may pass; workspace is sized for it */
+} dmoe_layer_desc;
+
+typedef struct dmoe_layer dmoe_layer;
+
+/* Defaults: softmax, renormalize on, no groups, scaling 1, no bias, no shared
+ * experts, bf16 activations and weights, max_tokens 8192; the sizes are 0 and
+ * must be set. */
+DMOE_API void dmoe_layer_desc_init(dmoe_layer_desc *desc);
+/* Validates desc and allocates the layer's workspace. */
+DMOE_API dmoe_status dmoe_layer_create(dmoe_context *ctx, const dmoe_layer_desc *desc,
+                                       dmoe_layer **out);
+DMOE_API void dmoe_layer_destroy(dmoe_layer *layer); /* NULL is a no-op */
+DMOE_API const dmoe_layer_desc *dmoe_layer_get_desc(const dmoe_layer *layer);
+
+/* Weight views: zero copy, the caller keeps the memory alive while the layer
+ * uses it. Pointers must be aligned to the element size (cpu backends) or to
+ * 16 bytes (cuda), and live on the context's device. */
+typedef struct dmoe_weights {
+    const void *router;          /* (E, H) */
+    const void *w13;             /* (E, 2F, H) */
+    const void *w2;              /* (E, H, F) */
+    const float *correction_bias; /* (E) float32; required iff routing.use_correction_bias */
+    const void *shared_w13;      /* (S, 2Fs, H); required iff S > 0 */
+    const void *shared_w2;       /* (S, H, Fs); required iff S > 0 */
+    const void *shared_gate;     /* (1, H); required iff shared_gate == SIGMOID */
+} dmoe_weights;
+
+DMOE_API dmoe_status dmoe_layer_set_weights(dmoe_layer *layer, const dmoe_weights *weights);
+
+/* y (T, H) = MoE(x (T, H)). x and y in act_dtype, 1 <= T <= max_tokens, and
+ * they must not overlap. stream is a cudaStream_t for the cuda backend (NULL =
+ * the default stream) and ignored elsewhere; cuda calls are asynchronous. */
+DMOE_API dmoe_status dmoe_forward(dmoe_layer *layer, const dmoe_tensor *x, dmoe_tensor *y,
+                                  void *stream);
+
+/* The routing half: topk_ids (T, K) int32, topk_weights (T, K) float32. */
+DMOE_API dmoe_status dmoe_route(dmoe_layer *layer, const dmoe_tensor *x, dmoe_tensor *topk_ids,
+                                dmoe_tensor *topk_weights, void *stream);
+
+/* The expert half with caller-supplied routing: y = sum_k w[t,k] FFN_ids[t,k](x[t])
+ * plus the shared experts. On cpu backends ids out of [0, E) are rejected with
+ * DMOE_ERR_INVALID_ARGUMENT; the cuda backend cannot check without a host
+ * synchronisation and skips such pairs (they contribute nothing). */
+DMOE_API dmoe_status dmoe_experts(dmoe_layer *layer, const dmoe_tensor *x,
+                                  const dmoe_tensor *topk_ids, const dmoe_tensor *topk_weights,
+                                  dmoe_tensor *y, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DMOE_H */
