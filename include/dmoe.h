@@ -248,6 +248,47 @@ DMOE_API dmoe_status dmoe_experts(dmoe_layer *layer, const dmoe_tensor *x,
                                   const dmoe_tensor *topk_ids, const dmoe_tensor *topk_weights,
                                   dmoe_tensor *y, void *stream);
 
+
+/* ---- safetensors files (src/store) ----
+ * A read-only, memory-mapped view of one .safetensors file. Every header field
+ * is validated when the file is opened: header length within the file, a JSON
+ * object, known dtypes, non-negative shapes, data_offsets in bounds, byte
+ * ranges that equal shape x dtype size, ranges that tile the data section with
+ * no overlap and no hole (as the format requires), and element alignment of
+ * every tensor in the mapping (so views are usable as typed pointers).
+ * Failures return DMOE_ERR_IO (cannot read), DMOE_ERR_CORRUPT_FILE (defective
+ * header), DMOE_ERR_UNSUPPORTED_DTYPE or DMOE_ERR_MISALIGNED, with the message in
+ * dmoe_context_last_error(NULL). */
+typedef struct dmoe_safetensors dmoe_safetensors;
+
+#define DMOE_ST_MAX_DIMS 8
+
+typedef struct dmoe_st_tensor_info {
+    const char *name;        /* owned by the file object */
+    const char *dtype_name;  /* as in the file: "BF16", "F32", "I64", ... */
+    int32_t dtype;           /* matching dmoe_dtype, or -1 when dmoe has none */
+    size_t element_size;     /* bytes per element */
+    int32_t n_dims;          /* 0..DMOE_ST_MAX_DIMS */
+    int64_t shape[DMOE_ST_MAX_DIMS];
+    const void *data;        /* points into the mapping; valid until close */
+    size_t n_bytes;
+} dmoe_st_tensor_info;
+
+DMOE_API dmoe_status dmoe_safetensors_open(const char *path, dmoe_safetensors **out);
+/* Parses a file image held in memory (not copied: buf must outlive the object). */
+DMOE_API dmoe_status dmoe_safetensors_open_memory(const void *buf, size_t len,
+                                                  dmoe_safetensors **out);
+DMOE_API void dmoe_safetensors_close(dmoe_safetensors *st); /* NULL is a no-op */
+DMOE_API int64_t dmoe_safetensors_count(const dmoe_safetensors *st);
+/* Tensors in file order of their data (ascending offsets). */
+DMOE_API dmoe_status dmoe_safetensors_get(const dmoe_safetensors *st, int64_t idx,
+                                          dmoe_st_tensor_info *out);
+/* DMOE_ERR_INVALID_ARGUMENT when no tensor has that name. */
+DMOE_API dmoe_status dmoe_safetensors_find(const dmoe_safetensors *st, const char *name,
+                                           dmoe_st_tensor_info *out);
+/* A "__metadata__" string value, or NULL. */
+DMOE_API const char *dmoe_safetensors_metadata(const dmoe_safetensors *st, const char *key);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,47 @@
+/*
+ * store-none.c: the store's entry points in a build without cJSON. Each one
+ * reports DMOE_ERR_UNSUPPORTED, so callers get a clear message, not a link error.
+ */
+#include "../dmoe-impl.h"
+
+static dmoe_status no_store(void) {
+    return dmoe__error(NULL, DMOE_ERR_UNSUPPORTED,
+                       "dmoe was built without cJSON: install libcjson-dev and rebuild");
+}
+
+dmoe_status dmoe_safetensors_open(const char *path, dmoe_safetensors **out) {
+    (void)path;
+    (void)out;
+    return no_store();
+}
+
+dmoe_status dmoe_safetensors_open_memory(const void *buf, size_t len, dmoe_safetensors **out) {
+    (void)buf;
+    (void)len;
+    (void)out;
+    return no_store();
+}
+
+void dmoe_safetensors_close(dmoe_safetensors *st) { (void)st; }
+int64_t dmoe_safetensors_count(const dmoe_safetensors *st) { (void)st; return 0; }
+
+dmoe_status dmoe_safetensors_get(const dmoe_safetensors *st, int64_t idx, dmoe_st_tensor_info *out) {
+    (void)st;
+    (void)idx;
+    (void)out;
+    return no_store();
+}
+
+dmoe_status dmoe_safetensors_find(const dmoe_safetensors *st, const char *name,
+                                  dmoe_st_tensor_info *out) {
+    (void)st;
+    (void)name;
+    (void)out;
+    return no_store();
+}
+
+const char *dmoe_safetensors_metadata(const dmoe_safetensors *st, const char *key) {
+    (void)st;
+    (void)key;
+    return NULL;
+}
