@@ -289,6 +289,41 @@ DMOE_API dmoe_status dmoe_safetensors_find(const dmoe_safetensors *st, const cha
 /* A "__metadata__" string value, or NULL. */
 DMOE_API const char *dmoe_safetensors_metadata(const dmoe_safetensors *st, const char *key);
 
+
+/* ---- Hugging Face model directories (src/store) ----
+ * A directory with config.json and model.safetensors, or shards listed in
+ * model.safetensors.index.json. Architectures (config "model_type"):
+ * mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3. Each MoE
+ * decoder layer maps to one dmoe layer; the loader copies that layer's
+ * per-expert tensors into one arena in dmoe's layout (converting dtype where
+ * the file's differs), owned by the layer. Errors: DMOE_ERR_IO,
+ * DMOE_ERR_CORRUPT_FILE (missing or inconsistent tensors or config fields),
+ * DMOE_ERR_UNSUPPORTED (an architecture or routing dmoe does not run). */
+typedef struct dmoe_model dmoe_model;
+
+DMOE_API dmoe_status dmoe_model_open(const char *dir, dmoe_model **out);
+DMOE_API void dmoe_model_close(dmoe_model *model); /* NULL is a no-op */
+DMOE_API const char *dmoe_model_arch(const dmoe_model *model);
+/* Number of MoE layers (dense decoder layers are not counted). */
+DMOE_API int32_t dmoe_model_n_moe_layers(const dmoe_model *model);
+/* The i-th MoE layer: its decoder layer index and a layer description with the
+ * shapes and routing from config.json, dtypes from the file, max_tokens 8192. */
+DMOE_API dmoe_status dmoe_model_moe_layer(const dmoe_model *model, int32_t i, int32_t *layer_idx,
+                                          dmoe_layer_desc *desc);
+/* Creates a layer for decoder layer layer_idx with its weights loaded. desc
+ * must be the one dmoe_model_moe_layer gave, where only act_dtype,
+ * weight_dtype and max_tokens may be changed. Host backends only for now. */
+DMOE_API dmoe_status dmoe_model_load_layer(dmoe_model *model, dmoe_context *ctx, int32_t layer_idx,
+                                           const dmoe_layer_desc *desc, dmoe_layer **out);
+
+/* Writes a synthetic model directory (config.json + model.safetensors) of
+ * architecture arch ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
+ * "deepseek_v3") with n_layers MoE layers shaped by desc (routing fields must
+ * match what the architecture supports), random bf16 weights from seed. */
+DMOE_API dmoe_status dmoe_model_write_synthetic(const char *dir, const char *arch,
+                                                const dmoe_layer_desc *desc, int32_t n_layers,
+                                                uint64_t seed);
+
 #ifdef __cplusplus
 }
 #endif

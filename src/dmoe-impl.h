@@ -54,6 +54,7 @@ struct dmoe_layer {
     dmoe_weights w;
     int has_weights;
     void *backend_data; /* owned by the backend: workspace sized for max_tokens */
+    void *owned_weights; /* (optional) host arena behind w, freed with the layer */
 };
 
 /* A backend is a table of functions; entries marked (optional) may be NULL.

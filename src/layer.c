@@ -129,6 +129,7 @@ void dmoe_layer_destroy(dmoe_layer *layer) {
     if (!layer) return;
     dmoe_context *ctx = layer->ctx;
     if (ctx->backend->layer_fini) ctx->backend->layer_fini(layer);
+    dmoe__free(ctx, layer->owned_weights);
     dmoe__free(ctx, layer);
 }
 

@@ -45,3 +45,41 @@ const char *dmoe_safetensors_metadata(const dmoe_safetensors *st, const char *ke
     (void)key;
     return NULL;
 }
+
+dmoe_status dmoe_model_open(const char *dir, dmoe_model **out) {
+    (void)dir;
+    (void)out;
+    return no_store();
+}
+void dmoe_model_close(dmoe_model *model) { (void)model; }
+const char *dmoe_model_arch(const dmoe_model *model) { (void)model; return NULL; }
+int32_t dmoe_model_n_moe_layers(const dmoe_model *model) { (void)model; return 0; }
+
+dmoe_status dmoe_model_moe_layer(const dmoe_model *model, int32_t i, int32_t *layer_idx,
+                                 dmoe_layer_desc *desc) {
+    (void)model;
+    (void)i;
+    (void)layer_idx;
+    (void)desc;
+    return no_store();
+}
+
+dmoe_status dmoe_model_load_layer(dmoe_model *model, dmoe_context *ctx, int32_t layer_idx,
+                                  const dmoe_layer_desc *desc, dmoe_layer **out) {
+    (void)model;
+    (void)ctx;
+    (void)layer_idx;
+    (void)desc;
+    (void)out;
+    return no_store();
+}
+
+dmoe_status dmoe_model_write_synthetic(const char *dir, const char *arch, const dmoe_layer_desc *desc,
+                                       int32_t n_layers, uint64_t seed) {
+    (void)dir;
+    (void)arch;
+    (void)desc;
+    (void)n_layers;
+    (void)seed;
+    return no_store();
+}
