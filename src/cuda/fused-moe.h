@@ -1,0 +1,54 @@
+/*
+ * fused-moe.h: the fused persistent MoE kernel (FlashDMoE design) for few
+ * tokens per expert: router, plan, GEMM1+SwiGLU, GEMM2 and combine in ONE
+ * launch, with counters instead of grid-wide barriers. See fused-moe.cu.
+ */
+#ifndef DMOE_CUDA_FUSED_MOE_H
+#define DMOE_CUDA_FUSED_MOE_H
+
+#include "cuda-ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Everything one fused forward reads and writes. Pointers are device memory. */
+typedef struct dmoe_fused_args {
+    /* problem */
+    int32_t n_tokens, hidden, ffn, n_experts, top_k;
+    int32_t n_shared, shared_ffn, shared_gate; /* shared_gate: 1 = sigmoid(gate . x) */
+    int32_t scoring, renormalize, n_group, topk_group, use_bias;
+    float scale;
+    int32_t route_from_ids; /* 1: topk_ids/topk_w are inputs (dmoe_experts), skip the router */
+    int32_t is_bf16;        /* 1: bf16 tensors, 0: f16 */
+    /* inputs (bf16 or f16) */
+    const void *x;            /* (T, H) */
+    const void *router;       /* (E, H) */
+    const float *bias;        /* (E) or NULL */
+    const void *w13;          /* (E, 2F, H) */
+    const void *w2;           /* (E, H, F) */
+    const void *shared_w13;   /* (S, 2Fs, H) */
+    const void *shared_w2;    /* (S, H, Fs) */
+    const void *shared_gate_w;/* (1, H) */
+    /* outputs */
+    void *y;                  /* (T, H) */
+    int32_t *topk_ids;        /* (T, K) written by the router (read when route_from_ids) */
+    float *topk_w;            /* (T, K) */
+    /* workspace, sized by dmoe__fused_workspace_bytes for max_tokens */
+    void *ws;
+} dmoe_fused_args;
+
+/* Bytes of workspace for a layer (zeroed once with cudaMemset at creation:
+ * the kernel leaves its counters at zero when it finishes). */
+size_t dmoe__fused_workspace_bytes(int64_t max_tokens, int32_t hidden, int32_t ffn, int32_t shared_ffn,
+                                   int32_t n_experts, int32_t top_k, int32_t n_shared);
+
+/* Launches the fused forward on stream (cooperative launch: every block resident). */
+dmoe_status dmoe__fused_forward(dmoe_context *ctx, const dmoe_fused_args *a, int32_t num_sms,
+                                cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DMOE_CUDA_FUSED_MOE_H */
