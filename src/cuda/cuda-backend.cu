@@ -1,10 +1,409 @@
-/* PLACEHOLDER for the CUDA backend: reports availability only. */
-#include <cuda_runtime.h>
-#include "../dmoe-impl.h"
+/*
+ * cuda-backend.cu: the CUDA backend (dmoe__backend_cuda), staged path.
+ *
+ * A context holds the device and its properties (cuda-context.h). A layer
+ * holds one device arena with all the workspace a forward of up to max_tokens
+ * needs, carved into views at creation; route, experts and forward then only
+ * launch kernels on the caller's stream: no allocation, no host
+ * synchronisation, so a forward can be captured in a CUDA graph.
+ *
+ * A forward, with T tokens, K = top_k, S shared experts (cuda-ops.h has the
+ * layouts):
+ *   router   x -> ids (T, K), wts (T, K)             router.cu  (T <= 16: also the plan)
+ *   plan     ids -> counts, offsets, pairs, slot_of  plan.cu
+ *   gemm1    x, w13 -> act (T*K, F)                  gemm-stream.cu | gemm-mma.cu | sm90
+ *   gemm2    act, w2, wts -> part (T*K, H)           same choice (heuristics.cu)
+ *   shared   [S > 0] trivial plan + gate, gemm1/gemm2 over S dense experts (shared.cu)
+ *   combine  part (+ shared part) -> y               combine.cu
+ *
+ * Backend limits: act_dtype == weight_dtype in {bf16, f16}; H, F and Fs
+ * multiples of 8 (16-byte rows); K <= 32; E and S <= 1024.
+ * Environment (read at layer creation): DMOE_CUDA_GEMM=auto|stream|mma|sm90
+ * forces a grouped GEMM; DMOE_PRINT_CONFIG=1 prints the choices of each new T;
+ * DMOE_CUDA_PDL=0 turns programmatic dependent launch off (read per context).
+ */
+#include "combine.h"
+#include "cuda-context.h"
+#include "cuda-ops.h"
+#include "gemm.h"
+#include "heuristics.h"
+#include "plan.h"
+#include "router.h"
+
+#define CUDA_MAX_EXPERTS 1024
+
+typedef struct cuda_layer {
+    void *arena;            /* one cudaMalloc, carved below */
+    float *logits;          /* router partial logits */
+    unsigned *counter;      /* router's last-block counter (1) */
+    int32_t *ids;           /* (maxT, K) */
+    float *wts;             /* (maxT, K) */
+    int32_t *counts;        /* (E) */
+    int32_t *offsets;       /* (E+1) */
+    int32_t *pairs;         /* (maxT*K) */
+    int32_t *slot_of;       /* (maxT*K) */
+    int32_t *plan_ws;       /* plan histogram */
+    void *act;              /* (maxT*K, F) */
+    void *part;             /* (maxT*K, H) */
+    float *wts_sh;          /* (maxT*S) */
+    int32_t *pairs_sh;      /* (maxT*S) */
+    int32_t *offsets_sh;    /* (S+1) */
+    void *act_sh;           /* (maxT*S, Fs) */
+    void *part_sh;          /* (maxT*S, H) */
+    dmoe_cuda_gemm_kind gemm_kind;
+    int print_config;
+    int64_t printed_tokens; /* T of the last printed configuration */
+} cuda_layer;
+
+static __global__ void probe_kernel(int *p) {
+    if (p) *p = 0;
+}
+
 static int cuda_available(void) {
     int n = 0;
-    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n > 0;
 }
+
+static dmoe_status use_device(dmoe_context *ctx) {
+    const int dev = dmoe__cuda_ctx(ctx)->device;
+    int cur = -1;
+    DMOE_CUDA_CHECK(ctx, cudaGetDevice(&cur));
+    if (cur != dev) DMOE_CUDA_CHECK(ctx, cudaSetDevice(dev));
+    return DMOE_OK;
+}
+
+static dmoe_status cuda_context_init(dmoe_context *ctx) {
+    int n = 0;
+    DMOE_CUDA_CHECK(ctx, cudaGetDeviceCount(&n));
+    if (ctx->desc.device >= n)
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "device %d does not exist (%d CUDA devices)",
+                           (int)ctx->desc.device, n);
+    DMOE_CUDA_CHECK(ctx, cudaSetDevice(ctx->desc.device));
+    cudaDeviceProp prop;
+    DMOE_CUDA_CHECK(ctx, cudaGetDeviceProperties(&prop, ctx->desc.device));
+    cudaFuncAttributes fa;
+    cudaError_t err = cudaFuncGetAttributes(&fa, probe_kernel);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        return dmoe__error(ctx, DMOE_ERR_BACKEND_UNAVAILABLE,
+                           "this build has no kernels for %s (sm_%d%d): %s; rebuild with "
+                           "CMAKE_CUDA_ARCHITECTURES for it",
+                           prop.name, prop.major, prop.minor, cudaGetErrorString(err));
+    }
+    dmoe_cuda_context *cc = (dmoe_cuda_context *)dmoe__calloc(ctx, 1, sizeof *cc);
+    if (!cc) return dmoe__error(ctx, DMOE_ERR_OUT_OF_MEMORY, "cuda: context state");
+    cc->device = ctx->desc.device;
+    cc->num_sms = prop.multiProcessorCount;
+    cc->cc_major = prop.major;
+    cc->cc_minor = prop.minor;
+    cc->smem_optin = prop.sharedMemPerBlockOptin;
+    cc->l2_bytes = (size_t)prop.l2CacheSize;
+    const char *pdl = getenv("DMOE_CUDA_PDL");
+    cc->pdl = prop.major >= 9 && !(pdl && strcmp(pdl, "0") == 0);
+    const char *pc = getenv("DMOE_PRINT_CONFIG");
+    cc->print_config = pc && strcmp(pc, "0") != 0 && *pc;
+    snprintf(cc->name, sizeof cc->name, "%s", prop.name);
+    ctx->backend_data = cc;
+    if (cc->print_config)
+        fprintf(stderr, "dmoe cuda: device %d %s sm_%d%d, %d SMs, L2 %zu MB, pdl %s, sm90 gemm %s\n",
+                cc->device, cc->name, cc->cc_major, cc->cc_minor, cc->num_sms, cc->l2_bytes >> 20,
+                cc->pdl ? "on" : "off",
+                dmoe__cuda_sm90_available(cc->cc_major, cc->cc_minor) ? "yes" : "no");
+    return DMOE_OK;
+}
+
+static void cuda_context_fini(dmoe_context *ctx) {
+    dmoe__free(ctx, ctx->backend_data);
+    ctx->backend_data = NULL;
+}
+
+/* Carves the arena: each view 256-byte aligned. With base == NULL it only counts. */
+static size_t carve(cuda_layer *L, const dmoe_layer_desc *d, int num_sms, char *base) {
+    const int64_t T = d->max_tokens, K = d->top_k, E = d->n_experts, H = d->hidden, F = d->ffn;
+    const int64_t S = d->n_shared_experts, Fs = d->shared_ffn;
+    const size_t es = dmoe_dtype_size(d->act_dtype);
+    size_t off = 0;
+#define DMOE_CARVE(field, type, bytes)                          \
+    do {                                                        \
+        if (base) L->field = (type)(void *)(base + off);        \
+        off += ((size_t)(bytes) + 255) & ~(size_t)255;          \
+    } while (0)
+    DMOE_CARVE(logits, float *, dmoe__cuda_router_ws_floats(T, H, (int32_t)E, num_sms) * sizeof(float));
+    DMOE_CARVE(counter, unsigned *, sizeof(unsigned));
+    DMOE_CARVE(ids, int32_t *, T * K * sizeof(int32_t));
+    DMOE_CARVE(wts, float *, T * K * sizeof(float));
+    DMOE_CARVE(counts, int32_t *, E * sizeof(int32_t));
+    DMOE_CARVE(offsets, int32_t *, (E + 1) * sizeof(int32_t));
+    DMOE_CARVE(pairs, int32_t *, T * K * sizeof(int32_t));
+    DMOE_CARVE(slot_of, int32_t *, T * K * sizeof(int32_t));
+    DMOE_CARVE(plan_ws, int32_t *, dmoe__cuda_plan_ws_ints(T * K, (int32_t)E) * sizeof(int32_t));
+    DMOE_CARVE(act, void *, (size_t)(T * K) * F * es);
+    DMOE_CARVE(part, void *, (size_t)(T * K) * H * es);
+    if (S > 0) {
+        DMOE_CARVE(wts_sh, float *, T * S * sizeof(float));
+        DMOE_CARVE(pairs_sh, int32_t *, T * S * sizeof(int32_t));
+        DMOE_CARVE(offsets_sh, int32_t *, (S + 1) * sizeof(int32_t));
+        DMOE_CARVE(act_sh, void *, (size_t)(T * S) * Fs * es);
+        DMOE_CARVE(part_sh, void *, (size_t)(T * S) * H * es);
+    }
+#undef DMOE_CARVE
+    return off;
+}
+
+static void cuda_layer_fini(dmoe_layer *layer) {
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    if (!L) return;
+    if (L->arena) {
+        int cur = -1;
+        if (cudaGetDevice(&cur) == cudaSuccess && cur != layer->ctx->desc.device)
+            cudaSetDevice(layer->ctx->desc.device);
+        cudaFree(L->arena);
+        (void)cudaGetLastError();
+    }
+    dmoe__free(layer->ctx, L);
+    layer->backend_data = NULL;
+}
+
+static dmoe_status cuda_layer_init(dmoe_layer *layer) {
+    dmoe_context *ctx = layer->ctx;
+    const dmoe_layer_desc *d = &layer->desc;
+    const dmoe_cuda_context *cc = dmoe__cuda_ctx(ctx);
+    if (d->act_dtype != d->weight_dtype ||
+        (d->act_dtype != DMOE_DTYPE_BF16 && d->act_dtype != DMOE_DTYPE_F16))
+        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED_DTYPE,
+                           "cuda: act_dtype and weight_dtype must be the same, bf16 or f16 "
+                           "(got act %s, weights %s)",
+                           dmoe_dtype_name(d->act_dtype), dmoe_dtype_name(d->weight_dtype));
+    if (d->hidden % 8 != 0 || d->ffn % 8 != 0 || (d->n_shared_experts > 0 && d->shared_ffn % 8 != 0))
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "cuda: hidden (%lld), ffn (%lld) and shared_ffn (%lld) must be multiples "
+                           "of 8 (rows are read 16 bytes at a time)",
+                           (long long)d->hidden, (long long)d->ffn,
+                           (long long)(d->n_shared_experts > 0 ? d->shared_ffn : 0));
+    if (d->n_experts > CUDA_MAX_EXPERTS || d->n_shared_experts > CUDA_MAX_EXPERTS)
+        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
+                           "cuda: at most %d routed and %d shared experts (got %d and %d)",
+                           CUDA_MAX_EXPERTS, CUDA_MAX_EXPERTS, (int)d->n_experts,
+                           (int)d->n_shared_experts);
+    dmoe_status st = use_device(ctx);
+    if (st != DMOE_OK) return st;
+    cuda_layer *L = (cuda_layer *)dmoe__calloc(ctx, 1, sizeof *L);
+    if (!L) return dmoe__error(ctx, DMOE_ERR_OUT_OF_MEMORY, "cuda: layer state");
+    layer->backend_data = L;
+    const size_t bytes = carve(L, d, cc->num_sms, NULL);
+    cudaError_t err = cudaMalloc(&L->arena, bytes);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        L->arena = NULL;
+        cuda_layer_fini(layer);
+        return dmoe__error(ctx, err == cudaErrorMemoryAllocation ? DMOE_ERR_OUT_OF_MEMORY : DMOE_ERR_CUDA,
+                           "cuda: cannot allocate %.1f MB of workspace for max_tokens=%lld: %s",
+                           (double)bytes / 1048576.0, (long long)d->max_tokens,
+                           cudaGetErrorString(err));
+    }
+    carve(L, d, cc->num_sms, (char *)L->arena);
+    err = cudaMemset(L->counter, 0, sizeof(unsigned));
+    if (err == cudaSuccess) err = cudaDeviceSynchronize();
+    if (err != cudaSuccess) {
+        cuda_layer_fini(layer);
+        return dmoe__cuda_error(ctx, err, "cudaMemset(counter)", __FILE__, __LINE__);
+    }
+    L->gemm_kind = dmoe__cuda_gemm_kind_from_env();
+    L->print_config = cc->print_config;
+    L->printed_tokens = -1;
+    if (L->print_config)
+        fprintf(stderr, "dmoe cuda: layer H=%lld F=%lld E=%d K=%d S=%d: %.1f MB workspace for %lld tokens, gemm %s\n",
+                (long long)d->hidden, (long long)d->ffn, (int)d->n_experts, (int)d->top_k,
+                (int)d->n_shared_experts, (double)bytes / 1048576.0, (long long)d->max_tokens,
+                dmoe__cuda_gemm_kind_name(L->gemm_kind));
+    return DMOE_OK;
+}
+
+static dmoe_status check_device_ptr(dmoe_context *ctx, const void *p, const char *name) {
+    if (!p) return DMOE_OK;
+    cudaPointerAttributes attr;
+    cudaError_t err = cudaPointerGetAttributes(&attr, p);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        return dmoe__error(ctx, DMOE_ERR_WRONG_DEVICE, "weights.%s is not CUDA memory (%s)", name,
+                           cudaGetErrorString(err));
+    }
+    const int dev = dmoe__cuda_ctx(ctx)->device;
+    if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+        return dmoe__error(ctx, DMOE_ERR_WRONG_DEVICE,
+                           "weights.%s is host memory; the cuda backend needs device memory on "
+                           "device %d",
+                           name, dev);
+    if (attr.device != dev)
+        return dmoe__error(ctx, DMOE_ERR_WRONG_DEVICE, "weights.%s is on device %d, the context uses %d",
+                           name, attr.device, dev);
+    return DMOE_OK;
+}
+
+static dmoe_status cuda_layer_weights_changed(dmoe_layer *layer) {
+    dmoe_context *ctx = layer->ctx;
+    const dmoe_weights *w = &layer->w;
+    dmoe_status st;
+    if ((st = check_device_ptr(ctx, w->router, "router"))) return st;
+    if ((st = check_device_ptr(ctx, w->w13, "w13"))) return st;
+    if ((st = check_device_ptr(ctx, w->w2, "w2"))) return st;
+    if ((st = check_device_ptr(ctx, w->correction_bias, "correction_bias"))) return st;
+    if ((st = check_device_ptr(ctx, w->shared_w13, "shared_w13"))) return st;
+    if ((st = check_device_ptr(ctx, w->shared_w2, "shared_w2"))) return st;
+    if ((st = check_device_ptr(ctx, w->shared_gate, "shared_gate"))) return st;
+    return DMOE_OK;
+}
+
+static dmoe_cuda_grouped_args grouped_args(const dmoe_cuda_context *cc, dmoe_dtype dt, int64_t T,
+                                           int32_t K, int32_t E, int64_t k_dim, int64_t n_dim,
+                                           const int32_t *offsets, const int32_t *pairs) {
+    dmoe_cuda_grouped_args a;
+    memset(&a, 0, sizeof a);
+    a.n_rows = T * K;
+    a.n_tokens = T;
+    a.top_k = K;
+    a.n_experts = E;
+    a.k_dim = k_dim;
+    a.n_dim = n_dim;
+    a.offsets = offsets;
+    a.pairs = pairs;
+    a.dtype = dt;
+    a.num_sms = cc->num_sms;
+    return a;
+}
+
+static const char *choice_str(const dmoe_cuda_gemm_choice *c, char *buf, size_t n) {
+    if (c->kind == DMOE_CUDA_GEMM_STREAM) snprintf(buf, n, "stream (%d tokens/pass)", (int)c->tile);
+    else if (c->kind == DMOE_CUDA_GEMM_MMA) snprintf(buf, n, "mma (%dx128 tiles)", (int)c->tile);
+    else snprintf(buf, n, "%s", dmoe__cuda_gemm_kind_name(c->kind));
+    return buf;
+}
+
+/* The expert half: plan (unless the router did it), GEMMs, shared experts, combine. */
+static dmoe_status run_experts(dmoe_layer *layer, const void *x, int64_t T, const int32_t *ids,
+                               const float *wts, void *y, int plan_done, cudaStream_t stream) {
+    dmoe_context *ctx = layer->ctx;
+    const dmoe_layer_desc *d = &layer->desc;
+    const dmoe_cuda_context *cc = dmoe__cuda_ctx(ctx);
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    const dmoe_dtype dt = d->act_dtype;
+    const int32_t K = d->top_k, E = d->n_experts, S = d->n_shared_experts;
+    dmoe_status st;
+    if (!plan_done) {
+        st = dmoe__cuda_plan(ctx, ids, T * K, E, L->counts, L->offsets, L->pairs, L->slot_of,
+                             L->plan_ws, stream);
+        if (st != DMOE_OK) return st;
+    }
+    dmoe_cuda_grouped_args a1 = grouped_args(cc, dt, T, K, E, d->hidden, d->ffn, L->offsets, L->pairs);
+    dmoe_cuda_grouped_args a2 = grouped_args(cc, dt, T, K, E, d->ffn, d->hidden, L->offsets, L->pairs);
+    dmoe_cuda_gemm_choice c = dmoe__cuda_choose_gemm(L->gemm_kind, &a1, cc->cc_major, cc->cc_minor);
+    if ((st = c.gemm1(ctx, &a1, x, layer->w.w13, L->act, stream))) return st;
+    if ((st = c.gemm2(ctx, &a2, L->act, layer->w.w2, wts, L->part, stream))) return st;
+    dmoe_cuda_gemm_choice cs;
+    memset(&cs, 0, sizeof cs);
+    if (S > 0) {
+        st = dmoe__cuda_shared_prep(ctx, x, layer->w.shared_gate, T, d->hidden, S, dt, L->wts_sh,
+                                    L->pairs_sh, L->offsets_sh, stream);
+        if (st != DMOE_OK) return st;
+        dmoe_cuda_grouped_args s1 =
+            grouped_args(cc, dt, T, S, S, d->hidden, d->shared_ffn, L->offsets_sh, L->pairs_sh);
+        dmoe_cuda_grouped_args s2 =
+            grouped_args(cc, dt, T, S, S, d->shared_ffn, d->hidden, L->offsets_sh, L->pairs_sh);
+        cs = dmoe__cuda_choose_gemm(L->gemm_kind, &s1, cc->cc_major, cc->cc_minor);
+        if ((st = cs.gemm1(ctx, &s1, x, layer->w.shared_w13, L->act_sh, stream))) return st;
+        if ((st = cs.gemm2(ctx, &s2, L->act_sh, layer->w.shared_w2, L->wts_sh, L->part_sh, stream)))
+            return st;
+    }
+    if (L->print_config && L->printed_tokens != T) {
+        char b1[64], b2[64];
+        L->printed_tokens = T;
+        dmoe_cuda_router_cfg rc = dmoe__cuda_router_config(T, d->hidden, E, cc->num_sms);
+        fprintf(stderr,
+                "dmoe cuda: T=%lld H=%lld F=%lld E=%d K=%d: router %s, plan %s, experts %s "
+                "(~%lld rows/expert)%s%s\n",
+                (long long)T, (long long)d->hidden, (long long)d->ffn, (int)E, (int)K,
+                rc.use_mma ? "mma logits + route" : (rc.fused ? "stream split-k, fused route" : "stream split-k + route"),
+                plan_done ? "fused in router" : (T * K <= DMOE_CUDA_PLAN_SMALL ? "1 block" : "3 kernels"),
+                choice_str(&c, b1, sizeof b1), (long long)dmoe__cuda_rows_estimate(&a1),
+                S > 0 ? ", shared " : "", S > 0 ? choice_str(&cs, b2, sizeof b2) : "");
+    }
+    return dmoe__cuda_combine(ctx, L->part, L->slot_of, T, K, S > 0 ? L->part_sh : NULL, S, d->hidden,
+                              dt, y, stream);
+}
+
+static dmoe_cuda_router_args router_args(dmoe_layer *layer, const void *x, int64_t T,
+                                         int32_t *ids, float *wts) {
+    const dmoe_layer_desc *d = &layer->desc;
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    dmoe_cuda_router_args r;
+    memset(&r, 0, sizeof r);
+    r.x = x;
+    r.weight = layer->w.router;
+    r.bias = layer->w.correction_bias;
+    r.n_tokens = T;
+    r.hidden = d->hidden;
+    r.n_experts = d->n_experts;
+    r.top_k = d->top_k;
+    r.routing = d->routing;
+    r.dtype = d->act_dtype;
+    r.logits_ws = L->logits;
+    r.counter = L->counter;
+    r.topk_ids = ids;
+    r.topk_w = wts;
+    return r;
+}
+
+static dmoe_status cuda_route(dmoe_layer *layer, const void *x, int64_t n_tokens, int32_t *topk_ids,
+                              float *topk_weights, void *stream) {
+    dmoe_status st = use_device(layer->ctx);
+    if (st != DMOE_OK) return st;
+    (void)cudaGetLastError();
+    dmoe_cuda_router_args r = router_args(layer, x, n_tokens, topk_ids, topk_weights);
+    int plan_done = 0;
+    return dmoe__cuda_router(layer->ctx, &r, &plan_done, (cudaStream_t)stream);
+}
+
+static dmoe_status cuda_experts(dmoe_layer *layer, const void *x, int64_t n_tokens,
+                                const int32_t *topk_ids, const float *topk_weights, void *y,
+                                void *stream) {
+    dmoe_status st = use_device(layer->ctx);
+    if (st != DMOE_OK) return st;
+    (void)cudaGetLastError();
+    return run_experts(layer, x, n_tokens, topk_ids, topk_weights, y, 0, (cudaStream_t)stream);
+}
+
+static dmoe_status cuda_forward(dmoe_layer *layer, const void *x, int64_t n_tokens, void *y,
+                                void *stream) {
+    dmoe_status st = use_device(layer->ctx);
+    if (st != DMOE_OK) return st;
+    (void)cudaGetLastError();
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    dmoe_cuda_router_args r = router_args(layer, x, n_tokens, L->ids, L->wts);
+    r.counts = L->counts;
+    r.offsets = L->offsets;
+    r.pairs = L->pairs;
+    r.slot_of = L->slot_of;
+    int plan_done = 0;
+    st = dmoe__cuda_router(layer->ctx, &r, &plan_done, (cudaStream_t)stream);
+    if (st != DMOE_OK) return st;
+    return run_experts(layer, x, n_tokens, L->ids, L->wts, y, plan_done, (cudaStream_t)stream);
+}
+
 extern "C" const dmoe_backend_iface dmoe__backend_cuda = {
-    "cuda", 16, 32, cuda_available, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    /* .name                  = */ "cuda",
+    /* .weight_align          = */ 16,
+    /* .max_top_k             = */ 32,
+    /* .available             = */ cuda_available,
+    /* .context_init          = */ cuda_context_init,
+    /* .context_fini          = */ cuda_context_fini,
+    /* .layer_init            = */ cuda_layer_init,
+    /* .layer_fini            = */ cuda_layer_fini,
+    /* .layer_weights_changed = */ cuda_layer_weights_changed,
+    /* .route                 = */ cuda_route,
+    /* .experts               = */ cuda_experts,
+    /* .forward               = */ cuda_forward,
 };

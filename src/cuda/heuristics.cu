@@ -1,0 +1,148 @@
+/*
+ * heuristics.cu: the launch-shape decisions of the CUDA backend (host code
+ * only, see heuristics.h). Kernels never decide their own shapes; they get
+ * them from here, so one file says how a shape is run.
+ *
+ * Grouped GEMMs. The quantity that decides is m, the rows an expert gets. We
+ * plan for a high quantile of a balanced routing: with n = T*K pairs over E
+ * experts, avg = n/E and m ~ avg + 3*sqrt(avg) + 1, capped by T (router ids
+ * pick an expert at most once per token). Then:
+ *   m <= 64   stream (weight streaming, 8/16/32/64 tokens per pass): HBM-bound,
+ *             every weight read once per pass (measured 80-95% of the copy
+ *             bandwidth floor at 16..64 rows; the mma.sync tiles reached only
+ *             55-58% there, bench/cuda-notes.md);
+ *   else      the sm90 wgmma kernels when they are built and the device is
+ *             sm_90, else mma.sync with 64- or 128-row tiles.
+ * Router. Up to T = 1024 a split-k streaming kernel: 16 experts x k_chunk per
+ * block, with k_splits chosen so that ~2 blocks per SM read the router
+ * weights; T <= 16 routes inside that launch (fused). Beyond, tiled mma logits.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemm.h"
+#include "heuristics.h"
+#ifdef DMOE_HAVE_SM90_GEMM
+#include "sm90-grouped-gemm.h"
+#endif
+
+extern "C" const char *dmoe__cuda_gemm_kind_name(dmoe_cuda_gemm_kind kind) {
+    switch (kind) {
+    case DMOE_CUDA_GEMM_AUTO: return "auto";
+    case DMOE_CUDA_GEMM_STREAM: return "stream";
+    case DMOE_CUDA_GEMM_MMA: return "mma";
+    case DMOE_CUDA_GEMM_SM90: return "sm90";
+    }
+    return "unknown";
+}
+
+extern "C" int dmoe__cuda_sm90_available(int cc_major, int cc_minor) {
+#ifdef DMOE_HAVE_SM90_GEMM
+    return cc_major == 9 && cc_minor == 0;
+#else
+    (void)cc_major;
+    (void)cc_minor;
+    return 0;
+#endif
+}
+
+extern "C" dmoe_cuda_gemm_kind dmoe__cuda_gemm_kind_from_env(void) {
+    const char *v = getenv("DMOE_CUDA_GEMM");
+    if (!v || !*v || strcmp(v, "auto") == 0) return DMOE_CUDA_GEMM_AUTO;
+    if (strcmp(v, "stream") == 0) return DMOE_CUDA_GEMM_STREAM;
+    if (strcmp(v, "mma") == 0) return DMOE_CUDA_GEMM_MMA;
+    if (strcmp(v, "sm90") == 0) {
+#ifdef DMOE_HAVE_SM90_GEMM
+        return DMOE_CUDA_GEMM_SM90;
+#else
+        fprintf(stderr, "dmoe: DMOE_CUDA_GEMM=sm90 but the sm90 kernels are not built; using auto\n");
+        return DMOE_CUDA_GEMM_AUTO;
+#endif
+    }
+    fprintf(stderr, "dmoe: unknown DMOE_CUDA_GEMM=%s (auto|stream|mma|sm90); using auto\n", v);
+    return DMOE_CUDA_GEMM_AUTO;
+}
+
+extern "C" int64_t dmoe__cuda_rows_estimate(const dmoe_cuda_grouped_args *a) {
+    const double avg = (double)a->n_rows / (double)a->n_experts;
+    double est = avg + 3.0 * sqrt(avg) + 1.0;
+    if (est > (double)a->n_tokens) est = (double)a->n_tokens;
+    if (est > (double)a->n_rows) est = (double)a->n_rows;
+    int64_t m = (int64_t)ceil(est);
+    return m < 1 ? 1 : m;
+}
+
+extern "C" int32_t dmoe__cuda_stream_tokens(const dmoe_cuda_grouped_args *a) {
+    const int64_t m = dmoe__cuda_rows_estimate(a);
+    if (m <= 8) return 8;
+    if (m <= 16) return 16;
+    if (m <= 32) return 32;
+    return 64;
+}
+
+extern "C" int32_t dmoe__cuda_mma_rows(const dmoe_cuda_grouped_args *a) {
+    return dmoe__cuda_rows_estimate(a) <= 64 ? 64 : 128;
+}
+
+extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forced,
+                                                        const dmoe_cuda_grouped_args *a,
+                                                        int cc_major, int cc_minor) {
+    dmoe_cuda_gemm_kind kind = forced;
+    const int64_t m = dmoe__cuda_rows_estimate(a);
+    if (kind == DMOE_CUDA_GEMM_SM90 && !dmoe__cuda_sm90_available(cc_major, cc_minor))
+        kind = DMOE_CUDA_GEMM_AUTO;
+    if (kind == DMOE_CUDA_GEMM_AUTO) {
+        if (m <= 64) kind = DMOE_CUDA_GEMM_STREAM;
+        else if (dmoe__cuda_sm90_available(cc_major, cc_minor)) kind = DMOE_CUDA_GEMM_SM90;
+        else kind = DMOE_CUDA_GEMM_MMA;
+    }
+    dmoe_cuda_gemm_choice c;
+    memset(&c, 0, sizeof c);
+    c.kind = kind;
+    switch (kind) {
+    case DMOE_CUDA_GEMM_STREAM:
+        c.gemm1 = dmoe__cuda_gemm1_stream;
+        c.gemm2 = dmoe__cuda_gemm2_stream;
+        c.tile = dmoe__cuda_stream_tokens(a);
+        break;
+#ifdef DMOE_HAVE_SM90_GEMM
+    case DMOE_CUDA_GEMM_SM90:
+        c.gemm1 = dmoe__cuda_gemm1_sm90;
+        c.gemm2 = dmoe__cuda_gemm2_sm90;
+        c.tile = 0;
+        break;
+#endif
+    default:
+        c.kind = DMOE_CUDA_GEMM_MMA;
+        c.gemm1 = dmoe__cuda_gemm1_mma;
+        c.gemm2 = dmoe__cuda_gemm2_mma;
+        c.tile = dmoe__cuda_mma_rows(a);
+        break;
+    }
+    return c;
+}
+
+extern "C" dmoe_cuda_router_cfg dmoe__cuda_router_config(int64_t n_tokens, int64_t hidden,
+                                                         int32_t n_experts, int32_t num_sms) {
+    dmoe_cuda_router_cfg c;
+    memset(&c, 0, sizeof c);
+    if (n_tokens > 1024) {
+        c.use_mma = 1;
+        c.k_splits = 1;
+        return c;
+    }
+    c.tok_tiles = n_tokens <= 8 ? 1 : (n_tokens <= 16 ? 2 : 4);
+    const int64_t row_tiles = (n_experts + 15) / 16;
+    const int64_t max_splits = (hidden + 255) / 256;
+    int64_t splits = (2 * (int64_t)num_sms + row_tiles - 1) / row_tiles;
+    if (splits > max_splits) splits = max_splits;
+    if (splits < 1) splits = 1;
+    int64_t chunk = (hidden + splits - 1) / splits;
+    chunk = (chunk + 255) / 256 * 256;
+    c.k_chunk = chunk;
+    c.k_splits = (int32_t)((hidden + chunk - 1) / chunk);
+    c.fused = n_tokens <= 16;
+    return c;
+}
