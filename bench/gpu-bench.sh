@@ -26,7 +26,7 @@ fi
 OUT=${OUT:-$PWD/gpu-bench-out}
 mkdir -p "$OUT"
 STAGES=${*:-tests sanitize bench}
-T_TESTS=${DMOE_T_TESTS:-240}
+T_TESTS=${DMOE_T_TESTS:-300}
 T_SAN=${DMOE_T_SAN:-120}
 T_BENCH=${DMOE_T_BENCH:-300}
 
@@ -47,13 +47,19 @@ for stage in $STAGES; do
   case $stage in
   tests)
     start=$(date +%s)
-    for t in test-cuda-errors test-cuda-ops test-cuda-forward test-cuda-graph; do
+    # name[:path]: the forward and graph tests run again through the fused kernel
+    for spec in test-cuda-errors test-cuda-ops test-cuda-forward test-cuda-graph \
+                test-cuda-forward:fused test-cuda-graph:fused; do
+      t=${spec%%:*}
+      path=staged
+      [ "$spec" != "$t" ] && path=${spec#*:}
+      log="$OUT/$t-$path.log"
       left=$((T_TESTS - ($(date +%s) - start)))
-      [ $left -lt 5 ] && { SUMMARY="$SUMMARY\n$t: not run (time)"; continue; }
-      timeout $left "$BIN/$t" >"$OUT/$t.log" 2>&1
+      [ $left -lt 5 ] && { SUMMARY="$SUMMARY\n$spec: not run (time)"; continue; }
+      DMOE_PATH=$path timeout $left "$BIN/$t" >"$log" 2>&1
       rc=$?
-      grep -E "FAIL|FATAL|checks|SKIPPED" "$OUT/$t.log" | tail -12
-      SUMMARY="$SUMMARY\n$t: rc=$rc $(grep -E 'checks' "$OUT/$t.log" | tail -1)"
+      grep -E "FAIL|FATAL|checks|SKIPPED" "$log" | tail -12
+      SUMMARY="$SUMMARY\n$spec: rc=$rc $(grep -E 'checks' "$log" | tail -1)"
     done
     ;;
   sanitize)
@@ -71,6 +77,10 @@ for stage in $STAGES; do
     DMOE_PRINT_CONFIG=1 DMOE_LIB=$LIB/libdmoe.so PYTHONUNBUFFERED=1 timeout $T_BENCH python3 bench/gpu_bench.py \
       --out "$OUT" --time-limit $((T_BENCH - 25)) 2>&1 | tee "$OUT/bench.txt" | tail -40
     SUMMARY="$SUMMARY\nbench: rc=${PIPESTATUS[0]}"
+    mkdir -p "$OUT/fused"
+    DMOE_PATH=fused DMOE_LIB=$LIB/libdmoe.so PYTHONUNBUFFERED=1 timeout ${DMOE_T_FUSED:-60} python3 bench/gpu_bench.py \
+      --out "$OUT/fused" --tokens 1,16 --time-limit 40 2>&1 | tee "$OUT/bench-fused.txt" | tail -14
+    SUMMARY="$SUMMARY\nbench fused (T=1,16): rc=${PIPESTATUS[0]}"
     ;;
   esac
 done

@@ -18,12 +18,19 @@
  *
  * Backend limits: act_dtype == weight_dtype in {bf16, f16}; H, F and Fs
  * multiples of 8 (16-byte rows); K <= 32; E and S <= 1024.
+ * Two paths: the staged kernels above, and the fused persistent kernel
+ * (fused-moe.cu: the whole forward in one cooperative launch) for up to
+ * FUSED_MAX_TOKENS tokens. DMOE_PATH=staged|fused|auto picks one (read at
+ * layer creation); auto is staged for now because the two measured within a
+ * few percent of each other at decode (bench/fused-notes.md), and staged
+ * covers every T. A fused request above FUSED_MAX_TOKENS runs staged.
  * Environment (read at layer creation): DMOE_CUDA_GEMM=auto|stream|mma|sm90
  * forces a grouped GEMM; DMOE_PRINT_CONFIG=1 prints the choices of each new T;
  * DMOE_CUDA_PDL=0 turns programmatic dependent launch off (read per context).
  */
 #include "combine.h"
 #include "cuda-context.h"
+#include "fused-moe.h"
 #include "cuda-ops.h"
 #include "gemm.h"
 #include "heuristics.h"
@@ -31,6 +38,7 @@
 #include "router.h"
 
 #define CUDA_MAX_EXPERTS 1024
+#define FUSED_MAX_TOKENS 64
 
 typedef struct cuda_layer {
     void *arena;            /* one cudaMalloc, carved below */
@@ -50,6 +58,9 @@ typedef struct cuda_layer {
     int32_t *offsets_sh;    /* (S+1) */
     void *act_sh;           /* (maxT*S, Fs) */
     void *part_sh;          /* (maxT*S, H) */
+    void *fused_ws;         /* fused kernel workspace (zeroed once; the kernel leaves it so) */
+    int64_t fused_max_t;    /* tokens the fused workspace holds */
+    int use_fused;          /* DMOE_PATH=fused */
     dmoe_cuda_gemm_kind gemm_kind;
     int print_config;
     int64_t printed_tokens; /* T of the last printed configuration */
@@ -157,11 +168,12 @@ static size_t carve(cuda_layer *L, const dmoe_layer_desc *d, int num_sms, char *
 static void cuda_layer_fini(dmoe_layer *layer) {
     cuda_layer *L = (cuda_layer *)layer->backend_data;
     if (!L) return;
-    if (L->arena) {
+    if (L->arena || L->fused_ws) {
         int cur = -1;
         if (cudaGetDevice(&cur) == cudaSuccess && cur != layer->ctx->desc.device)
             cudaSetDevice(layer->ctx->desc.device);
         cudaFree(L->arena);
+        cudaFree(L->fused_ws);
         (void)cudaGetLastError();
     }
     dmoe__free(layer->ctx, L);
@@ -211,6 +223,26 @@ static dmoe_status cuda_layer_init(dmoe_layer *layer) {
     if (err != cudaSuccess) {
         cuda_layer_fini(layer);
         return dmoe__cuda_error(ctx, err, "cudaMemset(counter)", __FILE__, __LINE__);
+    }
+    const char *path = getenv("DMOE_PATH");
+    if (path && strcmp(path, "fused") == 0) {
+        L->use_fused = 1;
+        L->fused_max_t = d->max_tokens < FUSED_MAX_TOKENS ? d->max_tokens : FUSED_MAX_TOKENS;
+        const size_t fb = dmoe__fused_workspace_bytes(L->fused_max_t, (int32_t)d->hidden, (int32_t)d->ffn,
+                                                      (int32_t)d->shared_ffn, d->n_experts, d->top_k,
+                                                      d->n_shared_experts);
+        err = cudaMalloc(&L->fused_ws, fb);
+        if (err == cudaSuccess) err = cudaMemset(L->fused_ws, 0, fb);
+        if (err == cudaSuccess) err = cudaDeviceSynchronize();
+        if (err != cudaSuccess) {
+            (void)cudaGetLastError();
+            if (err == cudaErrorMemoryAllocation) L->fused_ws = NULL;
+            cuda_layer_fini(layer);
+            return dmoe__cuda_error(ctx, err, "fused workspace", __FILE__, __LINE__);
+        }
+    } else if (path && strcmp(path, "staged") != 0 && strcmp(path, "auto") != 0) {
+        cuda_layer_fini(layer);
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "DMOE_PATH=%s: expected staged, fused or auto", path);
     }
     L->gemm_kind = dmoe__cuda_gemm_kind_from_env();
     L->print_config = cc->print_config;
@@ -335,6 +367,51 @@ static dmoe_status run_experts(dmoe_layer *layer, const void *x, int64_t T, cons
                               dt, y, stream);
 }
 
+/* The whole forward (route_from_ids = 0) or the expert half with the caller's
+ * routing (1) in one launch of the fused kernel. */
+static dmoe_status run_fused(dmoe_layer *layer, const void *x, int64_t T, int32_t *ids, float *wts,
+                             int route_from_ids, void *y, cudaStream_t stream) {
+    const dmoe_layer_desc *d = &layer->desc;
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    dmoe_fused_args a;
+    memset(&a, 0, sizeof a);
+    a.n_tokens = (int32_t)T;
+    a.hidden = (int32_t)d->hidden;
+    a.ffn = (int32_t)d->ffn;
+    a.n_experts = d->n_experts;
+    a.top_k = d->top_k;
+    a.n_shared = d->n_shared_experts;
+    a.shared_ffn = (int32_t)d->shared_ffn;
+    a.shared_gate = d->shared_gate == DMOE_SHARED_GATE_SIGMOID;
+    a.scoring = d->routing.scoring;
+    a.renormalize = d->routing.renormalize;
+    a.n_group = d->routing.n_group;
+    a.topk_group = d->routing.topk_group;
+    a.use_bias = d->routing.use_correction_bias;
+    a.scale = d->routing.routed_scaling_factor;
+    a.route_from_ids = route_from_ids;
+    a.is_bf16 = d->act_dtype == DMOE_DTYPE_BF16;
+    a.x = x;
+    a.router = layer->w.router;
+    a.bias = layer->w.correction_bias;
+    a.w13 = layer->w.w13;
+    a.w2 = layer->w.w2;
+    a.shared_w13 = layer->w.shared_w13;
+    a.shared_w2 = layer->w.shared_w2;
+    a.shared_gate_w = layer->w.shared_gate;
+    a.y = y;
+    a.topk_ids = ids;
+    a.topk_w = wts;
+    a.ws = L->fused_ws;
+    if (L->print_config && L->printed_tokens != T) {
+        L->printed_tokens = T;
+        fprintf(stderr, "dmoe cuda: T=%lld: fused persistent kernel (DMOE_PATH=fused)\n", (long long)T);
+    }
+    return dmoe__fused_forward(layer->ctx, &a, dmoe__cuda_ctx(layer->ctx)->num_sms, stream);
+}
+
+static int fused_fits(const cuda_layer *L, int64_t T) { return L->use_fused && T <= L->fused_max_t; }
+
 static dmoe_cuda_router_args router_args(dmoe_layer *layer, const void *x, int64_t T,
                                          int32_t *ids, float *wts) {
     const dmoe_layer_desc *d = &layer->desc;
@@ -373,6 +450,9 @@ static dmoe_status cuda_experts(dmoe_layer *layer, const void *x, int64_t n_toke
     dmoe_status st = use_device(layer->ctx);
     if (st != DMOE_OK) return st;
     (void)cudaGetLastError();
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    if (fused_fits(L, n_tokens))
+        return run_fused(layer, x, n_tokens, (int32_t *)topk_ids, (float *)topk_weights, 1, y, (cudaStream_t)stream);
     return run_experts(layer, x, n_tokens, topk_ids, topk_weights, y, 0, (cudaStream_t)stream);
 }
 
@@ -382,6 +462,7 @@ static dmoe_status cuda_forward(dmoe_layer *layer, const void *x, int64_t n_toke
     if (st != DMOE_OK) return st;
     (void)cudaGetLastError();
     cuda_layer *L = (cuda_layer *)layer->backend_data;
+    if (fused_fits(L, n_tokens)) return run_fused(layer, x, n_tokens, L->ids, L->wts, 0, y, (cudaStream_t)stream);
     dmoe_cuda_router_args r = router_args(layer, x, n_tokens, L->ids, L->wts);
     r.counts = L->counts;
     r.offsets = L->offsets;

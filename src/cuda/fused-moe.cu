@@ -46,11 +46,13 @@
 
 #include "fused-moe.h"
 
-#define FM_THREADS 256
+#ifndef FM_THREADS
+#define FM_THREADS 128
+#endif
 #define FM_WARPS (FM_THREADS / 32)
-#define FM_TOPK_WARPS 8
+#define FM_TOPK_WARPS FM_WARPS
 #ifndef FM_MIN_BLOCKS
-#define FM_MIN_BLOCKS 2 /* blocks per SM the register budget is cut for */
+#define FM_MIN_BLOCKS 4 /* blocks per SM the register budget is cut for */
 #endif
 
 /* Counter block at the start of the workspace (uint32 each). */
@@ -128,9 +130,6 @@ static __device__ __forceinline__ void wait_at_least(const uint32_t *p, uint32_t
         __nanosleep(ns);
         ns = ns < 512 ? ns * 2 : ns;
     }
-}
-static __device__ __forceinline__ void prefetch_l2(const void *p) {
-    asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p));
 }
 
 template <bool BF16> static __device__ __forceinline__ float2 to_f2(uint32_t v) {

@@ -9,6 +9,7 @@ set(DMOE_CUDA_SOURCES
   src/cuda/gemm-mma.cu
   src/cuda/shared.cu
   src/cuda/combine.cu
+  src/cuda/fused-moe.cu
 )
 # Line info for profilers and sanitizers; no effect on the generated code.
 set_source_files_properties(${DMOE_CUDA_SOURCES} PROPERTIES COMPILE_OPTIONS "-lineinfo")
