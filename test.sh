@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# test.sh: build dmoe and run every test, twice:
+#   build/           Release, with the CUDA code when nvcc is found (compiled even
+#                    without a GPU; GPU tests skip themselves there), ctest;
+#   build-sanitize/  AddressSanitizer + UndefinedBehaviorSanitizer, CPU only
+#                    (nvcc does not take -fsanitize; the GPU side gets
+#                    compute-sanitizer instead), ctest.
+# Environment: JOBS (build parallelism, default: all cores),
+#              DMOE_SKIP_SANITIZE=1 (only the first build).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# nvcc is often installed but not on PATH.
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export PATH="/usr/local/cuda/bin:$PATH"
+fi
+generator=()
+if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
+jobs="${JOBS:-$(nproc)}"
+
+echo "== test.sh: Release build (build/)"
+cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j "$jobs"
+(cd build && ctest --output-on-failure)
+
+if [ "${DMOE_SKIP_SANITIZE:-0}" != 1 ]; then
+    echo "== test.sh: ASan + UBSan build (build-sanitize/)"
+    cmake -S . -B build-sanitize "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DDMOE_SANITIZE=ON -DDMOE_CUDA=OFF
+    cmake --build build-sanitize -j "$jobs"
+    (cd build-sanitize && ctest --output-on-failure)
+fi
+echo "== test.sh: all tests passed"
