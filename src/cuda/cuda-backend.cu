@@ -190,8 +190,10 @@ static dmoe_status cuda_layer_init(dmoe_layer *layer) {
                            "cuda: act_dtype and weight_dtype must be the same, bf16 or f16 "
                            "(got act %s, weights %s)",
                            dmoe_dtype_name(d->act_dtype), dmoe_dtype_name(d->weight_dtype));
+    /* A size the other backends accept but this one does not: UNSUPPORTED, so
+     * callers (dmoe check, the Python module) can fall back instead of failing. */
     if (d->hidden % 8 != 0 || d->ffn % 8 != 0 || (d->n_shared_experts > 0 && d->shared_ffn % 8 != 0))
-        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
+        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
                            "cuda: hidden (%lld), ffn (%lld) and shared_ffn (%lld) must be multiples "
                            "of 8 (rows are read 16 bytes at a time)",
                            (long long)d->hidden, (long long)d->ffn,

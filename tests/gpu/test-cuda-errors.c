@@ -52,14 +52,14 @@ int main(void) {
     expect_create(ctx, &d, DMOE_ERR_UNSUPPORTED_DTYPE, "bf16 activations, f16 weights");
     d = small_desc();
     d.hidden = 100;
-    expect_create(ctx, &d, DMOE_ERR_INVALID_ARGUMENT, "hidden 100 (not a multiple of 8)");
+    expect_create(ctx, &d, DMOE_ERR_UNSUPPORTED, "hidden 100 (not a multiple of 8)");
     d = small_desc();
     d.ffn = 36;
-    expect_create(ctx, &d, DMOE_ERR_INVALID_ARGUMENT, "ffn 36 (not a multiple of 8)");
+    expect_create(ctx, &d, DMOE_ERR_UNSUPPORTED, "ffn 36 (not a multiple of 8)");
     d = small_desc();
     d.n_shared_experts = 1;
     d.shared_ffn = 20;
-    expect_create(ctx, &d, DMOE_ERR_INVALID_ARGUMENT, "shared_ffn 20 (not a multiple of 8)");
+    expect_create(ctx, &d, DMOE_ERR_UNSUPPORTED, "shared_ffn 20 (not a multiple of 8)");
     d = small_desc();
     d.n_experts = 2048;
     expect_create(ctx, &d, DMOE_ERR_UNSUPPORTED, "2048 experts");
