@@ -101,8 +101,12 @@ dmoe_status dmoe_context_create(const dmoe_context_desc *desc, dmoe_context **ou
     if (be->context_init) {
         dmoe_status st = be->context_init(ctx);
         if (st != DMOE_OK) {
-            /* carry the backend's message to the per-thread slot */
-            dmoe__error(NULL, st, "%s", ctx->last_error);
+            /* carry the backend's message to the per-thread slot, without
+             * repeating the "NAME: " prefix dmoe__error gave it */
+            const char *msg = ctx->last_error, *name = dmoe_status_name(st);
+            size_t n = strlen(name);
+            if (strncmp(msg, name, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ') msg += n + 2;
+            dmoe__error(NULL, st, "%s", msg);
             alloc.free(alloc.user, ctx);
             return st;
         }

@@ -42,7 +42,8 @@ static dmoe_status ref_layer_init(dmoe_layer *layer) {
     ref_layer *r = (ref_layer *)dmoe__calloc(ctx, 1, sizeof *r);
     if (!r) return dmoe__error(ctx, DMOE_ERR_OUT_OF_MEMORY, "cpu-ref: layer state");
     layer->backend_data = r;
-    int64_t fmax = d->ffn > d->shared_ffn ? d->ffn : d->shared_ffn;
+    /* shared_ffn means something only with shared experts (it is not validated otherwise). */
+    int64_t fmax = d->n_shared_experts > 0 && d->shared_ffn > d->ffn ? d->shared_ffn : d->ffn;
     r->xd = (double *)dmoe__calloc(ctx, (size_t)d->hidden, sizeof(double));
     r->logits = (double *)dmoe__calloc(ctx, (size_t)d->n_experts, sizeof(double));
     r->h = (double *)dmoe__calloc(ctx, (size_t)fmax, sizeof(double));
