@@ -279,7 +279,7 @@ int main(int argc, char **argv) {
             dmoe__fused_forward(nullptr, &a, prop.multiProcessorCount, st);
             CK(cudaStreamSynchronize(st));
             int per_sm = 0;
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_moe_kernel<true>, FM_THREADS,
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_moe_kernel<dmoe_bf16>, FM_THREADS,
                                                           plan_smem_bytes(p.E));
             int nb = per_sm * prop.multiProcessorCount;
             std::vector<unsigned long long> tr(4 * 4096);

@@ -40,10 +40,9 @@
  *   workspace: counters | logits (T, E+1) | slot_token (P) | slot_weight (P) |
  *              slot_of (T*K) | seg tables | act (P, Fmax) | part (P, H) float
  */
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <float.h>
 
+#include "cuda-common.cuh"
 #include "fused-moe.h"
 
 #ifndef FM_THREADS
@@ -103,14 +102,6 @@ static __host__ __device__ size_t fm_carve(void *base, int64_t T, int32_t H, int
 
 /* ---- small device helpers ---- */
 
-/* Not volatile: the compiler may (and should) hoist these loads early. */
-static __device__ __forceinline__ uint4 ld_stream(const void *p) { /* read-once weights */
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
 /* Data other blocks wrote in this launch: through L2 (an intrinsic, so the
  * compiler keeps it after the acquire that guards it). */
 static __device__ __forceinline__ uint4 ld_l2(const void *p) { return __ldcg((const uint4 *)p); }
@@ -132,46 +123,6 @@ static __device__ __forceinline__ void wait_at_least(const uint32_t *p, uint32_t
     }
 }
 
-template <bool BF16> static __device__ __forceinline__ float2 to_f2(uint32_t v) {
-    if (BF16) return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&v));
-    return __half22float2(*reinterpret_cast<__half2 *>(&v));
-}
-template <bool BF16> static __device__ __forceinline__ uint16_t from_f(float f) {
-    if (BF16) {
-        __nv_bfloat16 h = __float2bfloat16_rn(f);
-        return *reinterpret_cast<uint16_t *>(&h);
-    }
-    __half h = __float2half_rn(f);
-    return *reinterpret_cast<uint16_t *>(&h);
-}
-template <bool BF16> static __device__ __forceinline__ float dot8(uint4 a, uint4 b) {
-    float2 a0 = to_f2<BF16>(a.x), a1 = to_f2<BF16>(a.y), a2 = to_f2<BF16>(a.z), a3 = to_f2<BF16>(a.w);
-    float2 b0 = to_f2<BF16>(b.x), b1 = to_f2<BF16>(b.y), b2 = to_f2<BF16>(b.z), b3 = to_f2<BF16>(b.w);
-    float s = a0.x * b0.x;
-    s = fmaf(a0.y, b0.y, s);
-    s = fmaf(a1.x, b1.x, s);
-    s = fmaf(a1.y, b1.y, s);
-    s = fmaf(a2.x, b2.x, s);
-    s = fmaf(a2.y, b2.y, s);
-    s = fmaf(a3.x, b3.x, s);
-    return fmaf(a3.y, b3.y, s);
-}
-
-template <bool BF16>
-static __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                                uint32_t a3, uint32_t b0, uint32_t b1) {
-    if (BF16)
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    else
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 static __device__ __forceinline__ float sanitize(float v) {
     if (isnan(v)) return -FLT_MAX;
     return fminf(fmaxf(v, -FLT_MAX), FLT_MAX);
@@ -191,15 +142,6 @@ static __device__ __forceinline__ void warp_argmax(float &v, int &i) {
         }
     }
 }
-static __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-static __device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 #ifdef FM_TRACE
 /* Development only: per block, globaltimer at entry, arrival, start of tasks, exit. */
 __device__ unsigned long long fm_trace[4 * 4096];
@@ -230,13 +172,13 @@ static __device__ void topk_token(const dmoe_fused_args &a, const fm_layout &L, 
     if (a.scoring == DMOE_SCORING_SOFTMAX) {
         float m = -FLT_MAX;
         for (int e = lane; e < E; e += 32) m = fmaxf(m, sc[e]);
-        m = warp_max(m);
+        m = dmoe_warp_max(m);
         float s = 0.f;
         for (int e = lane; e < E; e += 32) {
             sc[e] = __expf(sc[e] - m);
             s += sc[e];
         }
-        s = warp_sum(s);
+        s = dmoe_warp_sum(s);
         const float inv = __frcp_rn(s);
         for (int e = lane; e < E; e += 32) sc[e] *= inv;
     } else {
@@ -401,7 +343,7 @@ static __device__ void plan_role(const dmoe_fused_args &a, const fm_layout &L, c
  * or NULL for padding; bvalid: any real row, read in its place and masked).
  * Loads are unconditional (k past the end reads k0) and masked afterwards, so
  * the compiler issues all FM_UNROLL steps of loads before the first mma. */
-template <bool BF16, int NT, bool B_L2>
+template <typename DT, int NT, bool B_L2>
 static __device__ __forceinline__ void mma_rows(const uint16_t *rlo, const uint16_t *rhi, int k0, int k1,
                                                 const uint16_t *const (&brow)[NT], const uint16_t *bvalid,
                                                 float (&acc)[NT][4]) {
@@ -423,8 +365,8 @@ static __device__ __forceinline__ void mma_rows(const uint16_t *rlo, const uint1
             int k = kb + 32 * u + 8 * c;
             mk[u] = k < k1 ? ~0u : 0u;
             k = k < k1 ? k : k0;
-            lo[u] = ld_stream(plo + k);
-            hi[u] = ld_stream(phi + k);
+            lo[u] = dmoe_ld_stream16(plo + k);
+            hi[u] = dmoe_ld_stream16(phi + k);
 #pragma unroll
             for (int j = 0; j < NT; j++)
                 b[u][j] = B_L2 ? ld_l2(pb[j] + k) : __ldg((const uint4 *)(pb[j] + k));
@@ -435,10 +377,10 @@ static __device__ __forceinline__ void mma_rows(const uint16_t *rlo, const uint1
 #pragma unroll
             for (int j = 0; j < NT; j++) {
                 const uint32_t m = mb[j];
-                mma16816<BF16>(acc[j], lo[u].x & ml, hi[u].x & mh, lo[u].y & ml, hi[u].y & mh, b[u][j].x & m,
-                               b[u][j].y & m);
-                mma16816<BF16>(acc[j], lo[u].z & ml, hi[u].z & mh, lo[u].w & ml, hi[u].w & mh, b[u][j].z & m,
-                               b[u][j].w & m);
+                const uint4 wa = make_uint4(lo[u].x & ml, lo[u].y & ml, lo[u].z & ml, lo[u].w & ml);
+                const uint4 wb = make_uint4(hi[u].x & mh, hi[u].y & mh, hi[u].z & mh, hi[u].w & mh);
+                const uint4 xv = make_uint4(b[u][j].x & m, b[u][j].y & m, b[u][j].z & m, b[u][j].w & m);
+                dmoe_mma_swapped<DT>(acc[j], wa, wb, xv);
             }
         }
     }
@@ -447,7 +389,7 @@ static __device__ __forceinline__ void mma_rows(const uint16_t *rlo, const uint1
 /* The block's 16 x 8NT tile: warp w reduces its slice of k, the slices are
  * summed in warp order through shared memory (deterministic). The result is
  * valid in warp 0 only. red: FM_WARPS * NT * 128 floats. */
-template <bool BF16, int NT, bool B_L2>
+template <typename DT, int NT, bool B_L2>
 static __device__ __forceinline__ void block_mma(const uint16_t *rlo, const uint16_t *rhi, int kbeg, int kend,
                                                  const uint16_t *const (&brow)[NT], const uint16_t *bvalid,
                                                  float (&acc)[NT][4], float *red) {
@@ -456,7 +398,7 @@ static __device__ __forceinline__ void block_mma(const uint16_t *rlo, const uint
     const int k0 = kbeg + warp * slice, k1 = min(kend, k0 + slice);
 #pragma unroll
     for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-    if (k0 < k1) mma_rows<BF16, NT, B_L2>(rlo, rhi, k0, k1, brow, bvalid, acc);
+    if (k0 < k1) mma_rows<DT, NT, B_L2>(rlo, rhi, k0, k1, brow, bvalid, acc);
     if (warp > 0) {
 #pragma unroll
         for (int j = 0; j < NT; j++)
@@ -480,7 +422,7 @@ static __device__ __forceinline__ void block_mma(const uint16_t *rlo, const uint
 
 /* ROUTE task: logits[t][r] for 16 router rows r0.. (row E is the shared
  * gate's) and every token, in passes of 8NT tokens. */
-template <bool BF16, int NT>
+template <typename DT, int NT>
 static __device__ void route_pass(const dmoe_fused_args &a, const fm_layout &L, int r0, int p0, float *red) {
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, H = a.hidden, E = a.n_experts, T = a.n_tokens;
     const int rows = E + (a.shared_gate ? 1 : 0);
@@ -495,7 +437,7 @@ static __device__ void route_pass(const dmoe_fused_args &a, const fm_layout &L, 
         brow[j] = t < T ? (const uint16_t *)a.x + (size_t)t * H : nullptr;
     }
     float acc[NT][4];
-    block_mma<BF16, NT, false>(row(r0 + g), row(r0 + 8 + g), 0, H, brow, (const uint16_t *)a.x + (size_t)p0 * H, acc,
+    block_mma<DT, NT, false>(row(r0 + g), row(r0 + 8 + g), 0, H, brow, (const uint16_t *)a.x + (size_t)p0 * H, acc,
                                red);
     float *lg = L.logits;
     if ((threadIdx.x >> 5) == 0) {
@@ -513,7 +455,7 @@ static __device__ void route_pass(const dmoe_fused_args &a, const fm_layout &L, 
 
 /* GEMM1 pass over up to 8NT tokens: rows g = gate of feature f0+g, rows g+8 =
  * up of the same feature; columns = tokens 2c, 2c+1 of each tile. */
-template <bool BF16, int NT>
+template <typename DT, int NT>
 static __device__ void gemm1_pass(const dmoe_fused_args &a, const fm_layout &L, const uint16_t *wg,
                                   const uint16_t *wu, int begin, int n, int p0, int f0, size_t fstride, float *red) {
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, H = a.hidden;
@@ -525,7 +467,7 @@ static __device__ void gemm1_pass(const dmoe_fused_args &a, const fm_layout &L, 
     }
     const uint16_t *bvalid = (const uint16_t *)a.x + (size_t)ld_l2i(L.slot_token + begin + p0) * H;
     float acc[NT][4];
-    block_mma<BF16, NT, false>(wg, wu, 0, H, brow, bvalid, acc, red);
+    block_mma<DT, NT, false>(wg, wu, 0, H, brow, bvalid, acc, red);
     if ((threadIdx.x >> 5) == 0) {
 #pragma unroll
         for (int j = 0; j < NT; j++)
@@ -534,13 +476,14 @@ static __device__ void gemm1_pass(const dmoe_fused_args &a, const fm_layout &L, 
                 const int r = p0 + 8 * j + 2 * c + q;
                 if (r < n) {
                     const float gt = acc[j][q], up = acc[j][2 + q];
-                    L.act[(size_t)(begin + r) * fstride + f0 + g] = from_f<BF16>(__fdividef(gt, 1.f + __expf(-gt)) * up);
+                    reinterpret_cast<DT *>(L.act)[(size_t)(begin + r) * fstride + f0 + g] =
+                        dmoe_dt<DT>::from_f32(__fdividef(gt, 1.f + __expf(-gt)) * up);
                 }
             }
     }
 }
 
-template <bool BF16, int NT>
+template <typename DT, int NT>
 static __device__ void gemm2_pass(const dmoe_fused_args &a, const fm_layout &L, const uint16_t *rlo,
                                   const uint16_t *rhi, int F, int begin, int n, int p0, int hlo, int hhi,
                                   size_t fstride, float *red) {
@@ -552,7 +495,7 @@ static __device__ void gemm2_pass(const dmoe_fused_args &a, const fm_layout &L, 
         brow[j] = r < n ? L.act + (size_t)(begin + r) * fstride : nullptr;
     }
     float acc[NT][4];
-    block_mma<BF16, NT, true>(rlo, rhi, 0, F, brow, L.act + (size_t)(begin + p0) * fstride, acc, red);
+    block_mma<DT, NT, true>(rlo, rhi, 0, F, brow, L.act + (size_t)(begin + p0) * fstride, acc, red);
     if ((threadIdx.x >> 5) == 0) {
 #pragma unroll
         for (int j = 0; j < NT; j++)
@@ -578,7 +521,7 @@ static __device__ void gemm2_pass(const dmoe_fused_args &a, const fm_layout &L, 
         else CALL4;                                    \
     }
 
-template <bool BF16>
+template <typename DT>
 static __device__ void gemm1_task(const dmoe_fused_args &a, const fm_layout &L, int seg, int tile, float *red) {
     const int g = (threadIdx.x & 31) >> 2;
     const int H = a.hidden, ex = ld_l2i(L.seg_expert + seg);
@@ -589,18 +532,18 @@ static __device__ void gemm1_task(const dmoe_fused_args &a, const fm_layout &L, 
     const uint16_t *wg = w13 + (size_t)(f0 + g) * H, *wu = w13 + (size_t)(F + f0 + g) * H;
     const int begin = ld_l2i(L.seg_begin + seg), n = ld_l2i(L.seg_count + seg);
     const size_t fstride = (size_t)(a.ffn > a.shared_ffn ? a.ffn : a.shared_ffn);
-    FM_PASSES(n, (gemm1_pass<BF16, 1>(a, L, wg, wu, begin, n, p0, f0, fstride, red)),
-              (gemm1_pass<BF16, 2>(a, L, wg, wu, begin, n, p0, f0, fstride, red)),
-              (gemm1_pass<BF16, 4>(a, L, wg, wu, begin, n, p0, f0, fstride, red)))
+    FM_PASSES(n, (gemm1_pass<DT, 1>(a, L, wg, wu, begin, n, p0, f0, fstride, red)),
+              (gemm1_pass<DT, 2>(a, L, wg, wu, begin, n, p0, f0, fstride, red)),
+              (gemm1_pass<DT, 4>(a, L, wg, wu, begin, n, p0, f0, fstride, red)))
     if (threadIdx.x < 32) __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) atomicAdd(L.done1 + seg, 1u);
 }
 
-template <bool BF16>
+template <typename DT>
 static __device__ void combine_tile(const dmoe_fused_args &a, const fm_layout &L, int h0) {
     const int T = a.n_tokens, K = a.top_k, H = a.hidden, P = T * K;
-    uint16_t *y = (uint16_t *)a.y;
+    DT *y = (DT *)a.y;
     for (int i = threadIdx.x; i < T * 16; i += FM_THREADS) {
         const int t = i >> 4, h = h0 + (i & 15);
         if (h >= H) continue;
@@ -610,11 +553,11 @@ static __device__ void combine_tile(const dmoe_fused_args &a, const fm_layout &L
             if (slot >= 0) s += ld_l2f(L.part + (size_t)slot * H + h);
         }
         for (int j = 0; j < a.n_shared; j++) s += ld_l2f(L.part + (size_t)(P + j * T + t) * H + h);
-        y[(size_t)t * H + h] = from_f<BF16>(s);
+        y[(size_t)t * H + h] = dmoe_dt<DT>::from_f32(s);
     }
 }
 
-template <bool BF16>
+template <typename DT>
 static __device__ void gemm2_task(const dmoe_fused_args &a, const fm_layout &L, int seg, int htile, int nseg,
                                   float *red, uint32_t *s_word) {
     const int g = (threadIdx.x & 31) >> 2;
@@ -632,16 +575,16 @@ static __device__ void gemm2_task(const dmoe_fused_args &a, const fm_layout &L, 
     __syncthreads();
     const int begin = ld_l2i(L.seg_begin + seg), n = ld_l2i(L.seg_count + seg);
     const size_t fstride = (size_t)(a.ffn > a.shared_ffn ? a.ffn : a.shared_ffn);
-    FM_PASSES(n, (gemm2_pass<BF16, 1>(a, L, rlo, rhi, F, begin, n, p0, hlo, hhi, fstride, red)),
-              (gemm2_pass<BF16, 2>(a, L, rlo, rhi, F, begin, n, p0, hlo, hhi, fstride, red)),
-              (gemm2_pass<BF16, 4>(a, L, rlo, rhi, F, begin, n, p0, hlo, hhi, fstride, red)))
+    FM_PASSES(n, (gemm2_pass<DT, 1>(a, L, rlo, rhi, F, begin, n, p0, hlo, hhi, fstride, red)),
+              (gemm2_pass<DT, 2>(a, L, rlo, rhi, F, begin, n, p0, hlo, hhi, fstride, red)),
+              (gemm2_pass<DT, 4>(a, L, rlo, rhi, F, begin, n, p0, hlo, hhi, fstride, red)))
     if (threadIdx.x < 32) __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) *s_word = atomicAdd(L.done2 + htile, 1u);
     __syncthreads();
     if (*s_word == (uint32_t)nseg - 1) { /* this block completed the h tile: combine it */
         __threadfence();
-        combine_tile<BF16>(a, L, h0);
+        combine_tile<DT>(a, L, h0);
     }
 }
 
@@ -653,7 +596,7 @@ static __device__ __forceinline__ uint32_t claim(uint32_t *ctr, uint32_t *s_word
     return *s_word;
 }
 
-template <bool BF16> static __device__ void route_role(const dmoe_fused_args &a, const fm_layout &L, float *red,
+template <typename DT> static __device__ void route_role(const dmoe_fused_args &a, const fm_layout &L, float *red,
                                                        uint32_t *s_word) {
     const int E = a.n_experts, rows = E + (a.shared_gate ? 1 : 0);
     /* with caller-supplied routing only the shared gate's row is needed */
@@ -662,8 +605,8 @@ template <bool BF16> static __device__ void route_role(const dmoe_fused_args &a,
         const uint32_t task = claim(L.ctr + C_RTASK, s_word);
         if (task >= (uint32_t)n) break;
         const int r0 = first + 16 * (int)task;
-        FM_PASSES(a.n_tokens, (route_pass<BF16, 1>(a, L, r0, p0, red)), (route_pass<BF16, 2>(a, L, r0, p0, red)),
-                  (route_pass<BF16, 4>(a, L, r0, p0, red)))
+        FM_PASSES(a.n_tokens, (route_pass<DT, 1>(a, L, r0, p0, red)), (route_pass<DT, 2>(a, L, r0, p0, red)),
+                  (route_pass<DT, 4>(a, L, r0, p0, red)))
     }
 }
 
@@ -696,7 +639,7 @@ static __device__ __forceinline__ fm_task decode(const fm_counts &c, uint32_t ta
     return d;
 }
 
-template <bool BF16> static __device__ void task_role(const dmoe_fused_args &a, const fm_layout &L, float *red,
+template <typename DT> static __device__ void task_role(const dmoe_fused_args &a, const fm_layout &L, float *red,
                                                       uint32_t *s_word) {
     fm_counts c;
     c.n1 = ld_l2i((const int32_t *)L.ctr + C_NTASK1);
@@ -717,15 +660,15 @@ template <bool BF16> static __device__ void task_role(const dmoe_fused_args &a, 
         }
 #endif
         const fm_task d = decode(c, task);
-        if (d.gemm == 1) gemm1_task<BF16>(a, L, d.seg, d.tile, red);
-        else gemm2_task<BF16>(a, L, d.seg, d.tile, c.nseg, red, s_word);
+        if (d.gemm == 1) gemm1_task<DT>(a, L, d.seg, d.tile, red);
+        else gemm2_task<DT>(a, L, d.seg, d.tile, c.nseg, red, s_word);
 #ifdef FM_TRACE
         if (first && threadIdx.x == 0) fm_wtrace[4 * blockIdx.x + 3] = gtime();
 #endif
     }
 }
 
-template <bool BF16> __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS) fused_moe_kernel(const dmoe_fused_args a) {
+template <typename DT> __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS) fused_moe_kernel(const dmoe_fused_args a) {
     extern __shared__ __align__(16) char smem[];
     trace(0);
     fm_layout L;
@@ -733,7 +676,7 @@ template <bool BF16> __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS
     __shared__ uint32_t s_word;
     float *red = (float *)smem; /* FM_WARPS * 4 * 128 floats for block_mma; the plan reuses smem */
 
-    if (!a.route_from_ids || a.shared_gate) route_role<BF16>(a, L, red, &s_word);
+    if (!a.route_from_ids || a.shared_gate) route_role<DT>(a, L, red, &s_word);
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) s_word = atomicAdd(L.ctr + C_ARRIVE, 1u);
@@ -750,7 +693,7 @@ template <bool BF16> __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS
         __syncthreads();
     }
     trace(2);
-    task_role<BF16>(a, L, red, &s_word);
+    task_role<DT>(a, L, red, &s_word);
     trace(3);
 
     /* the last block out resets the counters for the next launch */
@@ -790,10 +733,10 @@ static size_t plan_smem_bytes(int32_t E) {
     return plan > red ? plan : red;
 }
 
-template <bool BF16>
+template <typename DT>
 static dmoe_status launch(dmoe_context *ctx, const dmoe_fused_args *a, int32_t num_sms, cudaStream_t stream) {
     const size_t smem = plan_smem_bytes(a->n_experts);
-    auto kernel = fused_moe_kernel<BF16>;
+    auto kernel = fused_moe_kernel<DT>;
     DMOE_CUDA_CHECK(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     int per_sm = 0;
     DMOE_CUDA_CHECK(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, FM_THREADS, smem));
@@ -821,5 +764,5 @@ extern "C" dmoe_status dmoe__fused_forward(dmoe_context *ctx, const dmoe_fused_a
     if (a->hidden % 8 != 0 || a->ffn % 8 != 0 || (a->n_shared > 0 && a->shared_ffn % 8 != 0))
         return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "fused kernel: H and F must be multiples of 8");
     /* The dtype is a template parameter only because mma.sync names it in the instruction. */
-    return a->is_bf16 ? launch<true>(ctx, a, num_sms, stream) : launch<false>(ctx, a, num_sms, stream);
+    return a->is_bf16 ? launch<dmoe_bf16>(ctx, a, num_sms, stream) : launch<dmoe_f16>(ctx, a, num_sms, stream);
 }
