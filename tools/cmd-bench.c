@@ -44,6 +44,9 @@ typedef struct bench_opts {
     double bandwidth_gbs; /* 0: measure */
     int64_t bw_mb;
     uint64_t seed;
+    const char *model_dir; /* --model: weights from a Hugging Face model directory */
+    int32_t model_layer;   /* --layer: decoder layer index; -1 = the first MoE layer */
+    int dtype_given;
 } bench_opts;
 
 typedef struct bench_row {
@@ -277,6 +280,10 @@ static void bench_help(FILE *f) {
             "\n"
             "options:\n"
             "  --preset NAME        a model's layer; shape options given as well override it\n"
+            "  --model DIR          a Hugging Face model directory (dmoe info DIR lists its\n"
+            "                       MoE layers; dmoe synth DIR writes one): its real weights\n"
+            "                       and routing; host backends only for now\n"
+            "  --layer N            the decoder layer of --model (default: the first MoE one)\n"
             "  --scale S            shrink the layer about S times to fit a small machine:\n"
             "                       E is divided by S (kept >= K and valid for grouped top-k);\n"
             "                       what E cannot absorb divides F (and the shared FFN). H, K\n"
@@ -320,6 +327,7 @@ static void parse(int argc, char **argv, bench_opts *o) {
     o->max_seconds = 10.0;
     o->bw_mb = 512;
     o->seed = 1;
+    o->model_layer = -1;
     o->backend = dmoe_backend_available(DMOE_BACKEND_CUDA) ? DMOE_BACKEND_CUDA : DMOE_BACKEND_CPU;
     dmoe_dtype dtype = DMOE_DTYPE_BF16;
     int shape_given = 0;
@@ -340,6 +348,10 @@ static void parse(int argc, char **argv, bench_opts *o) {
             shape_given = 1;
         } else if (cli_is(&a, "--preset")) {
             (void)cli_value(&a); /* applied above */
+        } else if (cli_is(&a, "--model")) {
+            o->model_dir = cli_value(&a);
+        } else if (cli_is(&a, "--layer")) {
+            o->model_layer = (int32_t)cli_value_double(&a, 0, 1e6);
         } else if (cli_is(&a, "--scale")) {
             o->scale = cli_value_double(&a, 1.0, 1e6);
         } else if (cli_is(&a, "--tokens")) {
@@ -354,6 +366,7 @@ static void parse(int argc, char **argv, bench_opts *o) {
             const char *v = cli_value(&a);
             if (cli_dtype_parse(v, &dtype) != 0)
                 cli_usage_error("bench", "--dtype must be f32, bf16 or f16, got '%s'", v);
+            o->dtype_given = 1;
         } else if (cli_is(&a, "--reps")) {
             o->reps = (int)cli_value_int(&a, 1, 100000);
         } else if (cli_is(&a, "--warmup")) {
@@ -440,9 +453,52 @@ static void print_json(const bench_opts *o, const bench_env *env, const char *bw
     printf("  ]\n}\n");
 }
 
+/* --model: the shape and routing of one MoE layer of a model directory. */
+static int model_shape(bench_opts *o, dmoe_model **model, int32_t *layer_idx, dmoe_layer_desc *d) {
+    if (dmoe_model_open(o->model_dir, model) != DMOE_OK) {
+        fprintf(stderr, "dmoe bench: %s\n", dmoe_context_last_error(NULL));
+        return -1;
+    }
+    const int32_t n = dmoe_model_n_moe_layers(*model);
+    int found = 0;
+    for (int32_t i = 0; i < n && !found; i++) {
+        if (dmoe_model_moe_layer(*model, i, layer_idx, d) != DMOE_OK) break;
+        found = o->model_layer < 0 || *layer_idx == o->model_layer;
+    }
+    if (!found) {
+        fprintf(stderr, "dmoe bench: decoder layer %d of %s is not an MoE layer (dmoe info %s lists them)\n",
+                (int)o->model_layer, o->model_dir, o->model_dir);
+        return -1;
+    }
+    cli_shape *s = &o->shape;
+    s->hidden = d->hidden;
+    s->ffn = d->ffn;
+    s->n_experts = d->n_experts;
+    s->top_k = d->top_k;
+    s->n_shared = d->n_shared_experts;
+    s->shared_ffn = d->shared_ffn;
+    s->shared_gate = d->shared_gate == DMOE_SHARED_GATE_SIGMOID;
+    s->scoring = d->routing.scoring;
+    s->renormalize = d->routing.renormalize;
+    s->n_group = d->routing.n_group;
+    s->topk_group = d->routing.topk_group;
+    s->scaling = d->routing.routed_scaling_factor;
+    s->bias = d->routing.use_correction_bias;
+    if (!o->dtype_given) s->dtype = d->weight_dtype;
+    d->act_dtype = d->weight_dtype = s->dtype;
+    snprintf(o->scale_note, sizeof o->scale_note, "%s layer %d (%s)", o->model_dir, (int)*layer_idx,
+             dmoe_model_arch(*model));
+    o->preset = "model";
+    return 0;
+}
+
 int cli_cmd_bench(int argc, char **argv) {
     bench_opts o;
     parse(argc, argv, &o);
+    dmoe_model *model = NULL;
+    int32_t model_layer = -1;
+    dmoe_layer_desc model_desc;
+    if (o.model_dir && model_shape(&o, &model, &model_layer, &model_desc) != 0) return 1;
     const cli_shape *s = &o.shape;
     if (!dmoe_backend_available(o.backend)) {
         fprintf(stderr, "dmoe bench: backend '%s' is not available in this build or machine\n",
@@ -482,7 +538,15 @@ int cli_cmd_bench(int argc, char **argv) {
     /* The layer first: it validates the shape before any slow step. */
     dmoe_layer_desc d;
     cli_shape_desc(s, max_t, &d);
-    if (dmoe_layer_create(env.ctx, &d, &env.layer) != DMOE_OK) {
+    if (model) {
+        /* the model's layer, weights loaded (copied into dmoe's layout) */
+        model_desc.max_tokens = max_t;
+        fprintf(stderr, "dmoe bench: loading layer %d of %s\n", (int)model_layer, o.model_dir);
+        if (dmoe_model_load_layer(model, env.ctx, model_layer, &model_desc, &env.layer) != DMOE_OK) {
+            fprintf(stderr, "dmoe bench: %s\n", dmoe_context_last_error(env.ctx));
+            return 1;
+        }
+    } else if (dmoe_layer_create(env.ctx, &d, &env.layer) != DMOE_OK) {
         fprintf(stderr, "dmoe bench: %s\n", dmoe_context_last_error(env.ctx));
         return 1;
     }
@@ -500,14 +564,18 @@ int cli_cmd_bench(int argc, char **argv) {
         env.bandwidth_gbs = measure_bandwidth(n_threads, o.bw_mb);
         bw_source = "measured";
     }
-    fprintf(stderr, "dmoe bench: filling %.1f MB of weights\n", (double)wbytes / 1e6);
     cli_weights w;
-    if (cli_weights_create(s, cli_seed_mix(o.seed, 1), 0, &w) != 0) return 1;
     dmoe_weights views;
-    if (cli_weights_on_backend(o.backend, s, &w, &views) != 0) return 1;
-    if (dmoe_layer_set_weights(env.layer, &views) != DMOE_OK) {
-        fprintf(stderr, "dmoe bench: %s\n", dmoe_context_last_error(env.ctx));
-        return 1;
+    memset(&w, 0, sizeof w);
+    memset(&views, 0, sizeof views);
+    if (!model) {
+        fprintf(stderr, "dmoe bench: filling %.1f MB of weights\n", (double)wbytes / 1e6);
+        if (cli_weights_create(s, cli_seed_mix(o.seed, 1), 0, &w) != 0) return 1;
+        if (cli_weights_on_backend(o.backend, s, &w, &views) != 0) return 1;
+        if (dmoe_layer_set_weights(env.layer, &views) != DMOE_OK) {
+            fprintf(stderr, "dmoe bench: %s\n", dmoe_context_last_error(env.ctx));
+            return 1;
+        }
     }
     void *host_x[MAX_INPUTS];
     for (int i = 0; i < o.n_inputs; i++) {
@@ -545,8 +613,11 @@ int cli_cmd_bench(int argc, char **argv) {
     cli_device_release(o.backend, env.y, host_y);
     cli_free(host_y);
     dmoe_layer_destroy(env.layer);
-    cli_weights_release(o.backend, &views, &w);
-    cli_weights_destroy(&w);
+    if (!model) {
+        cli_weights_release(o.backend, &views, &w);
+        cli_weights_destroy(&w);
+    }
+    dmoe_model_close(model);
     dmoe_context_destroy(env.ctx);
     return 0;
 }
