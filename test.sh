@@ -5,6 +5,9 @@
 #   build-sanitize/  AddressSanitizer + UndefinedBehaviorSanitizer, CPU only
 #                    (nvcc does not take -fsanitize; the GPU side gets
 #                    compute-sanitizer instead), ctest.
+#   python/      the Python package built in place (a CPU libdmoe of its own)
+#                and its pytest suite, when python3 has numpy and pytest
+#                (.ci/run puts a venv with them first on PATH).
 # Environment: JOBS (build parallelism, default: all cores),
 #              DMOE_SKIP_SANITIZE=1 (only the first build).
 set -euo pipefail
@@ -22,6 +25,15 @@ echo "== test.sh: Release build (build/)"
 cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$jobs"
 (cd build && ctest --output-on-failure)
+
+if python3 -c 'import numpy, pytest' 2>/dev/null; then
+    echo "== test.sh: Python package (python/, built in place)"
+    (cd python && DMOE_BUILD_JOBS="$jobs" python3 setup.py -q build_ext --inplace)
+    PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}" DMOE_TEST_BACKENDS=cpu-ref,cpu \
+        python3 -m pytest -q -p no:cacheprovider python/tests
+else
+    echo "== test.sh: SKIPPED the Python tests: python3 lacks numpy or pytest (pip install numpy pytest)"
+fi
 
 if [ "${DMOE_SKIP_SANITIZE:-0}" != 1 ]; then
     echo "== test.sh: ASan + UBSan build (build-sanitize/)"
