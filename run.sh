@@ -7,9 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
-    export PATH="/usr/local/cuda/bin:$PATH"
-fi
+# On a fresh Debian/Ubuntu machine, install what is missing (scripts/deps.sh).
+. scripts/deps.sh
+dmoe_deps_system
 generator=()
 if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
 

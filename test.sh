@@ -6,17 +6,20 @@
 #                    (nvcc does not take -fsanitize; the GPU side gets
 #                    compute-sanitizer instead), ctest.
 #   python/      the Python package built in place (a CPU libdmoe of its own)
-#                and its pytest suite, when python3 has numpy and pytest
-#                (.ci/run puts a venv with them first on PATH).
+#                and its pytest suite, in a venv (build-pyvenv/) with numpy,
+#                pytest and safetensors that this script makes when missing.
+# Missing system packages (cmake, ninja, gcc, g++, python3, libcjson-dev) are
+# installed with apt-get first; DMOE_NO_INSTALL=1 turns installing off.
 # Environment: JOBS (build parallelism, default: all cores),
 #              DMOE_SKIP_SANITIZE=1 (only the first build).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# nvcc is often installed but not on PATH.
-if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
-    export PATH="/usr/local/cuda/bin:$PATH"
-fi
+# On a fresh Debian/Ubuntu machine, install what is missing (scripts/deps.sh).
+. scripts/deps.sh
+dmoe_deps_system
+dmoe_deps_python "$PWD/build-pyvenv" ||
+    echo "== test.sh: no Python test environment (the Python tests will be skipped)"
 generator=()
 if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
 jobs="${JOBS:-$(nproc)}"
