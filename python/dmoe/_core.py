@@ -25,9 +25,8 @@ import sys
 from . import _C
 from ._arrays import is_cuda, kind_of, stream_value
 
-# TODO: switch to "cpu" once the fast CPU backend lands in src/cpu (today its
-# slot in libdmoe is a placeholder).
-_HOST_BACKEND_BUILTIN = "cpu-ref"
+# The fast CPU backend; "cpu-ref" (float64, one thread) is the oracle.
+_HOST_BACKEND_BUILTIN = "cpu"
 
 _settings = {
     "backend": os.environ.get("DMOE_BACKEND") or None,
