@@ -15,17 +15,8 @@
 #include <string.h>
 
 #include "pool.h"
+#include "test-util.h"
 
-static int failures = 0;
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-            failures++;                                          \
-        }                                                        \
-    } while (0)
 
 typedef struct fake {
     pthread_mutex_t lock;
@@ -64,9 +55,9 @@ static void test_classes(void) {
     for (size_t s = 1; s < ((size_t)1 << 34); s = s * 3 / 2 + 1) {
         size_t bytes = 0;
         int c = dmoe__pool_class(s, &bytes);
-        CHECK(c >= 0 && bytes >= s, "class of %zu holds %zu", s, bytes);
-        CHECK(s < 256 || bytes <= s + s / 4 + 1, "class of %zu wastes too much (%zu)", s, bytes);
-        CHECK(bytes >= prev, "classes grow with size");
+        TU_CHECKF(c >= 0 && bytes >= s, "class of %zu holds %zu", s, bytes);
+        TU_CHECKF(s < 256 || bytes <= s + s / 4 + 1, "class of %zu wastes too much (%zu)", s, bytes);
+        TU_CHECKF(bytes >= prev, "classes grow with size");
         prev = bytes;
     }
 }
@@ -107,50 +98,50 @@ int main(void) {
     fake f = {PTHREAD_MUTEX_INITIALIZER, 4096, 0, 0, 0};
     dmoe_raw_allocator raw = {fake_alloc, fake_free, &f, "fake device"};
     dmoe_pool pool;
-    CHECK(dmoe__pool_init(&pool, ctx, &raw) == DMOE_OK, "init");
+    TU_CHECKF(dmoe__pool_init(&pool, ctx, &raw) == DMOE_OK, "init");
 
     void *a = NULL, *b = NULL, *c = NULL;
-    CHECK(dmoe__pool_alloc(&pool, 1000, &a) == DMOE_OK, "first block");
+    TU_CHECKF(dmoe__pool_alloc(&pool, 1000, &a) == DMOE_OK, "first block");
     dmoe__pool_free(&pool, a, 1000);
     long calls = f.calls;
-    CHECK(dmoe__pool_alloc(&pool, 1020, &b) == DMOE_OK && b == a && f.calls == calls,
+    TU_CHECKF(dmoe__pool_alloc(&pool, 1020, &b) == DMOE_OK && b == a && f.calls == calls,
           "same class is served from the cache without the backing allocator");
     dmoe_pool_stats s = dmoe__pool_get_stats(&pool);
-    CHECK(s.n_allocs == 2 && s.n_reused == 1 && s.bytes_in_use == 1024 && s.bytes_cached == 0,
+    TU_CHECKF(s.n_allocs == 2 && s.n_reused == 1 && s.bytes_in_use == 1024 && s.bytes_cached == 0,
           "stats after reuse: allocs %llu reused %llu in use %zu cached %zu",
           (unsigned long long)s.n_allocs, (unsigned long long)s.n_reused, s.bytes_in_use, s.bytes_cached);
     dmoe__pool_free(&pool, b, 1020);
     /* 1024 cached + 3584 would exceed 4096: the pool must trim and retry */
-    CHECK(dmoe__pool_alloc(&pool, 3500, &c) == DMOE_OK, "trim and retry: %s", dmoe_context_last_error(ctx));
+    TU_CHECKF(dmoe__pool_alloc(&pool, 3500, &c) == DMOE_OK, "trim and retry: %s", dmoe_context_last_error(ctx));
     s = dmoe__pool_get_stats(&pool);
-    CHECK(s.n_trims == 1 && s.bytes_cached == 0 && s.bytes_in_use == 3584, "stats after trim");
+    TU_CHECKF(s.n_trims == 1 && s.bytes_cached == 0 && s.bytes_in_use == 3584, "stats after trim");
     void *d = (void *)0x1;
-    CHECK(dmoe__pool_alloc(&pool, 4000, &d) == DMOE_ERR_OUT_OF_MEMORY, "a request that cannot fit fails");
-    CHECK(d == (void *)0x1, "output untouched on failure");
-    CHECK(strstr(dmoe_context_last_error(ctx), "fake device") != NULL, "message names the allocator");
-    CHECK(dmoe__pool_get_stats(&pool).n_failures == 1, "failure counted");
+    TU_CHECKF(dmoe__pool_alloc(&pool, 4000, &d) == DMOE_ERR_OUT_OF_MEMORY, "a request that cannot fit fails");
+    TU_CHECKF(d == (void *)0x1, "output untouched on failure");
+    TU_CHECKF(strstr(dmoe_context_last_error(ctx), "fake device") != NULL, "message names the allocator");
+    TU_CHECKF(dmoe__pool_get_stats(&pool).n_failures == 1, "failure counted");
     dmoe__pool_free(&pool, c, 3500);
     dmoe__pool_fini(&pool);
-    CHECK(f.live_blocks == 0 && f.live_bytes == 0, "fini gives every block back (%ld live)", f.live_blocks);
+    TU_CHECKF(f.live_blocks == 0 && f.live_bytes == 0, "fini gives every block back (%ld live)", f.live_blocks);
 
     /* two threads */
     fake g = {PTHREAD_MUTEX_INITIALIZER, (size_t)1 << 30, 0, 0, 0};
     dmoe_raw_allocator raw2 = {fake_alloc, fake_free, &g, "fake device"};
-    CHECK(dmoe__pool_init(&pool, ctx, &raw2) == DMOE_OK, "init 2");
+    TU_CHECKF(dmoe__pool_init(&pool, ctx, &raw2) == DMOE_OK, "init 2");
     pthread_t th[2];
     stress_arg args[2] = {{&pool, 1, 0}, {&pool, 2, 0}};
     for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, stress, &args[i]);
     for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
     s = dmoe__pool_get_stats(&pool);
-    CHECK(args[0].errors == 0 && args[1].errors == 0, "stress allocations failed");
-    CHECK(s.bytes_in_use == 0, "in use after stress: %zu", s.bytes_in_use);
-    CHECK(s.bytes_cached == g.live_bytes, "cached bytes %zu match the backing allocator's %zu",
+    TU_CHECKF(args[0].errors == 0 && args[1].errors == 0, "stress allocations failed");
+    TU_CHECKF(s.bytes_in_use == 0, "in use after stress: %zu", s.bytes_in_use);
+    TU_CHECKF(s.bytes_cached == g.live_bytes, "cached bytes %zu match the backing allocator's %zu",
           s.bytes_cached, g.live_bytes);
-    CHECK(s.n_reused > s.n_allocs / 2, "the cache serves most requests (%llu of %llu)",
+    TU_CHECKF(s.n_reused > s.n_allocs / 2, "the cache serves most requests (%llu of %llu)",
           (unsigned long long)s.n_reused, (unsigned long long)s.n_allocs);
     dmoe__pool_fini(&pool);
-    CHECK(g.live_blocks == 0, "fini after stress");
+    TU_CHECKF(g.live_blocks == 0, "fini after stress");
     dmoe_context_destroy(ctx);
-    printf("%s (%d failures)\n", failures ? "FAILED" : "all pool checks passed", failures);
-    return failures != 0;
+    printf("%s (%d failures)\n", tu_n_failed ? "FAILED" : "all pool checks passed", tu_n_failed);
+    return tu_n_failed != 0;
 }

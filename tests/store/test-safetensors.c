@@ -11,18 +11,8 @@
 #include <string.h>
 
 #include "dmoe.h"
+#include "test-util.h"
 
-static int failures = 0;
-
-#define CHECK(cond, ...)                                   \
-    do {                                                   \
-        if (!(cond)) {                                     \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                  \
-            fprintf(stderr, "\n");                         \
-            failures++;                                    \
-        }                                                  \
-    } while (0)
 
 /* Builds a file image: 8-byte length, header padded with spaces to pad, data. */
 static size_t build(uint8_t *buf, size_t cap, const char *header, size_t pad, const void *data,
@@ -47,12 +37,12 @@ static void expect_status(const char *what, const char *header, size_t pad, size
     size_t n = build(image, sizeof image, header, pad, data, data_len);
     dmoe_safetensors *st = (dmoe_safetensors *)0x1;
     dmoe_status s = dmoe_safetensors_open_memory(image, n, &st);
-    CHECK(s == want, "%s: got %s, want %s (%s)", what, dmoe_status_name(s), dmoe_status_name(want),
+    TU_CHECKF(s == want, "%s: got %s, want %s (%s)", what, dmoe_status_name(s), dmoe_status_name(want),
           dmoe_context_last_error(NULL));
     if (s == DMOE_OK) dmoe_safetensors_close(st);
     else {
-        CHECK(st == (dmoe_safetensors *)0x1, "%s: output touched on failure", what);
-        CHECK(strlen(dmoe_context_last_error(NULL)) > 20, "%s: no message", what);
+        TU_CHECKF(st == (dmoe_safetensors *)0x1, "%s: output touched on failure", what);
+        TU_CHECKF(strlen(dmoe_context_last_error(NULL)) > 20, "%s: no message", what);
     }
 }
 
@@ -68,38 +58,38 @@ static void test_good_file(void) {
     size_t n = build(image, sizeof image, h, 8, data, sizeof data);
     dmoe_safetensors *st = NULL;
     dmoe_status s = dmoe_safetensors_open_memory(image, n, &st);
-    CHECK(s == DMOE_OK, "good file rejected: %s", dmoe_context_last_error(NULL));
+    TU_CHECKF(s == DMOE_OK, "good file rejected: %s", dmoe_context_last_error(NULL));
     if (s != DMOE_OK) return;
-    CHECK(dmoe_safetensors_count(st) == 2, "count %lld", (long long)dmoe_safetensors_count(st));
+    TU_CHECKF(dmoe_safetensors_count(st) == 2, "count %lld", (long long)dmoe_safetensors_count(st));
     dmoe_st_tensor_info info;
-    CHECK(dmoe_safetensors_get(st, 0, &info) == DMOE_OK && strcmp(info.name, "a") == 0,
+    TU_CHECKF(dmoe_safetensors_get(st, 0, &info) == DMOE_OK && strcmp(info.name, "a") == 0,
           "first tensor by offset should be a");
-    CHECK(dmoe_safetensors_find(st, "b", &info) == DMOE_OK, "find b");
-    CHECK(info.dtype == DMOE_DTYPE_BF16 && info.n_dims == 2 && info.shape[0] == 2 &&
+    TU_CHECKF(dmoe_safetensors_find(st, "b", &info) == DMOE_OK, "find b");
+    TU_CHECKF(info.dtype == DMOE_DTYPE_BF16 && info.n_dims == 2 && info.shape[0] == 2 &&
               info.shape[1] == 2 && info.n_bytes == 8 && strcmp(info.dtype_name, "BF16") == 0,
           "b info wrong");
-    CHECK(memcmp(info.data, b, 8) == 0, "b data wrong");
-    CHECK(dmoe_safetensors_find(st, "a", &info) == DMOE_OK && ((const float *)info.data)[5] == 6.0f,
+    TU_CHECKF(memcmp(info.data, b, 8) == 0, "b data wrong");
+    TU_CHECKF(dmoe_safetensors_find(st, "a", &info) == DMOE_OK && ((const float *)info.data)[5] == 6.0f,
           "a data wrong");
-    CHECK(dmoe_safetensors_find(st, "zz", &info) == DMOE_ERR_INVALID_ARGUMENT, "missing name");
-    CHECK(dmoe_safetensors_get(st, 2, &info) == DMOE_ERR_INVALID_ARGUMENT, "index out of range");
+    TU_CHECKF(dmoe_safetensors_find(st, "zz", &info) == DMOE_ERR_INVALID_ARGUMENT, "missing name");
+    TU_CHECKF(dmoe_safetensors_get(st, 2, &info) == DMOE_ERR_INVALID_ARGUMENT, "index out of range");
     const char *fmt = dmoe_safetensors_metadata(st, "format");
-    CHECK(fmt && strcmp(fmt, "pt") == 0, "metadata");
-    CHECK(dmoe_safetensors_metadata(st, "nope") == NULL, "missing metadata");
+    TU_CHECKF(fmt && strcmp(fmt, "pt") == 0, "metadata");
+    TU_CHECKF(dmoe_safetensors_metadata(st, "nope") == NULL, "missing metadata");
     dmoe_safetensors_close(st);
 
     /* the same image through a real file and mmap */
     char path[] = "/tmp/dmoe-st-XXXXXX";
     int fd = mkstemp(path);
     FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
-    CHECK(f != NULL, "temp file");
+    TU_CHECKF(f != NULL, "temp file");
     if (!f) return;
     fwrite(image, 1, n, f);
     fclose(f);
     s = dmoe_safetensors_open(path, &st);
-    CHECK(s == DMOE_OK, "file open: %s", dmoe_context_last_error(NULL));
+    TU_CHECKF(s == DMOE_OK, "file open: %s", dmoe_context_last_error(NULL));
     if (s == DMOE_OK) {
-        CHECK(dmoe_safetensors_find(st, "a", &info) == DMOE_OK && ((const float *)info.data)[4] == 5.0f,
+        TU_CHECKF(dmoe_safetensors_find(st, "a", &info) == DMOE_OK && ((const float *)info.data)[4] == 5.0f,
               "mapped data wrong");
         dmoe_safetensors_close(st);
     }
@@ -108,13 +98,13 @@ static void test_good_file(void) {
     fwrite(image, 1, n - 4, f);
     fclose(f);
     s = dmoe_safetensors_open(path, &st);
-    CHECK(s == DMOE_ERR_CORRUPT_FILE, "truncated file: %s", dmoe_status_name(s));
-    CHECK(strstr(dmoe_context_last_error(NULL), path) != NULL, "message names the path");
+    TU_CHECKF(s == DMOE_ERR_CORRUPT_FILE, "truncated file: %s", dmoe_status_name(s));
+    TU_CHECKF(strstr(dmoe_context_last_error(NULL), path) != NULL, "message names the path");
     remove(path);
     s = dmoe_safetensors_open(path, &st);
-    CHECK(s == DMOE_ERR_IO, "missing file: %s", dmoe_status_name(s));
+    TU_CHECKF(s == DMOE_ERR_IO, "missing file: %s", dmoe_status_name(s));
     s = dmoe_safetensors_open("/tmp", &st);
-    CHECK(s == DMOE_ERR_IO, "directory: %s", dmoe_status_name(s));
+    TU_CHECKF(s == DMOE_ERR_IO, "directory: %s", dmoe_status_name(s));
 }
 
 static void test_defects(void) {
@@ -153,12 +143,12 @@ static void test_defects(void) {
     image[0] = 0xff;
     image[1] = 0xff;
     dmoe_safetensors *st = NULL;
-    CHECK(dmoe_safetensors_open_memory(image, 16, &st) == C, "header past the end");
+    TU_CHECKF(dmoe_safetensors_open_memory(image, 16, &st) == C, "header past the end");
     image[3] = 0x7f;
-    CHECK(dmoe_safetensors_open_memory(image, 16, &st) == C, "header above 100 MB");
-    CHECK(dmoe_safetensors_open_memory(image, 5, &st) == C, "shorter than 8 bytes");
-    CHECK(dmoe_safetensors_open_memory(NULL, 5, &st) == DMOE_ERR_NULL_POINTER, "NULL buffer");
-    CHECK(dmoe_safetensors_open(NULL, &st) == DMOE_ERR_NULL_POINTER, "NULL path");
+    TU_CHECKF(dmoe_safetensors_open_memory(image, 16, &st) == C, "header above 100 MB");
+    TU_CHECKF(dmoe_safetensors_open_memory(image, 5, &st) == C, "shorter than 8 bytes");
+    TU_CHECKF(dmoe_safetensors_open_memory(NULL, 5, &st) == DMOE_ERR_NULL_POINTER, "NULL buffer");
+    TU_CHECKF(dmoe_safetensors_open(NULL, &st) == DMOE_ERR_NULL_POINTER, "NULL path");
 }
 
 /* Checks the file written by the reference Python package (see the script). */
@@ -169,8 +159,8 @@ static int check_python_file(const char *path) {
         return 1;
     }
     dmoe_st_tensor_info info;
-    CHECK(dmoe_safetensors_count(st) == 3, "python file: 3 tensors");
-    CHECK(dmoe_safetensors_find(st, "w.bf16", &info) == DMOE_OK && info.dtype == DMOE_DTYPE_BF16 &&
+    TU_CHECKF(dmoe_safetensors_count(st) == 3, "python file: 3 tensors");
+    TU_CHECKF(dmoe_safetensors_find(st, "w.bf16", &info) == DMOE_OK && info.dtype == DMOE_DTYPE_BF16 &&
               info.n_dims == 3 && info.shape[0] == 2 && info.shape[1] == 3 && info.shape[2] == 5,
           "python file: w.bf16 (2,3,5)");
     /* the script stores value i at flat index i (exact in bf16 for i < 256) */
@@ -178,18 +168,18 @@ static int check_python_file(const char *path) {
         uint32_t u = (uint32_t)((const uint16_t *)info.data)[i] << 16;
         float v;
         memcpy(&v, &u, 4);
-        CHECK(v == (float)i, "python file: w.bf16[%d] = %g", i, (double)v);
+        TU_CHECKF(v == (float)i, "python file: w.bf16[%d] = %g", i, (double)v);
     }
-    CHECK(dmoe_safetensors_find(st, "x.f32", &info) == DMOE_OK && info.dtype == DMOE_DTYPE_F32 &&
+    TU_CHECKF(dmoe_safetensors_find(st, "x.f32", &info) == DMOE_OK && info.dtype == DMOE_DTYPE_F32 &&
               info.n_dims == 1 && info.shape[0] == 7 && ((const float *)info.data)[6] == 6.5f,
           "python file: x.f32");
-    CHECK(dmoe_safetensors_find(st, "ids.i64", &info) == DMOE_OK && info.dtype == -1 &&
+    TU_CHECKF(dmoe_safetensors_find(st, "ids.i64", &info) == DMOE_OK && info.dtype == -1 &&
               strcmp(info.dtype_name, "I64") == 0 && ((const int64_t *)info.data)[3] == -3,
           "python file: ids.i64");
     const char *m = dmoe_safetensors_metadata(st, "writer");
-    CHECK(m && strcmp(m, "python-safetensors") == 0, "python file: metadata");
+    TU_CHECKF(m && strcmp(m, "python-safetensors") == 0, "python file: metadata");
     dmoe_safetensors_close(st);
-    return failures != 0;
+    return tu_n_failed != 0;
 }
 
 int main(int argc, char **argv) {
@@ -200,6 +190,6 @@ int main(int argc, char **argv) {
     }
     test_good_file();
     test_defects();
-    printf("%s (%d failures)\n", failures ? "FAILED" : "all safetensors checks passed", failures);
-    return failures != 0;
+    printf("%s (%d failures)\n", tu_n_failed ? "FAILED" : "all safetensors checks passed", tu_n_failed);
+    return tu_n_failed != 0;
 }
