@@ -668,15 +668,19 @@ template <typename DT> static __device__ void task_role(const dmoe_fused_args &a
     }
 }
 
-template <typename DT> __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS) fused_moe_kernel(const dmoe_fused_args a) {
-    extern __shared__ __align__(16) char smem[];
+/* One whole forward, run by every block of a fully resident grid. smem is the
+ * block's dynamic shared memory (plan_smem_bytes), s_word one shared word.
+ * Leaves every counter at zero, so it can run again at once (a new launch,
+ * a graph replay, or the next batch of the resident kernel). */
+template <typename DT> static __device__ __forceinline__ void fused_body(const dmoe_fused_args &a, char *smem,
+                                                                        uint32_t *s_word_p) {
+    uint32_t &s_word = *s_word_p;
     trace(0);
     fm_layout L;
     fm_carve(a.ws, a.n_tokens, a.hidden, a.ffn, a.shared_ffn, a.n_experts, a.top_k, a.n_shared, &L);
-    __shared__ uint32_t s_word;
     float *red = (float *)smem; /* FM_WARPS * 4 * 128 floats for block_mma; the plan reuses smem */
 
-    if (!a.route_from_ids || a.shared_gate) route_role<DT>(a, L, red, &s_word);
+    if (!a.route_from_ids || a.shared_gate) route_role<DT>(a, L, red, s_word_p);
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) s_word = atomicAdd(L.ctr + C_ARRIVE, 1u);
@@ -693,7 +697,7 @@ template <typename DT> __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOC
         __syncthreads();
     }
     trace(2);
-    task_role<DT>(a, L, red, &s_word);
+    task_role<DT>(a, L, red, s_word_p);
     trace(3);
 
     /* the last block out resets the counters for the next launch */
@@ -718,6 +722,12 @@ template <typename DT> __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOC
             __threadfence();
         }
     }
+}
+
+template <typename DT> __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS) fused_moe_kernel(const dmoe_fused_args a) {
+    extern __shared__ __align__(16) char smem[];
+    __shared__ uint32_t s_word;
+    fused_body<DT>(a, smem, &s_word);
 }
 
 /* ---- host ---- */
