@@ -422,18 +422,34 @@ static int32_t item_expert(const cpu_layer *cl, const cpu_items *it, int64_t ite
     return v;
 }
 
+/* What a GEMM item works on: its expert's weights, rows [r0, r1) and the
+ * expert's n slots starting at off. */
+typedef struct gemm_item {
+    const void *w13, *w2;
+    int64_t F, r0, r1, off, n;
+    size_t ws, act_elem; /* bytes per weight and per activation element */
+} gemm_item;
+
+static void gemm_item_get(const cpu_layer *cl, const cpu_items *it, int64_t item,
+                          int64_t n_rows_of_v(const cpu_layer *, int32_t), gemm_item *g) {
+    const int32_t v = item_expert(cl, it, item, n_rows_of_v, &g->r0, &g->r1);
+    expert_weights(cl, v, &g->w13, &g->w2, &g->F);
+    g->off = cl->offsets[v];
+    g->n = cl->counts[v];
+    g->ws = dmoe_dtype_size(cl->layer->desc.weight_dtype);
+    g->act_elem = cl->use_bf16 ? sizeof(uint16_t) : sizeof(float);
+}
+
 static void job_gemm1(void *arg, int64_t item, int tid) {
     cpu_layer *cl = (cpu_layer *)arg;
     const dmoe_layer_desc *d = &cl->layer->desc;
     const int64_t H = d->hidden;
-    const size_t ws = dmoe_dtype_size(d->weight_dtype);
-    const size_t act_elem = cl->use_bf16 ? sizeof(uint16_t) : sizeof(float);
     cpu_thread_ws *w = &cl->tws[tid];
-    int64_t f0, f1, F;
-    const int32_t v = item_expert(cl, &cl->items1, item, gemm1_rows, &f0, &f1);
-    const void *w13, *w2;
-    expert_weights(cl, v, &w13, &w2, &F);
-    const int64_t off = cl->offsets[v], n = cl->counts[v];
+    gemm_item g;
+    gemm_item_get(cl, &cl->items1, item, gemm1_rows, &g);
+    const int64_t f0 = g.r0, f1 = g.r1, F = g.F, off = g.off, n = g.n;
+    const size_t ws = g.ws, act_elem = g.act_elem;
+    const void *w13 = g.w13;
     for (int64_t j = 0; j < n; j++) w->xrows[j] = x_gemm_row(cl, cl->pairs[off + j] / cl->n_slots);
     for (int64_t fa = f0; fa < f1; fa += GEMM1_ROWS) {
         const int64_t nr = f1 - fa < GEMM1_ROWS ? f1 - fa : GEMM1_ROWS;
@@ -463,14 +479,12 @@ static void job_gemm2(void *arg, int64_t item, int tid) {
     cpu_layer *cl = (cpu_layer *)arg;
     const dmoe_layer_desc *d = &cl->layer->desc;
     const int64_t H = d->hidden;
-    const size_t ws = dmoe_dtype_size(d->weight_dtype);
-    const size_t act_elem = cl->use_bf16 ? sizeof(uint16_t) : sizeof(float);
     cpu_thread_ws *w = &cl->tws[tid];
-    int64_t h0, h1, F;
-    const int32_t v = item_expert(cl, &cl->items2, item, gemm2_rows, &h0, &h1);
-    const void *w13, *w2;
-    expert_weights(cl, v, &w13, &w2, &F);
-    const int64_t off = cl->offsets[v], n = cl->counts[v];
+    gemm_item g;
+    gemm_item_get(cl, &cl->items2, item, gemm2_rows, &g);
+    const int64_t h0 = g.r0, h1 = g.r1, F = g.F, off = g.off, n = g.n;
+    const size_t ws = g.ws, act_elem = g.act_elem;
+    const void *w2 = g.w2;
     for (int64_t j = 0; j < n; j++)
         w->xrows[j] = (const char *)cl->act + (size_t)((off + j) * cl->ld_act) * act_elem;
     const char *wr = (const char *)w2 + (size_t)(h0 * F) * ws;
