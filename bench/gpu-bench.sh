@@ -24,7 +24,8 @@ if [ "${1:-}" = pack ]; then
   exit 0
 fi
 OUT=${OUT:-$PWD/gpu-bench-out}
-mkdir -p "$OUT"
+LOGS=$OUT/logs   # tarred into $OUT/logs.tgz at the end (the device returns at most 8 files)
+mkdir -p "$LOGS"
 STAGES=${*:-tests sanitize bench}
 T_TESTS=${DMOE_T_TESTS:-300}
 T_SAN=${DMOE_T_SAN:-120}
@@ -34,29 +35,34 @@ if [ -n "${DMOE_PREBUILT:-}" ] && [ -x "$DMOE_PREBUILT/test-cuda-ops" ]; then
   BIN=$DMOE_PREBUILT
   LIB=$DMOE_PREBUILT
 else
-  cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
-    cmake --build build-cuda >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+  cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release >"$LOGS/build.log" 2>&1 &&
+    cmake --build build-cuda >>"$LOGS/build.log" 2>&1 || { tail -30 "$LOGS/build.log"; exit 1; }
   BIN=build-cuda/bin
   LIB=build-cuda/lib
 fi
 export LD_LIBRARY_PATH=$LIB:${LD_LIBRARY_PATH:-}
 SUMMARY=""
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$LOGS/gpu.txt"
 
 for stage in $STAGES; do
   case $stage in
   tests)
     start=$(date +%s)
-    # name[:path]: the forward and graph tests run again through the fused kernel
-    for spec in test-cuda-errors test-cuda-ops test-cuda-forward test-cuda-graph \
+    # every GPU test on the default path (DMOE_PATH unset: the heuristic), then
+    # name:path: the forward and graph tests forced through each path
+    for spec in $(cd "$BIN" && ls test-cuda-*) test-cuda-forward:staged test-cuda-graph:staged \
                 test-cuda-forward:fused test-cuda-graph:fused; do
       t=${spec%%:*}
-      path=staged
+      path=default
       [ "$spec" != "$t" ] && path=${spec#*:}
-      log="$OUT/$t-$path.log"
+      log="$LOGS/$t-$path.log"
       left=$((T_TESTS - ($(date +%s) - start)))
       [ $left -lt 5 ] && { SUMMARY="$SUMMARY\n$spec: not run (time)"; continue; }
-      DMOE_PATH=$path timeout $left "$BIN/$t" >"$log" 2>&1
+      if [ $path = default ]; then
+        (unset DMOE_PATH; timeout $left "$BIN/$t" >"$log" 2>&1)
+      else
+        DMOE_PATH=$path timeout $left "$BIN/$t" >"$log" 2>&1
+      fi
       rc=$?
       grep -E "FAIL|FATAL|checks|SKIPPED" "$log" | tail -12
       SUMMARY="$SUMMARY\n$spec: rc=$rc $(grep -E 'checks' "$log" | tail -1)"
@@ -64,25 +70,25 @@ for stage in $STAGES; do
     ;;
   sanitize)
     start=$(date +%s)
-    for tool in memcheck racecheck; do
+    # every tool over both paths (staged, fused) on the quick grid
+    for spec in memcheck:staged racecheck:staged synccheck:staged memcheck:fused racecheck:fused synccheck:fused; do
+      tool=${spec%%:*}
+      path=${spec#*:}
       left=$((T_SAN - ($(date +%s) - start)))
-      [ $left -lt 10 ] && { SUMMARY="$SUMMARY\nsanitizer $tool: not run (time)"; continue; }
-      DMOE_GPU_TEST_QUICK=1 timeout $left compute-sanitizer --tool $tool --error-exitcode 9 \
-        "$BIN/test-cuda-forward" >"$OUT/san-$tool.log" 2>&1
+      [ $left -lt 10 ] && { SUMMARY="$SUMMARY\nsanitizer $spec: not run (time)"; continue; }
+      DMOE_PATH=$path DMOE_GPU_TEST_QUICK=1 timeout $left compute-sanitizer --tool $tool --error-exitcode 9 \
+        "$BIN/test-cuda-forward" >"$LOGS/san-$tool-$path.log" 2>&1
       rc=$?
-      SUMMARY="$SUMMARY\nsanitizer $tool (test-cuda-forward quick): rc=$rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/san-$tool.log" | tail -1)"
+      SUMMARY="$SUMMARY\nsanitizer $tool $path (test-cuda-forward quick): rc=$rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY' "$LOGS/san-$tool-$path.log" | tail -1)"
     done
     ;;
   bench)
     DMOE_PRINT_CONFIG=1 DMOE_LIB=$LIB/libdmoe.so PYTHONUNBUFFERED=1 timeout $T_BENCH python3 bench/gpu_bench.py \
       --out "$OUT" --time-limit $((T_BENCH - 25)) 2>&1 | tee "$OUT/bench.txt" | tail -40
     SUMMARY="$SUMMARY\nbench: rc=${PIPESTATUS[0]}"
-    mkdir -p "$OUT/fused"
-    DMOE_PATH=fused DMOE_LIB=$LIB/libdmoe.so PYTHONUNBUFFERED=1 timeout ${DMOE_T_FUSED:-60} python3 bench/gpu_bench.py \
-      --out "$OUT/fused" --tokens 1,16 --time-limit 40 2>&1 | tee "$OUT/bench-fused.txt" | tail -14
-    SUMMARY="$SUMMARY\nbench fused (T=1,16): rc=${PIPESTATUS[0]}"
     ;;
   esac
 done
 echo "=== summary"
-printf "$SUMMARY\n"
+printf "$SUMMARY\n" | tee "$LOGS/summary.txt"
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
