@@ -7,12 +7,16 @@
  * plan for a high quantile of a balanced routing: with n = T*K pairs over E
  * experts, avg = n/E and m ~ avg + 3*sqrt(avg) + 1, capped by T (router ids
  * pick an expert at most once per token). Then:
- *   m <= 64   stream (weight streaming, 8/16/32/64 tokens per pass): HBM-bound,
+ *   m <= 32   stream (weight streaming, 8/16/32 tokens per pass): HBM-bound,
  *             every weight read once per pass (measured 80-95% of the copy
- *             bandwidth floor at 16..64 rows; the mma.sync tiles reached only
- *             55-58% there, bench/cuda-notes.md);
- *   else      the sm90 wgmma kernels when they are built and the device is
- *             sm_90, else mma.sync with 64- or 128-row tiles.
+ *             bandwidth floor at 16..32 rows, bench/cuda-notes.md);
+ *   m <= 128  on sm_90 the swap-AB wgmma kernels (weights on the M side, the
+ *             expert's rows as N = 64 or 128, sm90-grouped-gemm.cu): the
+ *             weights stream once through a TMA pipeline (bench/sm90-gemm-notes.md,
+ *             v06); elsewhere stream (m <= 64) or mma;
+ *   else      the sm90 wgmma kernels (128x256 tiles) when they are built and
+ *             the device is sm_90, else mma.sync with 64- or 128-row tiles.
+ * DMOE_CUDA_SWAP_N=16|32|64|128 forces the swap kernels' rows per item.
  * Router. Up to T = 1024 a split-k streaming kernel: 16 experts x k_chunk per
  * block, with k_splits chosen so that ~2 blocks per SM read the router
  * weights; T <= 16 routes inside that launch (fused). Beyond, tiled mma logits.
@@ -34,6 +38,7 @@ extern "C" const char *dmoe__cuda_gemm_kind_name(dmoe_cuda_gemm_kind kind) {
     case DMOE_CUDA_GEMM_STREAM: return "stream";
     case DMOE_CUDA_GEMM_MMA: return "mma";
     case DMOE_CUDA_GEMM_SM90: return "sm90";
+    case DMOE_CUDA_GEMM_SWAP: return "sm90-swap";
     }
     return "unknown";
 }
@@ -53,6 +58,14 @@ extern "C" dmoe_cuda_gemm_kind dmoe__cuda_gemm_kind_from_env(void) {
     if (!v || !*v || strcmp(v, "auto") == 0) return DMOE_CUDA_GEMM_AUTO;
     if (strcmp(v, "stream") == 0) return DMOE_CUDA_GEMM_STREAM;
     if (strcmp(v, "mma") == 0) return DMOE_CUDA_GEMM_MMA;
+    if (strcmp(v, "swap") == 0) {
+#ifdef DMOE_HAVE_SM90_GEMM
+        return DMOE_CUDA_GEMM_SWAP;
+#else
+        fprintf(stderr, "dmoe: DMOE_CUDA_GEMM=swap but the sm90 kernels are not built; using auto\n");
+        return DMOE_CUDA_GEMM_AUTO;
+#endif
+    }
     if (strcmp(v, "sm90") == 0) {
 #ifdef DMOE_HAVE_SM90_GEMM
         return DMOE_CUDA_GEMM_SM90;
@@ -61,7 +74,7 @@ extern "C" dmoe_cuda_gemm_kind dmoe__cuda_gemm_kind_from_env(void) {
         return DMOE_CUDA_GEMM_AUTO;
 #endif
     }
-    fprintf(stderr, "dmoe: unknown DMOE_CUDA_GEMM=%s (auto|stream|mma|sm90); using auto\n", v);
+    fprintf(stderr, "dmoe: unknown DMOE_CUDA_GEMM=%s (auto|stream|mma|sm90|swap); using auto\n", v);
     return DMOE_CUDA_GEMM_AUTO;
 }
 
@@ -82,6 +95,21 @@ extern "C" int32_t dmoe__cuda_stream_tokens(const dmoe_cuda_grouped_args *a) {
     return 64;
 }
 
+extern "C" int32_t dmoe__cuda_swap_tokens(const dmoe_cuda_grouped_args *a) {
+    static int forced = -1;
+    if (forced < 0) {
+        const char *v = getenv("DMOE_CUDA_SWAP_N");
+        const int n = v ? atoi(v) : 0;
+        forced = (n == 16 || n == 32 || n == 64 || n == 128) ? n : 0;
+    }
+    if (forced) return forced;
+    const int64_t m = dmoe__cuda_rows_estimate(a);
+    if (m <= 16) return 16;
+    if (m <= 32) return 32;
+    if (m <= 64) return 64;
+    return 128;
+}
+
 extern "C" int32_t dmoe__cuda_mma_rows(const dmoe_cuda_grouped_args *a) {
     return dmoe__cuda_rows_estimate(a) <= 64 ? 64 : 128;
 }
@@ -91,11 +119,14 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
                                                         int cc_major, int cc_minor) {
     dmoe_cuda_gemm_kind kind = forced;
     const int64_t m = dmoe__cuda_rows_estimate(a);
-    if (kind == DMOE_CUDA_GEMM_SM90 && !dmoe__cuda_sm90_available(cc_major, cc_minor))
+    if ((kind == DMOE_CUDA_GEMM_SM90 || kind == DMOE_CUDA_GEMM_SWAP) &&
+        !dmoe__cuda_sm90_available(cc_major, cc_minor))
         kind = DMOE_CUDA_GEMM_AUTO;
     if (kind == DMOE_CUDA_GEMM_AUTO) {
-        if (m <= 64) kind = DMOE_CUDA_GEMM_STREAM;
-        else if (dmoe__cuda_sm90_available(cc_major, cc_minor)) kind = DMOE_CUDA_GEMM_SM90;
+        const int sm90 = dmoe__cuda_sm90_available(cc_major, cc_minor);
+        if (m <= 32 || (m <= 64 && !sm90)) kind = DMOE_CUDA_GEMM_STREAM;
+        else if (m <= 128 && sm90) kind = DMOE_CUDA_GEMM_SWAP;
+        else if (sm90) kind = DMOE_CUDA_GEMM_SM90;
         else kind = DMOE_CUDA_GEMM_MMA;
     }
     dmoe_cuda_gemm_choice c;
@@ -112,6 +143,11 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
         c.gemm1 = dmoe__cuda_gemm1_sm90;
         c.gemm2 = dmoe__cuda_gemm2_sm90;
         c.tile = 0;
+        break;
+    case DMOE_CUDA_GEMM_SWAP:
+        c.gemm1 = dmoe__cuda_gemm1_sm90_swap;
+        c.gemm2 = dmoe__cuda_gemm2_sm90_swap;
+        c.tile = dmoe__cuda_swap_tokens(a);
         break;
 #endif
     default:
