@@ -124,10 +124,8 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
         kind = DMOE_CUDA_GEMM_AUTO;
     if (kind == DMOE_CUDA_GEMM_AUTO) {
         const int sm90 = dmoe__cuda_sm90_available(cc_major, cc_minor);
-        if (m <= 32 || (m <= 64 && !sm90)) kind = DMOE_CUDA_GEMM_STREAM;
-        else if (m <= 128 && sm90) kind = DMOE_CUDA_GEMM_SWAP;
-        else if (sm90) kind = DMOE_CUDA_GEMM_SM90;
-        else kind = DMOE_CUDA_GEMM_MMA;
+        if (sm90) kind = m <= 64 ? DMOE_CUDA_GEMM_SWAP : DMOE_CUDA_GEMM_SM90;
+        else kind = m <= 64 ? DMOE_CUDA_GEMM_STREAM : DMOE_CUDA_GEMM_MMA;
     }
     dmoe_cuda_gemm_choice c;
     memset(&c, 0, sizeof c);

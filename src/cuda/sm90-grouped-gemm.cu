@@ -894,6 +894,18 @@ static int print_config_enabled(void) {
     return v;
 }
 
+/* DMOE_PRINT_CONFIG=1: 1 when this launch's configuration differs from the
+ * previous launch of the same GEMM (prints each change once, not every forward).
+ * NOTE: a benign race between host threads: at worst a line is printed twice. */
+static int print_config_once(int kind, int nt, int dtype) {
+    static int last[3] = {-1, -1, -1};
+    if (!print_config_enabled()) return 0;
+    const int key = nt * 16 + dtype * 2 + 1;
+    if (last[kind] == key) return 0;
+    last[kind] = key;
+    return 1;
+}
+
 static dmoe_status check_args(dmoe_context *ctx, const dmoe_cuda_grouped_args *a, const char *name,
                               const void *p0, const void *p1, const void *p2) {
     if (a->dtype != DMOE_DTYPE_BF16 && a->dtype != DMOE_DTYPE_F16)
@@ -953,7 +965,7 @@ static dmoe_status launch(dmoe_context *ctx, const dmoe_cuda_grouped_args *a, co
     auto kernel = grouped_gemm_kernel<T, Kind>;
     DMOE_CUDA_CHECK(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               (int)smem));
-    if (print_config_enabled())
+    if (print_config_once(Kind, 0, (int)a->dtype))
         fprintf(stderr,
                 "dmoe: %s %s: tile %dx%d k%d, %d stages, group_m %d, grid %d x %d threads, "
                 "smem %zu B\n",
@@ -1017,7 +1029,7 @@ static dmoe_status swap_launch(dmoe_context *ctx, const dmoe_cuda_grouped_args *
     auto kernel = swap_gemm_kernel<T, Kind, NT>;
     DMOE_CUDA_CHECK(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               (int)smem));
-    if (print_config_enabled())
+    if (print_config_once(Kind, NT, (int)a->dtype))
         fprintf(stderr,
                 "dmoe: %s %s: swap-AB, %d weight rows x %d tokens x k%d per stage, %d stages, "
                 "grid %d x %d threads, smem %zu B\n",
