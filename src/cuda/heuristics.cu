@@ -7,15 +7,22 @@
  * plan for a high quantile of a balanced routing: with n = T*K pairs over E
  * experts, avg = n/E and m ~ avg + 3*sqrt(avg) + 1, capped by T (router ids
  * pick an expert at most once per token). Then:
- *   m <= 32   stream (weight streaming, 8/16/32 tokens per pass): HBM-bound,
- *             every weight read once per pass (measured 80-95% of the copy
- *             bandwidth floor at 16..32 rows, bench/cuda-notes.md);
- *   m <= 128  on sm_90 the swap-AB wgmma kernels (weights on the M side, the
- *             expert's rows as N = 64 or 128, sm90-grouped-gemm.cu): the
- *             weights stream once through a TMA pipeline (bench/sm90-gemm-notes.md,
- *             v06); elsewhere stream (m <= 64) or mma;
- *   else      the sm90 wgmma kernels (128x256 tiles) when they are built and
- *             the device is sm_90, else mma.sync with 64- or 128-row tiles.
+ *   on sm_90 (the wgmma kernels built):
+ *     m <= 64   the swap-AB kernels (weights on the wgmma M side, the
+ *               expert's rows as N = 16/32/64, sm90-grouped-gemm.cu): every
+ *               weight read once through a TMA pipeline, 97-103% of the floor
+ *               on mixtral T=16/128 and deepseek T=16..512, 86-91% on
+ *               qwen3/olmoe T=16/128 (the streaming kernels: 72-94%), unless
+ *               the launch has too few items for the grid: with the experts
+ *               hit estimated as E (1 - (1 - K/E)^T), items = hit *
+ *               min(ceil(F / 128), ceil(H / 256)) < num_sms / 2 (T = 1 on
+ *               mixtral, qwen3, olmoe: 32-64 items) goes to stream, which
+ *               splits K and measured 4-15% faster there
+ *               (bench/sm90-gemm-notes.md, v06);
+ *     else      the 128x256-tile wgmma kernels (at 64 < m <= 128 they beat
+ *               swap128 by 2-5% in the harness: olmoe T=512, deepseek T=2048);
+ *   elsewhere: m <= 64 stream (8/16/32/64 tokens a pass), else mma.sync with
+ *   64- or 128-row tiles.
  * DMOE_CUDA_SWAP_N=16|32|64|128 forces the swap kernels' rows per item.
  * Router. Up to T = 1024 a split-k streaming kernel: 16 experts x k_chunk per
  * block, with k_splits chosen so that ~2 blocks per SM read the router
@@ -95,6 +102,17 @@ extern "C" int32_t dmoe__cuda_stream_tokens(const dmoe_cuda_grouped_args *a) {
     return 64;
 }
 
+/* Items of the smaller swap launch (per expert hit: GEMM1 ceil(F / 128)
+ * feature blocks, GEMM2 ceil(H / 256) row blocks), with the experts hit
+ * estimated for uniform routing. a: GEMM1's arguments (k_dim H, n_dim F). */
+static double swap_items(const dmoe_cuda_grouped_args *a) {
+    const double E = (double)a->n_experts, K = (double)a->top_k;
+    double hit = E * (1.0 - pow(1.0 - (K < E ? K : E) / E, (double)a->n_tokens));
+    if (hit > (double)a->n_rows) hit = (double)a->n_rows;
+    const double b1 = (double)((a->n_dim + 127) / 128), b2 = (double)((a->k_dim + 255) / 256);
+    return hit * (b1 < b2 ? b1 : b2);
+}
+
 extern "C" int32_t dmoe__cuda_swap_tokens(const dmoe_cuda_grouped_args *a) {
     static int forced = -1;
     if (forced < 0) {
@@ -124,7 +142,11 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
         kind = DMOE_CUDA_GEMM_AUTO;
     if (kind == DMOE_CUDA_GEMM_AUTO) {
         const int sm90 = dmoe__cuda_sm90_available(cc_major, cc_minor);
-        if (sm90) kind = m <= 64 ? DMOE_CUDA_GEMM_SWAP : DMOE_CUDA_GEMM_SM90;
+        if (sm90 && m <= 64)
+            kind = swap_items(a) * 2 >= (double)(a->num_sms > 0 ? a->num_sms : 132)
+                       ? DMOE_CUDA_GEMM_SWAP
+                       : DMOE_CUDA_GEMM_STREAM;
+        else if (sm90) kind = DMOE_CUDA_GEMM_SM90;
         else kind = m <= 64 ? DMOE_CUDA_GEMM_STREAM : DMOE_CUDA_GEMM_MMA;
     }
     dmoe_cuda_gemm_choice c;

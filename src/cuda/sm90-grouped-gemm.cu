@@ -1,6 +1,8 @@
 /*
  * sm90-grouped-gemm.cu: the grouped GEMMs of the staged MoE path on Hopper
- * (sm_90a), for many rows per expert (prefill).
+ * (sm_90a): 128x256 tiles for many rows per expert (prefill), described here,
+ * and the swap-AB kernels for few rows per expert (further down, before the
+ * host side; heuristics.cu chooses).
  *
  *   GEMM1  act  (n_rows, F) = silu(x[t] . w13[e, f]) * (x[t] . w13[e, F + f])
  *          x (T, H) gathered by t = pairs[s] / top_k, w13 (E, 2F, H)

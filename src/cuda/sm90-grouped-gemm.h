@@ -1,6 +1,7 @@
 /*
- * sm90-grouped-gemm.h: the Hopper (sm_90a) grouped GEMMs of the staged path,
- * for many rows per expert (prefill). They implement the typedefs
+ * sm90-grouped-gemm.h: the Hopper (sm_90a) grouped GEMMs of the staged path:
+ * 128x256 tiles for many rows per expert (prefill), and the swap-AB kernels
+ * (weights on the M side) for few rows per expert. They implement the typedefs
  * dmoe_cuda_gemm1_fn and dmoe_cuda_gemm2_fn of cuda-ops.h; see
  * sm90-grouped-gemm.cu for the algorithm.
  *
