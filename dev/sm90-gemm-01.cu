@@ -18,7 +18,7 @@
  * Build (sm_90a, cuBLAS for the reference):
  *   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -Iinclude -Isrc \
  *        -Xcompiler -fopenmp dev/sm90-gemm-01.cu -lcublas -o devbin/sm90-gemm-01
- * Run: devbin/sm90-gemm-01 [check|perf|all]
+ * Run: devbin/sm90-gemm-01 [check|perf|all] [perf case names, comma list]
  */
 #include <algorithm>
 #include <functional>
@@ -43,6 +43,9 @@ extern "C" dmoe_status dmoe__error(dmoe_context *ctx, dmoe_status status, const 
     va_end(ap);
     return status;
 }
+
+/* the plain swap entry points ask the heuristics (heuristics.cu, not linked here) */
+extern "C" int32_t dmoe__cuda_swap_tokens(const dmoe_cuda_grouped_args *a) { return 64; }
 
 #define CK(x)                                                                                 \
     do {                                                                                      \
@@ -391,6 +394,10 @@ template <typename T> static void run_case(const shape &c) {
     };
 
     const double fl1 = 2.0 * NR * 2 * F * H, fl2 = 2.0 * NR * H * F;
+    int hit = 0;
+    for (int e = 0; e < E; ++e) hit += counts[e] > 0;
+    /* weight bytes of the experts hit (GB/s columns; copy ceiling ~3000 read+write) */
+    const double wb1 = (double)hit * 2 * F * H * sizeof(T), wb2 = (double)hit * H * F * sizeof(T);
     struct variant_fns {
         const char *name;
         std::function<void()> g1, g2;
@@ -401,6 +408,20 @@ template <typename T> static void run_case(const shape &c) {
         variant_fns{"lib",
                     [&] { CD(dmoe__cuda_gemm1_sm90(nullptr, &a1, x, w13, act_out, 0)); },
                     [&] { CD(dmoe__cuda_gemm2_sm90(nullptr, &a2, act_in, w2, d_topw, part, 0)); }}};
+    /* v06: swap-AB (weights on the M side), 16/32/64/128 rows per item; every
+     * one on the check cases, on timed cases those that fit the mean rows. */
+    static const char *swap_names[] = {"swap16", "swap32", "swap64", "swap128"};
+    const double mean_rows = (double)NR / E;
+    for (int i = 0; i < 4; ++i) {
+        const int nt = 16 << i;
+        if (c.time && (mean_rows > 256 || nt > 4 * mean_rows + 16 || nt * 4 < mean_rows)) continue;
+        vs.push_back(variant_fns{
+            swap_names[i],
+            [&, nt] { CD(dmoe__cuda_gemm1_sm90_swap_n(nullptr, &a1, nt, x, w13, act_out, 0)); },
+            [&, nt] {
+                CD(dmoe__cuda_gemm2_sm90_swap_n(nullptr, &a2, nt, act_in, w2, d_topw, part, 0));
+            }});
+    }
     for (size_t v = 0; v < vs.size(); ++v) {
         CK(cudaMemset(act_out, 0xff, NR * F * sizeof(T)));
         CK(cudaMemset(part, 0xff, NR * H * sizeof(T)));
@@ -410,7 +431,7 @@ template <typename T> static void run_case(const shape &c) {
         printf("  variant %s\n", vs[v].name);
         compare(act_out, c1, F, 1, "gemm1 act");
         compare(part, c2, H, 2, "gemm2 part");
-        if (v < 2) cpu_check(vs[v].name);
+        if (v < 2 || !c.time) cpu_check(vs[v].name);
     }
     if (c.time) {
         /* interleaved: rep r times every variant once, so drift (clocks, heat) hits all alike */
@@ -440,11 +461,12 @@ template <typename T> static void run_case(const shape &c) {
             const float ms1 = t1[v][reps / 2], ms2 = t2[v][reps / 2];
             const double tf1 = fl1 / (ms1 * 1e-3) / 1e12, tf2 = fl2 / (ms2 * 1e-3) / 1e12;
             printf("  RESULT %-16s %-10s gemm1 %9.1f us %6.1f TFLOP/s (%.2f of 781, %.2f of dense)"
-                   " [min %.1f max %.1f] | gemm2 %9.1f us %6.1f TFLOP/s (%.2f of 781, %.2f of dense)"
-                   " [min %.1f max %.1f]\n",
+                   " %6.0f GB/s [min %.1f max %.1f] | gemm2 %9.1f us %6.1f TFLOP/s (%.2f of 781,"
+                   " %.2f of dense) %6.0f GB/s [min %.1f max %.1f] | both %.1f us\n",
                    c.name, vs[v].name, ms1 * 1e3, tf1, tf1 / 781, tf1 / g_dense_tflops,
-                   t1[v].front() * 1e3, t1[v].back() * 1e3, ms2 * 1e3, tf2, tf2 / 781,
-                   tf2 / g_dense_tflops, t2[v].front() * 1e3, t2[v].back() * 1e3);
+                   wb1 / (ms1 * 1e-3) / 1e9, t1[v].front() * 1e3, t1[v].back() * 1e3, ms2 * 1e3,
+                   tf2, tf2 / 781, tf2 / g_dense_tflops, wb2 / (ms2 * 1e-3) / 1e9,
+                   t2[v].front() * 1e3, t2[v].back() * 1e3, (ms1 + ms2) * 1e3);
         }
         /* baseline: cuBLAS per expert, bf16 out, gather and SwiGLU excluded */
         float msb1 = time_median([&] {
@@ -486,6 +508,7 @@ int main(int argc, char **argv) {
     printf("device %s, %d SMs, cc %d.%d\n", prop.name, prop.multiProcessorCount, prop.major,
            prop.minor);
     const bool check = strcmp(mode, "perf") != 0, perf = strcmp(mode, "check") != 0;
+    const char *only = argc > 2 ? argv[2] : nullptr; /* perf cases whose name is in this list */
     const shape checks[] = {
         {"odd-2880", 257, 2880, 1408, 60, 6, DMOE_DTYPE_BF16, 0, false},
         {"tails-f16", 100, 1000, 200, 64, 3, DMOE_DTYPE_F16, 0, false},
@@ -499,6 +522,16 @@ int main(int argc, char **argv) {
         {"mixtral-T8192", 8192, 4096, 14336, 8, 2, DMOE_DTYPE_BF16, 0, true},
         {"dsv3-T8192", 8192, 7168, 2048, 256, 8, DMOE_DTYPE_BF16, 0, true},
         {"qwen3a3b-T8192", 8192, 2048, 768, 128, 8, DMOE_DTYPE_BF16, 0, true},
+        /* few rows per expert (v06: swap-AB) */
+        {"mixtral-T128", 128, 4096, 14336, 8, 2, DMOE_DTYPE_BF16, 0, true},
+        {"qwen3a3b-T512", 512, 2048, 768, 128, 8, DMOE_DTYPE_BF16, 0, true},
+        {"olmoe-T512", 512, 2048, 1024, 64, 8, DMOE_DTYPE_BF16, 0, true},
+        {"dsv3-T2048", 2048, 7168, 2048, 256, 8, DMOE_DTYPE_BF16, 0, true},
+        {"qwen3a3b-T2048", 2048, 2048, 768, 128, 8, DMOE_DTYPE_BF16, 0, true},
+        {"olmoe-T2048", 2048, 2048, 1024, 64, 8, DMOE_DTYPE_BF16, 0, true},
+        {"dsv3-T16", 16, 7168, 2048, 256, 8, DMOE_DTYPE_BF16, 0, true},
+        {"qwen3a3b-T128", 128, 2048, 768, 128, 8, DMOE_DTYPE_BF16, 0, true},
+        {"mixtral-T16", 16, 4096, 14336, 8, 2, DMOE_DTYPE_BF16, 0, true},
     };
     if (perf) measure_dense();
     if (check)
@@ -507,7 +540,8 @@ int main(int argc, char **argv) {
             else run_case<__half>(c);
         }
     if (perf)
-        for (const shape &c : perfs) run_case<__nv_bfloat16>(c);
+        for (const shape &c : perfs)
+            if (!only || strstr(only, c.name)) run_case<__nv_bfloat16>(c);
     printf("%s: %d failures\n", g_failures ? "FAILED" : "PASSED", g_failures);
     cublasDestroy(g_blas);
     return g_failures ? 1 : 0;

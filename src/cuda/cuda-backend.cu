@@ -313,6 +313,7 @@ static dmoe_cuda_grouped_args grouped_args(const dmoe_cuda_context *cc, dmoe_dty
 static const char *choice_str(const dmoe_cuda_gemm_choice *c, char *buf, size_t n) {
     if (c->kind == DMOE_CUDA_GEMM_STREAM) snprintf(buf, n, "stream (%d tokens/pass)", (int)c->tile);
     else if (c->kind == DMOE_CUDA_GEMM_MMA) snprintf(buf, n, "mma (%dx128 tiles)", (int)c->tile);
+    else if (c->kind == DMOE_CUDA_GEMM_SWAP) snprintf(buf, n, "sm90-swap (%d rows/item)", (int)c->tile);
     else snprintf(buf, n, "%s", dmoe__cuda_gemm_kind_name(c->kind));
     return buf;
 }

@@ -7,12 +7,23 @@
  * plan for a high quantile of a balanced routing: with n = T*K pairs over E
  * experts, avg = n/E and m ~ avg + 3*sqrt(avg) + 1, capped by T (router ids
  * pick an expert at most once per token). Then:
- *   m <= 64   stream (weight streaming, 8/16/32/64 tokens per pass): HBM-bound,
- *             every weight read once per pass (measured 80-95% of the copy
- *             bandwidth floor at 16..64 rows; the mma.sync tiles reached only
- *             55-58% there, bench/cuda-notes.md);
- *   else      the sm90 wgmma kernels when they are built and the device is
- *             sm_90, else mma.sync with 64- or 128-row tiles.
+ *   on sm_90 (the wgmma kernels built):
+ *     m <= 64   the swap-AB kernels (weights on the wgmma M side, the
+ *               expert's rows as N = 16/32/64, sm90-grouped-gemm.cu): every
+ *               weight read once through a TMA pipeline, 97-103% of the floor
+ *               on mixtral T=16/128 and deepseek T=16..512, 86-91% on
+ *               qwen3/olmoe T=16/128 (the streaming kernels: 72-94%), unless
+ *               the launch has too few items for the grid: with the experts
+ *               hit estimated as E (1 - (1 - K/E)^T), items = hit *
+ *               min(ceil(F / 128), ceil(H / 256)) < num_sms / 2 (T = 1 on
+ *               mixtral, qwen3, olmoe: 32-64 items) goes to stream, which
+ *               splits K and measured 4-15% faster there
+ *               (bench/sm90-gemm-notes.md, v06);
+ *     else      the 128x256-tile wgmma kernels (at 64 < m <= 128 they beat
+ *               swap128 by 2-5% in the harness: olmoe T=512, deepseek T=2048);
+ *   elsewhere: m <= 64 stream (8/16/32/64 tokens a pass), else mma.sync with
+ *   64- or 128-row tiles.
+ * DMOE_CUDA_SWAP_N=16|32|64|128 forces the swap kernels' rows per item.
  * Router. Up to T = 1024 a split-k streaming kernel: 16 experts x k_chunk per
  * block, with k_splits chosen so that ~2 blocks per SM read the router
  * weights; T <= 16 routes inside that launch (fused). Beyond, tiled mma logits.
@@ -34,6 +45,7 @@ extern "C" const char *dmoe__cuda_gemm_kind_name(dmoe_cuda_gemm_kind kind) {
     case DMOE_CUDA_GEMM_STREAM: return "stream";
     case DMOE_CUDA_GEMM_MMA: return "mma";
     case DMOE_CUDA_GEMM_SM90: return "sm90";
+    case DMOE_CUDA_GEMM_SWAP: return "sm90-swap";
     }
     return "unknown";
 }
@@ -53,6 +65,14 @@ extern "C" dmoe_cuda_gemm_kind dmoe__cuda_gemm_kind_from_env(void) {
     if (!v || !*v || strcmp(v, "auto") == 0) return DMOE_CUDA_GEMM_AUTO;
     if (strcmp(v, "stream") == 0) return DMOE_CUDA_GEMM_STREAM;
     if (strcmp(v, "mma") == 0) return DMOE_CUDA_GEMM_MMA;
+    if (strcmp(v, "swap") == 0) {
+#ifdef DMOE_HAVE_SM90_GEMM
+        return DMOE_CUDA_GEMM_SWAP;
+#else
+        fprintf(stderr, "dmoe: DMOE_CUDA_GEMM=swap but the sm90 kernels are not built; using auto\n");
+        return DMOE_CUDA_GEMM_AUTO;
+#endif
+    }
     if (strcmp(v, "sm90") == 0) {
 #ifdef DMOE_HAVE_SM90_GEMM
         return DMOE_CUDA_GEMM_SM90;
@@ -61,7 +81,7 @@ extern "C" dmoe_cuda_gemm_kind dmoe__cuda_gemm_kind_from_env(void) {
         return DMOE_CUDA_GEMM_AUTO;
 #endif
     }
-    fprintf(stderr, "dmoe: unknown DMOE_CUDA_GEMM=%s (auto|stream|mma|sm90); using auto\n", v);
+    fprintf(stderr, "dmoe: unknown DMOE_CUDA_GEMM=%s (auto|stream|mma|sm90|swap); using auto\n", v);
     return DMOE_CUDA_GEMM_AUTO;
 }
 
@@ -82,6 +102,32 @@ extern "C" int32_t dmoe__cuda_stream_tokens(const dmoe_cuda_grouped_args *a) {
     return 64;
 }
 
+/* Items of the smaller swap launch (per expert hit: GEMM1 ceil(F / 128)
+ * feature blocks, GEMM2 ceil(H / 256) row blocks), with the experts hit
+ * estimated for uniform routing. a: GEMM1's arguments (k_dim H, n_dim F). */
+static double swap_items(const dmoe_cuda_grouped_args *a) {
+    const double E = (double)a->n_experts, K = (double)a->top_k;
+    double hit = E * (1.0 - pow(1.0 - (K < E ? K : E) / E, (double)a->n_tokens));
+    if (hit > (double)a->n_rows) hit = (double)a->n_rows;
+    const double b1 = (double)((a->n_dim + 127) / 128), b2 = (double)((a->k_dim + 255) / 256);
+    return hit * (b1 < b2 ? b1 : b2);
+}
+
+extern "C" int32_t dmoe__cuda_swap_tokens(const dmoe_cuda_grouped_args *a) {
+    static int forced = -1;
+    if (forced < 0) {
+        const char *v = getenv("DMOE_CUDA_SWAP_N");
+        const int n = v ? atoi(v) : 0;
+        forced = (n == 16 || n == 32 || n == 64 || n == 128) ? n : 0;
+    }
+    if (forced) return forced;
+    const int64_t m = dmoe__cuda_rows_estimate(a);
+    if (m <= 16) return 16;
+    if (m <= 32) return 32;
+    if (m <= 64) return 64;
+    return 128;
+}
+
 extern "C" int32_t dmoe__cuda_mma_rows(const dmoe_cuda_grouped_args *a) {
     return dmoe__cuda_rows_estimate(a) <= 64 ? 64 : 128;
 }
@@ -91,12 +137,17 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
                                                         int cc_major, int cc_minor) {
     dmoe_cuda_gemm_kind kind = forced;
     const int64_t m = dmoe__cuda_rows_estimate(a);
-    if (kind == DMOE_CUDA_GEMM_SM90 && !dmoe__cuda_sm90_available(cc_major, cc_minor))
+    if ((kind == DMOE_CUDA_GEMM_SM90 || kind == DMOE_CUDA_GEMM_SWAP) &&
+        !dmoe__cuda_sm90_available(cc_major, cc_minor))
         kind = DMOE_CUDA_GEMM_AUTO;
     if (kind == DMOE_CUDA_GEMM_AUTO) {
-        if (m <= 64) kind = DMOE_CUDA_GEMM_STREAM;
-        else if (dmoe__cuda_sm90_available(cc_major, cc_minor)) kind = DMOE_CUDA_GEMM_SM90;
-        else kind = DMOE_CUDA_GEMM_MMA;
+        const int sm90 = dmoe__cuda_sm90_available(cc_major, cc_minor);
+        if (sm90 && m <= 64)
+            kind = swap_items(a) * 2 >= (double)(a->num_sms > 0 ? a->num_sms : 132)
+                       ? DMOE_CUDA_GEMM_SWAP
+                       : DMOE_CUDA_GEMM_STREAM;
+        else if (sm90) kind = DMOE_CUDA_GEMM_SM90;
+        else kind = m <= 64 ? DMOE_CUDA_GEMM_STREAM : DMOE_CUDA_GEMM_MMA;
     }
     dmoe_cuda_gemm_choice c;
     memset(&c, 0, sizeof c);
@@ -112,6 +163,11 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
         c.gemm1 = dmoe__cuda_gemm1_sm90;
         c.gemm2 = dmoe__cuda_gemm2_sm90;
         c.tile = 0;
+        break;
+    case DMOE_CUDA_GEMM_SWAP:
+        c.gemm1 = dmoe__cuda_gemm1_sm90_swap;
+        c.gemm2 = dmoe__cuda_gemm2_sm90_swap;
+        c.tile = dmoe__cuda_swap_tokens(a);
         break;
 #endif
     default:

@@ -18,17 +18,19 @@ typedef enum dmoe_cuda_gemm_kind {
     DMOE_CUDA_GEMM_STREAM = 1, /* weight streaming, swapped mma.sync (decode) */
     DMOE_CUDA_GEMM_MMA = 2,    /* tiled mma.sync with cp.async (general fallback) */
     DMOE_CUDA_GEMM_SM90 = 3,   /* wgmma + TMA (sm90-grouped-gemm.cu), when built */
+    DMOE_CUDA_GEMM_SWAP = 4,   /* wgmma + TMA, weights on the M side (few rows per expert) */
 } dmoe_cuda_gemm_kind;
 
 typedef struct dmoe_cuda_gemm_choice {
     dmoe_cuda_gemm_kind kind;
     dmoe_cuda_gemm1_fn gemm1;
     dmoe_cuda_gemm2_fn gemm2;
-    int32_t tile; /* stream: tokens per pass (8, 16, 32, 64); mma: rows per tile (64, 128) */
+    int32_t tile; /* stream: tokens per pass (8, 16, 32, 64); mma: rows per tile (64, 128);
+                     swap: rows per item (16, 32, 64, 128) */
 } dmoe_cuda_gemm_choice;
 
-/* DMOE_CUDA_GEMM=auto|stream|mma|sm90 (unset = auto). Unknown values and sm90
- * without the sm90 kernels print a warning and give auto. */
+/* DMOE_CUDA_GEMM=auto|stream|mma|sm90|swap (unset = auto). Unknown values and
+ * sm90/swap without the sm90 kernels print a warning and give auto. */
 dmoe_cuda_gemm_kind dmoe__cuda_gemm_kind_from_env(void);
 const char *dmoe__cuda_gemm_kind_name(dmoe_cuda_gemm_kind kind);
 /* 1 when the wgmma kernels are compiled in and the device is sm_90. */

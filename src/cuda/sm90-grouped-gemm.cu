@@ -1,6 +1,8 @@
 /*
  * sm90-grouped-gemm.cu: the grouped GEMMs of the staged MoE path on Hopper
- * (sm_90a), for many rows per expert (prefill).
+ * (sm_90a): 128x256 tiles for many rows per expert (prefill), described here,
+ * and the swap-AB kernels for few rows per expert (further down, before the
+ * host side; heuristics.cu chooses).
  *
  *   GEMM1  act  (n_rows, F) = silu(x[t] . w13[e, f]) * (x[t] . w13[e, F + f])
  *          x (T, H) gathered by t = pairs[s] / top_k, w13 (E, 2F, H)
@@ -201,6 +203,83 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t da, ui
     }
 }
 
+/* d (64x16 fp32 per warpgroup) += A (64x16, smem) * B (16x16, smem)^T. */
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n16k16(float (&d)[8], uint64_t da, uint64_t db, int scale_d) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %10, 0;\n\t"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+                     "%8, %9, p, 1, 1, 0, 0;\n\t}"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                       "+f"(d[6]), "+f"(d[7])
+                     : "l"(da), "l"(db), "r"(scale_d));
+    } else {
+        asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %10, 0;\n\t"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+                     "%8, %9, p, 1, 1, 0, 0;\n\t}"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                       "+f"(d[6]), "+f"(d[7])
+                     : "l"(da), "l"(db), "r"(scale_d));
+    }
+}
+
+/* d (64x32 fp32 per warpgroup) += A (64x16, smem) * B (32x16, smem)^T. */
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t da, uint64_t db, int scale_d) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %18, 0;\n\t"
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                     "%16, %17, p, 1, 1, 0, 0;\n\t}"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                       "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                       "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     : "l"(da), "l"(db), "r"(scale_d));
+    } else {
+        asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %18, 0;\n\t"
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                     "%16, %17, p, 1, 1, 0, 0;\n\t}"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                       "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                       "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     : "l"(da), "l"(db), "r"(scale_d));
+    }
+}
+
+/* d (64x64 fp32 per warpgroup) += A (64x16, smem) * B (64x16, smem)^T. */
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t da, uint64_t db, int scale_d) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %34, 0;\n\t"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                     "%32, %33, p, 1, 1, 0, 0;\n\t}"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                       "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                       "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+                       "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+                       "+f"(d[30]), "+f"(d[31])
+                     : "l"(da), "l"(db), "r"(scale_d));
+    } else {
+        asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %34, 0;\n\t"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                     "%32, %33, p, 1, 1, 0, 0;\n\t}"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                       "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                       "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+                       "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+                       "+f"(d[30]), "+f"(d[31])
+                     : "l"(da), "l"(db), "r"(scale_d));
+    }
+}
+
+
 template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
 template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -221,9 +300,11 @@ struct tile_info {
     int32_t n_tile; /* column tile */
 };
 
-/* tile_start[e] = first tile of expert e, tile_start[E] = total. All threads
+/* tile_start[e] = first tile of expert e (ceil(count / block_m) * n_tiles_n
+ * tiles each), tile_start[E] = total. All threads
  * of the CTA call this; it ends with __syncthreads. */
-__device__ void build_tile_prefix(const grouped_params &p, int32_t *tile_start, int32_t *warp_sums) {
+__device__ void build_tile_prefix(const grouped_params &p, int32_t *tile_start, int32_t *warp_sums,
+                                  int block_m) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     constexpr int n_warps = kThreads / 32;
     int32_t running = 0;
@@ -233,7 +314,7 @@ __device__ void build_tile_prefix(const grouped_params &p, int32_t *tile_start, 
         int32_t v = 0;
         if (e < p.n_experts) {
             const int32_t count = __ldg(p.offsets + e + 1) - __ldg(p.offsets + e);
-            v = count > 0 ? (count + kBlockM - 1) / kBlockM * p.n_tiles_n : 0;
+            v = count > 0 ? (count + block_m - 1) / block_m * p.n_tiles_n : 0;
         }
         int32_t incl = v;
 #pragma unroll
@@ -362,7 +443,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)&tmap_b) : "memory");
         if (a_by_tma) asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)&tmap_a) : "memory");
     }
-    build_tile_prefix(p, tile_start, warp_sums); /* ends with __syncthreads */
+    build_tile_prefix(p, tile_start, warp_sums, kBlockM); /* ends with __syncthreads */
     const int32_t n_kb = (int32_t)((p.k_dim + kBlockK - 1) / kBlockK);
 
     if (wg == 0) {
@@ -506,6 +587,247 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
+/* ---- swap-AB kernels: weights on the wgmma M side (few rows per expert) ----
+ * An expert with 32..128 rows leaves most of a 128-row tile empty, and every
+ * row tile reads the whole weight tile again. Here the weights are A (M side,
+ * 64 rows per wgmma) and the expert's rows ("tokens") are B (N side, NT =
+ * 16/32/64/128 chosen at compile time, the heuristics pick), so an item is
+ * (expert, chunk of NT rows, 256 weight rows) and the weights of an expert are
+ * read once per NT-row chunk: for <= NT rows exactly once, at the rate of the
+ * TMA pipeline.
+ *   GEMM1: the 256 weight rows are gate rows [f0, f0+128) and up rows
+ *          [F+f0, F+f0+128) of w13[e] (two TMA boxes); consumer warpgroup c
+ *          issues two m64nNT wgmmas per k16 (gate rows c*64.., up rows
+ *          128+c*64..) into two accumulators of the same layout, so the
+ *          epilogue computes silu(g)*u of feature f0+c*64+r in registers.
+ *   GEMM2: rows [h0, h0+256) of w2[e]; acc[j] holds output columns
+ *          h0 + 128 j + c*64 + r, scaled by the token's routing weight.
+ * B (the expert's rows, NT x 64 k per stage, 128-byte swizzle): GEMM1 gathers
+ * x rows with 16-byte cp.async (rows past the segment zero-filled), GEMM2
+ * loads act rows with one TMA box (rows past the segment belong to the next
+ * expert or are TMA's zero fill; an output column of wgmma depends only on its
+ * own B row, and those columns are never stored). Epilogue: the accumulator
+ * holds (weight row r, token n); lanes l and l^4 hold rows r and r^1, so one
+ * shuffle gives each lane two adjacent output columns of one token (4-byte
+ * stores, predicated on n < rows and the column < n_dim). */
+constexpr int kSwapWRows = 256;                        /* weight rows per item */
+constexpr int kSwapWBytes = kSwapWRows * kBlockK * 2;  /* 32 KB per stage */
+
+template <int NT> struct swap_cfg {
+    static_assert(NT == 16 || NT == 32 || NT == 64 || NT == 128, "NT: 16, 32, 64 or 128");
+    static constexpr int kTokBytes = NT * kBlockK * 2;
+    static constexpr int kStageBytes = kSwapWBytes + kTokBytes;
+    static constexpr int kStages = (200 * 1024) / kStageBytes > 8 ? 8 : (200 * 1024) / kStageBytes;
+};
+
+template <typename T, int NT>
+__device__ __forceinline__ void wgmma_tok(float (&d)[NT / 2], uint64_t da, uint64_t db, int scale) {
+    if constexpr (NT == 16) wgmma_m64n16k16<T>(d, da, db, scale);
+    else if constexpr (NT == 32) wgmma_m64n32k16<T>(d, da, db, scale);
+    else if constexpr (NT == 64) wgmma_m64n64k16<T>(d, da, db, scale);
+    else wgmma_m64n128k16<T>(d, da, db, scale);
+}
+
+template <int R> __device__ __forceinline__ void fence_regs(float (&d)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/* Item t -> (expert, chunk rows, weight block). Inside an expert the chunks of
+ * one weight block are consecutive, so they run at the same time and share
+ * the weight block through L2. */
+__device__ __forceinline__ tile_info decode_item(const grouped_params &p, const int32_t *tile_start,
+                                                 int32_t t, int nt) {
+    int lo = 0, hi = p.n_experts - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (tile_start[mid] <= t) lo = mid;
+        else hi = mid - 1;
+    }
+    const int32_t local = t - tile_start[lo];
+    const int32_t seg0 = __ldg(p.offsets + lo);
+    const int32_t count = __ldg(p.offsets + lo + 1) - seg0;
+    const int32_t n_chunks = (count + nt - 1) / nt;
+    const int32_t n_tile = local / n_chunks;
+    const int32_t chunk = local - n_tile * n_chunks;
+    tile_info ti;
+    ti.expert = lo;
+    ti.row0 = seg0 + chunk * nt;
+    ti.rows = min(nt, count - chunk * nt);
+    ti.n_tile = n_tile;
+    return ti;
+}
+
+template <typename T, int Kind, int NT>
+__global__ void __launch_bounds__(kThreads, 1)
+    swap_gemm_kernel(const __grid_constant__ CUtensorMap tmap_w,
+                     const __grid_constant__ CUtensorMap tmap_t, const grouped_params p) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap();
+#else
+    using C = swap_cfg<NT>;
+    constexpr int S = C::kStages;
+    extern __shared__ uint8_t smem_raw[];
+    const uint32_t pad = (1024 - (smem_addr(smem_raw) & 1023)) & 1023;
+    uint8_t *smem = smem_raw + pad;
+    uint64_t *full_bar = (uint64_t *)(smem + S * C::kStageBytes);
+    uint64_t *empty_bar = full_bar + S;
+    int32_t *warp_sums = (int32_t *)(empty_bar + S);   /* 16 */
+    const T **row_ptr = (const T **)(warp_sums + 16);  /* NT: GEMM1's x rows */
+    int32_t *tile_start = (int32_t *)(row_ptr + NT);   /* E + 1 */
+    const uint32_t ring = smem_addr(smem);
+    constexpr bool t_by_tma = Kind == GEMM2_SCALE;
+    constexpr uint32_t full_count = t_by_tma ? 1 : 128 + 1;
+    constexpr uint32_t tma_bytes = t_by_tma ? C::kStageBytes : kSwapWBytes;
+
+    const int tid = threadIdx.x;
+    const int wg = tid / 128;
+    if (tid == 0) {
+        for (int s = 0; s < S; ++s) {
+            mbar_init(smem_addr(full_bar + s), full_count);
+            mbar_init(smem_addr(empty_bar + s), 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)&tmap_w) : "memory");
+        if (t_by_tma) asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)&tmap_t) : "memory");
+    }
+    build_tile_prefix(p, tile_start, warp_sums, NT);
+    const int32_t n_kb = (int32_t)((p.k_dim + kBlockK - 1) / kBlockK);
+
+    if (wg == 0) {
+        /* ---- producer warpgroup ---- */
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kProducerRegs));
+        const int32_t n_tiles = tile_start[p.n_experts];
+        const int chunk = tid & 7;
+        const int rbase = tid >> 3; /* rows rbase + 16 i, i < NT / 16 */
+        const uint32_t t_off = rbase * 128 + ((chunk ^ (rbase & 7)) << 4);
+        const T *a = (const T *)p.a;
+        uint32_t it = 0;
+        for (int32_t t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+            const tile_info ti = decode_item(p, tile_start, t, NT);
+            if (!t_by_tma) {
+                producer_bar_sync();
+                for (int r = tid; r < NT; r += 128)
+                    row_ptr[r] = r < ti.rows
+                                     ? a + (int64_t)(__ldg(p.pairs + ti.row0 + r) / p.top_k) * p.k_dim
+                                     : nullptr;
+                producer_bar_sync();
+            }
+            const int32_t w_row0 =
+                (int32_t)(ti.expert * p.b_rows_per_expert + (int64_t)ti.n_tile * p.tile_n);
+            for (int32_t kb = 0; kb < n_kb; ++kb, ++it) {
+                const uint32_t stage = it % S;
+                mbar_wait(smem_addr(empty_bar + stage), ((it / S) & 1) ^ 1);
+                const uint32_t sw = ring + stage * C::kStageBytes;
+                const uint32_t st = sw + kSwapWBytes;
+                const uint32_t fb = smem_addr(full_bar + stage);
+                if (tid == 0) {
+                    mbar_arrive_expect_tx(fb, tma_bytes);
+                    tma_load_2d(sw, &tmap_w, fb, kb * kBlockK, w_row0);
+                    tma_load_2d(sw + kSwapWBytes / 2, &tmap_w, fb, kb * kBlockK,
+                                w_row0 + p.b_second);
+                    if (t_by_tma) tma_load_2d(st, &tmap_t, fb, kb * kBlockK, ti.row0);
+                }
+                if (!t_by_tma) {
+                    const int64_t col = (int64_t)kb * kBlockK + chunk * 8;
+                    const bool col_ok = col < p.k_dim;
+                    const T *rp[NT / 16];
+#pragma unroll
+                    for (int i = 0; i < NT / 16; ++i) rp[i] = row_ptr[rbase + 16 * i];
+#pragma unroll
+                    for (int i = 0; i < NT / 16; ++i) {
+                        const bool ok = col_ok && rp[i] != nullptr;
+                        cp_async_16(st + t_off + i * 16 * 128, ok ? rp[i] + col : a, ok ? 16u : 0u);
+                    }
+                    cp_async_arrive_noinc(fb);
+                }
+            }
+        }
+        asm volatile("cp.async.wait_all;" ::: "memory");
+    } else {
+        /* ---- consumer warpgroups ---- */
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kConsumerRegs));
+        const int32_t n_tiles = tile_start[p.n_experts];
+        const int cw = wg - 1;
+        const int warp = (tid >> 5) & 3, lane = tid & 31;
+        const int q = lane & 3;
+        const bool even = ((lane >> 2) & 1) == 0;
+        constexpr int NJ = NT / 8; /* token column groups of 8 */
+        float acc[2][NT / 2];      /* acc[j][4 i + 2 h + b]: weight row 16 warp + lane/4 + 8 h of
+                                      box j's 64-row slice, token 8 i + 2 q + b */
+        uint32_t it = 0;
+        for (int32_t t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+            const tile_info ti = decode_item(p, tile_start, t, NT);
+            float w_tok[NJ][2];
+            if constexpr (Kind == GEMM2_SCALE) {
+#pragma unroll
+                for (int i = 0; i < NJ; ++i)
+#pragma unroll
+                    for (int b = 0; b < 2; ++b) {
+                        const int n = 8 * i + 2 * q + b;
+                        w_tok[i][b] = n < ti.rows ? __ldg(p.topk_w + __ldg(p.pairs + ti.row0 + n)) : 0.f;
+                    }
+            }
+            for (int32_t kb = 0; kb < n_kb; ++kb, ++it) {
+                const uint32_t stage = it % S;
+                mbar_wait(smem_addr(full_bar + stage), (it / S) & 1);
+                const uint32_t sw = ring + stage * C::kStageBytes;
+                const uint32_t st = sw + kSwapWBytes;
+                const uint64_t da[2] = {make_desc(sw + cw * 64 * 128),
+                                        make_desc(sw + (128 + cw * 64) * 128)};
+                const uint64_t db = make_desc(st);
+                wgmma_fence();
+#pragma unroll
+                for (int k = 0; k < kBlockK / 16; ++k) {
+                    const int scale = (kb > 0 || k > 0) ? 1 : 0;
+#pragma unroll
+                    for (int j = 0; j < 2; ++j) wgmma_tok<T, NT>(acc[j], da[j] + 2 * k, db + 2 * k, scale);
+                }
+                wgmma_commit();
+                wgmma_wait<1>();
+                fence_regs(acc[0]);
+                fence_regs(acc[1]);
+                if (kb > 0 && lane == 0) mbar_arrive(smem_addr(empty_bar + (it - 1) % S));
+            }
+            wgmma_wait<0>();
+            fence_regs(acc[0]);
+            fence_regs(acc[1]);
+            if (lane == 0) mbar_arrive(smem_addr(empty_bar + (it - 1) % S));
+
+            T *out = (T *)p.out;
+            constexpr int NOUT = Kind == GEMM1_SWIGLU ? 1 : 2;
+#pragma unroll
+            for (int j = 0; j < NOUT; ++j) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int r = cw * 64 + warp * 16 + (lane >> 2) + 8 * h;
+                    /* output column of this lane's pair: r (even lane) or r - 1 (odd) */
+                    const int64_t col = (int64_t)ti.n_tile * p.tile_n + j * 128 + (even ? r : r - 1);
+                    const bool col_ok = col < p.n_dim;
+#pragma unroll
+                    for (int i = 0; i < NJ; ++i) {
+                        float v0, v1;
+                        if constexpr (Kind == GEMM1_SWIGLU) {
+                            v0 = silu(acc[0][4 * i + 2 * h]) * acc[1][4 * i + 2 * h];
+                            v1 = silu(acc[0][4 * i + 2 * h + 1]) * acc[1][4 * i + 2 * h + 1];
+                        } else {
+                            v0 = w_tok[i][0] * acc[j][4 * i + 2 * h];
+                            v1 = w_tok[i][1] * acc[j][4 * i + 2 * h + 1];
+                        }
+                        const float recv = __shfl_xor_sync(0xffffffffu, even ? v1 : v0, 4);
+                        const int n = 8 * i + 2 * q + (even ? 0 : 1);
+                        const uint32_t packed = even ? pack2<T>(v0, recv) : pack2<T>(recv, v1);
+                        if (col_ok && n < ti.rows)
+                            *(uint32_t *)(out + (int64_t)(ti.row0 + n) * p.n_dim + col) = packed;
+                    }
+                }
+            }
+        }
+    }
+#endif
+}
+
 /* ---- host side ---- */
 typedef CUresult (*tmap_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
                                    const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
@@ -526,6 +848,40 @@ static tmap_encode_fn get_tmap_encoder(void) {
     return fn;
 }
 
+/* A 2-D K-major tensor (rows, k_dim) in boxes of box_rows x 64 k, 128-byte swizzle. */
+template <typename T>
+static CUresult make_tmap(CUtensorMap *map, const void *base, int64_t k_dim, uint64_t rows,
+                          int box_rows) {
+    tmap_encode_fn encode = get_tmap_encoder();
+    if (!encode) return CUDA_ERROR_NOT_SUPPORTED;
+    const CUtensorMapDataType dt = std::is_same<T, __nv_bfloat16>::value
+                                       ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                       : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    const cuuint64_t dims[2] = {(cuuint64_t)k_dim, (cuuint64_t)rows};
+    const cuuint64_t strides[1] = {(cuuint64_t)k_dim * sizeof(T)};
+    const cuuint32_t box[2] = {kBlockK, (cuuint32_t)box_rows};
+    const cuuint32_t elem_strides[2] = {1, 1};
+    return encode(map, dt, 2, (void *)base, dims, strides, box, elem_strides,
+                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+}
+
+/* The current device must be sm_90; *num_sms = a->num_sms or the device's count. */
+static dmoe_status device_check(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
+                                const char *name, int *num_sms) {
+    int dev = 0, cc_major = 0, cc_minor = 0;
+    DMOE_CUDA_CHECK(ctx, cudaGetDevice(&dev));
+    DMOE_CUDA_CHECK(ctx, cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev));
+    DMOE_CUDA_CHECK(ctx, cudaDeviceGetAttribute(&cc_minor, cudaDevAttrComputeCapabilityMinor, dev));
+    if (cc_major != 9 || cc_minor != 0)
+        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED, "%s: needs compute capability 9.0, got %d.%d",
+                           name, cc_major, cc_minor);
+    *num_sms = a->num_sms;
+    if (*num_sms <= 0)
+        DMOE_CUDA_CHECK(ctx, cudaDeviceGetAttribute(num_sms, cudaDevAttrMultiProcessorCount, dev));
+    return DMOE_OK;
+}
+
 static size_t smem_bytes(int32_t n_experts) {
     return 1024 + (size_t)kStages * kStageBytes + 2 * kStages * sizeof(uint64_t) +
            16 * sizeof(int32_t) + kBlockM * sizeof(void *) + ((size_t)n_experts + 1) * sizeof(int32_t);
@@ -538,6 +894,18 @@ static int print_config_enabled(void) {
         v = s && s[0] == '1';
     }
     return v;
+}
+
+/* DMOE_PRINT_CONFIG=1: 1 when this launch's configuration differs from the
+ * previous launch of the same GEMM (prints each change once, not every forward).
+ * NOTE: a benign race between host threads: at worst a line is printed twice. */
+static int print_config_once(int kind, int nt, int dtype) {
+    static int last[3] = {-1, -1, -1};
+    if (!print_config_enabled()) return 0;
+    const int key = nt * 16 + dtype * 2 + 1;
+    if (last[kind] == key) return 0;
+    last[kind] = key;
+    return 1;
 }
 
 static dmoe_status check_args(dmoe_context *ctx, const dmoe_cuda_grouped_args *a, const char *name,
@@ -575,8 +943,7 @@ static dmoe_status launch(dmoe_context *ctx, const dmoe_cuda_grouped_args *a, co
     p.b_rows_per_expert = Kind == GEMM1_SWIGLU ? 2 * a->n_dim : a->n_dim;
     p.b_second = Kind == GEMM1_SWIGLU ? (int32_t)a->n_dim : kBoxRows;
 
-    tmap_encode_fn encode = get_tmap_encoder();
-    if (!encode)
+    if (!get_tmap_encoder())
         return dmoe__error(ctx, DMOE_ERR_CUDA, "%s: cuTensorMapEncodeTiled is unavailable", name);
     const uint64_t b_rows = (uint64_t)a->n_experts * (uint64_t)p.b_rows_per_expert;
     if (b_rows >= ((uint64_t)1 << 31))
@@ -584,41 +951,23 @@ static dmoe_status launch(dmoe_context *ctx, const dmoe_cuda_grouped_args *a, co
                            name, (unsigned long long)b_rows);
     /* B as a 2-D tensor (E * rows per expert, k_dim), boxes of 128 rows x 64 k;
      * GEMM2's A as (n_rows, k_dim), the same boxes. Both 128-byte swizzled. */
-    const CUtensorMapDataType dt = std::is_same<T, __nv_bfloat16>::value
-                                       ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-                                       : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-    auto make_map = [&](CUtensorMap *map, const void *base, uint64_t rows) {
-        const cuuint64_t dims[2] = {(cuuint64_t)a->k_dim, (cuuint64_t)rows};
-        const cuuint64_t strides[1] = {(cuuint64_t)a->k_dim * sizeof(T)};
-        const cuuint32_t box[2] = {kBlockK, kBoxRows};
-        const cuuint32_t elem_strides[2] = {1, 1};
-        return encode(map, dt, 2, (void *)base, dims, strides, box, elem_strides,
-                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    };
     CUtensorMap tmap_a, tmap_b;
-    CUresult cr = make_map(&tmap_b, w, b_rows);
+    CUresult cr = make_tmap<T>(&tmap_b, w, a->k_dim, b_rows, kBoxRows);
     if (cr == CUDA_SUCCESS)
-        cr = Kind == GEMM2_SCALE ? make_map(&tmap_a, in, (uint64_t)a->n_rows)
-                                 : make_map(&tmap_a, w, b_rows); /* unused by GEMM1 */
+        cr = Kind == GEMM2_SCALE ? make_tmap<T>(&tmap_a, in, a->k_dim, (uint64_t)a->n_rows, kBoxRows)
+                                 : make_tmap<T>(&tmap_a, w, a->k_dim, b_rows, kBoxRows); /* unused by GEMM1 */
     if (cr != CUDA_SUCCESS)
         return dmoe__error(ctx, DMOE_ERR_CUDA, "%s: cuTensorMapEncodeTiled failed (%d)", name,
                            (int)cr);
 
-    int dev = 0, cc_major = 0, cc_minor = 0, num_sms = a->num_sms;
-    DMOE_CUDA_CHECK(ctx, cudaGetDevice(&dev));
-    DMOE_CUDA_CHECK(ctx, cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev));
-    DMOE_CUDA_CHECK(ctx, cudaDeviceGetAttribute(&cc_minor, cudaDevAttrComputeCapabilityMinor, dev));
-    if (cc_major != 9 || cc_minor != 0)
-        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED, "%s: needs compute capability 9.0, got %d.%d",
-                           name, cc_major, cc_minor);
-    if (num_sms <= 0)
-        DMOE_CUDA_CHECK(ctx, cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
+    int num_sms = 0;
+    const dmoe_status dst = device_check(ctx, a, name, &num_sms);
+    if (dst != DMOE_OK) return dst;
     const size_t smem = smem_bytes(a->n_experts);
     auto kernel = grouped_gemm_kernel<T, Kind>;
     DMOE_CUDA_CHECK(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               (int)smem));
-    if (print_config_enabled())
+    if (print_config_once(Kind, 0, (int)a->dtype))
         fprintf(stderr,
                 "dmoe: %s %s: tile %dx%d k%d, %d stages, group_m %d, grid %d x %d threads, "
                 "smem %zu B\n",
@@ -638,6 +987,81 @@ static dmoe_status dispatch(dmoe_context *ctx, const dmoe_cuda_grouped_args *a, 
     return launch<__half, Kind>(ctx, a, in, w, topk_w, out, stream);
 }
 
+static size_t swap_smem_bytes(int nt, int stage_bytes, int stages, int32_t n_experts) {
+    return 1024 + (size_t)stages * stage_bytes + 2 * stages * sizeof(uint64_t) + 16 * sizeof(int32_t) +
+           (size_t)nt * sizeof(void *) + ((size_t)n_experts + 1) * sizeof(int32_t);
+}
+
+template <typename T, int Kind, int NT>
+static dmoe_status swap_launch(dmoe_context *ctx, const dmoe_cuda_grouped_args *a, const void *in,
+                               const void *w, const float *topk_w, void *out, cudaStream_t stream) {
+    using C = swap_cfg<NT>;
+    const char *name = Kind == GEMM1_SWIGLU ? "gemm1_sm90_swap" : "gemm2_sm90_swap";
+    grouped_params p;
+    p.a = in;
+    p.out = out;
+    p.offsets = a->offsets;
+    p.pairs = a->pairs;
+    p.topk_w = topk_w;
+    p.k_dim = a->k_dim;
+    p.n_dim = a->n_dim;
+    p.top_k = a->top_k;
+    p.n_experts = a->n_experts;
+    p.tile_n = Kind == GEMM1_SWIGLU ? kSwapWRows / 2 : kSwapWRows;
+    p.n_tiles_n = (int32_t)((a->n_dim + p.tile_n - 1) / p.tile_n);
+    p.b_rows_per_expert = Kind == GEMM1_SWIGLU ? 2 * a->n_dim : a->n_dim;
+    p.b_second = Kind == GEMM1_SWIGLU ? (int32_t)a->n_dim : kBoxRows;
+
+    const uint64_t w_rows = (uint64_t)a->n_experts * (uint64_t)p.b_rows_per_expert;
+    if (w_rows >= ((uint64_t)1 << 31))
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "%s: %llu weight rows exceed 2^31",
+                           name, (unsigned long long)w_rows);
+    CUtensorMap tmap_w, tmap_t;
+    CUresult cr = make_tmap<T>(&tmap_w, w, a->k_dim, w_rows, kBoxRows);
+    if (cr == CUDA_SUCCESS)
+        cr = Kind == GEMM2_SCALE ? make_tmap<T>(&tmap_t, in, a->k_dim, (uint64_t)a->n_rows, NT)
+                                 : make_tmap<T>(&tmap_t, w, a->k_dim, w_rows, kBoxRows); /* unused */
+    if (cr != CUDA_SUCCESS)
+        return dmoe__error(ctx, DMOE_ERR_CUDA, "%s: cuTensorMapEncodeTiled failed (%d)", name,
+                           (int)cr);
+    int num_sms = 0;
+    const dmoe_status st = device_check(ctx, a, name, &num_sms);
+    if (st != DMOE_OK) return st;
+    const size_t smem = swap_smem_bytes(NT, C::kStageBytes, C::kStages, a->n_experts);
+    auto kernel = swap_gemm_kernel<T, Kind, NT>;
+    DMOE_CUDA_CHECK(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              (int)smem));
+    if (print_config_once(Kind, NT, (int)a->dtype))
+        fprintf(stderr,
+                "dmoe: %s %s: swap-AB, %d weight rows x %d tokens x k%d per stage, %d stages, "
+                "grid %d x %d threads, smem %zu B\n",
+                name, a->dtype == DMOE_DTYPE_BF16 ? "bf16" : "f16", kSwapWRows, NT, kBlockK,
+                C::kStages, num_sms, kThreads, smem);
+    kernel<<<num_sms, kThreads, smem, stream>>>(tmap_w, tmap_t, p);
+    DMOE_CUDA_CHECK(ctx, cudaGetLastError());
+    return DMOE_OK;
+}
+
+template <int Kind>
+static dmoe_status swap_dispatch(dmoe_context *ctx, const dmoe_cuda_grouped_args *a, int nt,
+                                 const void *in, const void *w, const float *topk_w, void *out,
+                                 cudaStream_t stream) {
+    if (a->n_rows == 0) return DMOE_OK;
+#define DMOE_SWAP_CASE(N)                                                                      \
+    case N:                                                                                    \
+        return a->dtype == DMOE_DTYPE_BF16                                                     \
+                   ? swap_launch<__nv_bfloat16, Kind, N>(ctx, a, in, w, topk_w, out, stream) \
+                   : swap_launch<__half, Kind, N>(ctx, a, in, w, topk_w, out, stream);
+    switch (nt) {
+        DMOE_SWAP_CASE(16)
+        DMOE_SWAP_CASE(32)
+        DMOE_SWAP_CASE(64)
+        DMOE_SWAP_CASE(128)
+    }
+#undef DMOE_SWAP_CASE
+    return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "sm90 swap: tokens per item %d not in 16/32/64/128", nt);
+}
+
 } /* namespace */
 
 extern "C" dmoe_status dmoe__cuda_gemm1_sm90(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
@@ -655,4 +1079,37 @@ extern "C" dmoe_status dmoe__cuda_gemm2_sm90(dmoe_context *ctx, const dmoe_cuda_
     const dmoe_status st = check_args(ctx, a, "gemm2_sm90", act, w2, part);
     if (st != DMOE_OK) return st;
     return dispatch<GEMM2_SCALE>(ctx, a, act, w2, topk_w, part, stream);
+}
+
+extern "C" dmoe_status dmoe__cuda_gemm1_sm90_swap_n(dmoe_context *ctx,
+                                                   const dmoe_cuda_grouped_args *a, int tokens,
+                                                   const void *x, const void *w13, void *act,
+                                                   cudaStream_t stream) {
+    const dmoe_status st = check_args(ctx, a, "gemm1_sm90_swap", x, w13, act);
+    if (st != DMOE_OK) return st;
+    return swap_dispatch<GEMM1_SWIGLU>(ctx, a, tokens, x, w13, NULL, act, stream);
+}
+
+extern "C" dmoe_status dmoe__cuda_gemm2_sm90_swap_n(dmoe_context *ctx,
+                                                   const dmoe_cuda_grouped_args *a, int tokens,
+                                                   const void *act, const void *w2,
+                                                   const float *topk_w, void *part,
+                                                   cudaStream_t stream) {
+    const dmoe_status st = check_args(ctx, a, "gemm2_sm90_swap", act, w2, part);
+    if (st != DMOE_OK) return st;
+    return swap_dispatch<GEMM2_SCALE>(ctx, a, tokens, act, w2, topk_w, part, stream);
+}
+
+extern "C" dmoe_status dmoe__cuda_gemm1_sm90_swap(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
+                                                  const void *x, const void *w13, void *act,
+                                                  cudaStream_t stream) {
+    return dmoe__cuda_gemm1_sm90_swap_n(ctx, a, dmoe__cuda_swap_tokens(a), x, w13, act, stream);
+}
+
+extern "C" dmoe_status dmoe__cuda_gemm2_sm90_swap(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
+                                                  const void *act, const void *w2,
+                                                  const float *topk_w, void *part,
+                                                  cudaStream_t stream) {
+    return dmoe__cuda_gemm2_sm90_swap_n(ctx, a, dmoe__cuda_swap_tokens(a), act, w2, topk_w, part,
+                                        stream);
 }

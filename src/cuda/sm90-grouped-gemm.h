@@ -1,6 +1,7 @@
 /*
- * sm90-grouped-gemm.h: the Hopper (sm_90a) grouped GEMMs of the staged path,
- * for many rows per expert (prefill). They implement the typedefs
+ * sm90-grouped-gemm.h: the Hopper (sm_90a) grouped GEMMs of the staged path:
+ * 128x256 tiles for many rows per expert (prefill), and the swap-AB kernels
+ * (weights on the M side) for few rows per expert. They implement the typedefs
  * dmoe_cuda_gemm1_fn and dmoe_cuda_gemm2_fn of cuda-ops.h; see
  * sm90-grouped-gemm.cu for the algorithm.
  *
@@ -34,6 +35,26 @@ dmoe_status dmoe__cuda_gemm1_sm90(dmoe_context *ctx, const dmoe_cuda_grouped_arg
 dmoe_status dmoe__cuda_gemm2_sm90(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
                                   const void *act, const void *w2, const float *topk_w,
                                   void *part, cudaStream_t stream);
+
+/* The same two GEMMs with the weights on the wgmma M side ("swap-AB"), for
+ * few rows per expert (32..128): an item is (expert, chunk of `tokens` rows,
+ * 256 weight rows), tokens = 16, 32, 64 or 128 (compile-time instances); the
+ * weights of an expert are read once per chunk. The _n forms take the chunk;
+ * the plain forms ask dmoe__cuda_swap_tokens (heuristics.cu). */
+dmoe_status dmoe__cuda_gemm1_sm90_swap_n(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
+                                         int tokens, const void *x, const void *w13, void *act,
+                                         cudaStream_t stream);
+dmoe_status dmoe__cuda_gemm2_sm90_swap_n(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
+                                         int tokens, const void *act, const void *w2,
+                                         const float *topk_w, void *part, cudaStream_t stream);
+dmoe_status dmoe__cuda_gemm1_sm90_swap(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
+                                       const void *x, const void *w13, void *act,
+                                       cudaStream_t stream);
+dmoe_status dmoe__cuda_gemm2_sm90_swap(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
+                                       const void *act, const void *w2, const float *topk_w,
+                                       void *part, cudaStream_t stream);
+/* Rows per item of the swap kernels for this launch (heuristics.cu). */
+int32_t dmoe__cuda_swap_tokens(const dmoe_cuda_grouped_args *a);
 
 #ifdef __cplusplus
 }

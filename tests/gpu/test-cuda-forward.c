@@ -280,6 +280,11 @@ int main(void) {
         const int64_t mma_T[] = {1, 127, 1000}, big_T[] = {1000};
         run_case(&rng, &grid_mma, mma_T, 3);
         run_case(&rng, &grid_stream, big_T, 1);
+        /* swap-AB wgmma GEMMs (sm_90; elsewhere the heuristics fall back) */
+        fwd_case grid_swap = grid;
+        grid_swap.name = "grid, gemm=swap";
+        grid_swap.gemm = "swap";
+        run_case(&rng, &grid_swap, mma_T, 3);
     }
 
     /* Routing variants on a small model; T = 5 (fused router + plan), 40

@@ -4,7 +4,8 @@
  *    host stable counting sort, for the one-block path and the three-kernel
  *    path, with ids outside [0, E) (they must get no slot);
  *  - every grouped GEMM variant of this backend (stream with 8/16/32/64 tokens a
- *    pass, mma with 64/128-row tiles), GEMM1+SwiGLU and GEMM2+weight, against
+ *    pass, mma with 64/128-row tiles, on sm_90 the swap-AB wgmma kernels with
+ *    16/32/64/128 rows per item), GEMM1+SwiGLU and GEMM2+weight, against
  *    float64 on a skewed routing (one expert with most rows, one with a single
  *    row, one with none) and odd sizes (H = 520: a K tail of 8; F = 200:
  *    partial feature tiles; H = 520 rows: a partial 16-row and 128-row tile);
@@ -15,6 +16,7 @@
 #include "cuda/gemm.h"
 #include "cuda/heuristics.h"
 #include "cuda/plan.h"
+#include "cuda/sm90-grouped-gemm.h"
 #include "gpu-util.h"
 
 static void host_plan(const int32_t *ids, int64_t n, int E, int32_t *counts, int32_t *offsets,
@@ -213,10 +215,19 @@ static void test_gemms(dmoe_context *ctx, tu_rng *rng, dmoe_dtype dt, int64_t T)
         {"stream", dmoe__cuda_gemm1_stream, dmoe__cuda_gemm2_stream, 64},
         {"mma", dmoe__cuda_gemm1_mma, dmoe__cuda_gemm2_mma, 64},
         {"mma", dmoe__cuda_gemm1_mma, dmoe__cuda_gemm2_mma, 100000},
+        {"sm90-swap", dmoe__cuda_gemm1_sm90_swap, dmoe__cuda_gemm2_sm90_swap, 16},
+        {"sm90-swap", dmoe__cuda_gemm1_sm90_swap, dmoe__cuda_gemm2_sm90_swap, 32},
+        {"sm90-swap", dmoe__cuda_gemm1_sm90_swap, dmoe__cuda_gemm2_sm90_swap, 64},
+        {"sm90-swap", dmoe__cuda_gemm1_sm90_swap, dmoe__cuda_gemm2_sm90_swap, 100000},
     };
-    int num_sms = 0;
+    int num_sms = 0, cc_major = 0, cc_minor = 0;
     GPU_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
+    GPU_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, 0));
+    GPU_CHECK(cudaDeviceGetAttribute(&cc_minor, cudaDevAttrComputeCapabilityMinor, 0));
+    const int sm90 = dmoe__cuda_sm90_available(cc_major, cc_minor);
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        const int is_swap = cases[c].g1 == dmoe__cuda_gemm1_sm90_swap;
+        if (is_swap && !sm90) continue;
         dmoe_cuda_grouped_args a;
         memset(&a, 0, sizeof a);
         a.n_rows = n;
@@ -228,7 +239,8 @@ static void test_gemms(dmoe_context *ctx, tu_rng *rng, dmoe_dtype dt, int64_t T)
         a.dtype = dt;
         a.num_sms = num_sms;
         const int tile = cases[c].g1 == dmoe__cuda_gemm1_stream ? dmoe__cuda_stream_tokens(&a)
-                                                                 : dmoe__cuda_mma_rows(&a);
+                         : is_swap                              ? dmoe__cuda_swap_tokens(&a)
+                                                                : dmoe__cuda_mma_rows(&a);
         char what[96];
         a.k_dim = H;
         a.n_dim = F;
