@@ -10,12 +10,12 @@
  *                  graph, 1000 replays each timed with CUDA events (after 50
  *                  warm-ups): median and P99 of the device time;
  *                  and the same replays timed on the host (launch to the
- *                  return of cudaStreamSynchronize), median and P99;
+ *                  return of cudaStreamSynchronize), median and P99, alone
+ *                  and with x copied in from / y copied out to pinned host
+ *                  memory on the same stream (what the resident mode does);
  *   resident       N batches (default 10,000) through dmoe_resident_*: host
  *                  time from submit to the wait's return (x already in the
- *                  pinned input buffer), P50 and P99; once with the default
- *                  staging (one block for x up to 64 KB) and once with
- *                  grid-wide staging forced (DMOE_RESIDENT_SMALL_BYTES=0);
+ *                  pinned input buffer), P50 and P99;
  * plus the floor (bytes of the experts the batch hits + router + x + y over
  * the device-to-device copy bandwidth measured here) and the fraction of it.
  * The first resident batch is checked bitwise against the graph's output.
@@ -131,9 +131,10 @@ int main(int argc, char **argv) {
         printf("layer: %s\n", dmoe_context_last_error(ctx));
         return 1;
     }
-    printf("| T | resident staging | graph device median us | graph device P99 us | graph host median us | "
-           "graph host P99 us | resident P50 us | resident P99 us | resident mean us | floor us | graph frac | "
-           "resident P50 frac |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| T | graph device median us | graph device P99 us | graph host median us | graph host P99 us | "
+           "graph+copies host median us | graph+copies host P99 us | resident P50 us | resident P99 us | "
+           "resident mean us | floor us | graph frac | resident P50 frac |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     const int Ts[2] = {1, 16};
     double *lat = (double *)tu_malloc(sizeof(double) * (size_t)(N > 1000 ? N : 1000));
     for (int ti = 0; ti < 2; ti++) {
@@ -192,6 +193,23 @@ int main(int argc, char **argv) {
             lat[i] = now_us() - t0;
         }
         const double gh50 = pct(lat, 1000, 0.5), gh99 = pct(lat, 1000, 0.99);
+        /* and with x copied in from pinned host memory and y copied back, as the
+         * resident mode does: launch to the return of a stream sync */
+        void *xp = NULL, *yp = NULL;
+        GPU_CHECK(cudaMallocHost(&xp, xb));
+        GPU_CHECK(cudaMallocHost(&yp, xb));
+        memcpy(xp, x, xb);
+        for (int i = 0; i < 1000; i++) {
+            const double t0 = now_us();
+            cudaMemcpyAsync(d_x, xp, xb, cudaMemcpyHostToDevice, s);
+            cudaGraphLaunch(exec, s);
+            cudaMemcpyAsync(yp, d_y, xb, cudaMemcpyDeviceToHost, s);
+            cudaStreamSynchronize(s);
+            lat[i] = now_us() - t0;
+        }
+        const double gc50 = pct(lat, 1000, 0.5), gc99 = pct(lat, 1000, 0.99);
+        cudaFreeHost(xp);
+        cudaFreeHost(yp);
         gpu_download(yg, d_y, xb);
         cudaGraphExecDestroy(exec);
         cudaGraphDestroy(graph);
@@ -200,9 +218,7 @@ int main(int argc, char **argv) {
         GPU_CHECK(cudaStreamSynchronize(s));
         cudaStreamDestroy(s);
 
-        /* resident, with the default staging and with grid-wide staging forced */
-        for (int mode = 0; mode < 2; mode++) {
-        if (mode == 1) setenv("DMOE_RESIDENT_SMALL_BYTES", "0", 1);
+        /* resident */
         dmoe_resident *r = NULL;
         dmoe_resident_desc rd;
         dmoe_resident_desc_init(&rd);
@@ -232,11 +248,9 @@ int main(int argc, char **argv) {
         }
         const double r50 = pct(lat, N, 0.5), r99 = pct(lat, N, 0.99);
         if (dmoe_resident_destroy(r) != DMOE_OK) printf("destroy: %s\n", dmoe_context_last_error(ctx));
-        unsetenv("DMOE_RESIDENT_SMALL_BYTES");
-        printf("| %lld | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |%s\n", (long long)T,
-               mode ? "grid" : (xb <= 65536 ? "one block" : "grid"), g50, g99, gh50, gh99, r50, r99, sum / N,
-               floor_us, floor_us / g50, floor_us / r50, bad ? "  <-- FAILED BATCHES" : "");
-        }
+        printf("| %lld | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |%s\n",
+               (long long)T, g50, g99, gh50, gh99, gc50, gc99, r50, r99, sum / N, floor_us, floor_us / g50,
+               floor_us / r50, bad ? "  <-- FAILED BATCHES" : "");
         printf("  (T=%lld: %d experts hit, %.1f MB)\n", (long long)T, hit, bytes / 1e6);
         gpu_free(d_x); gpu_free(d_y); gpu_free(d_ids); gpu_free(d_w);
         tu_free(x); tu_free(yg); tu_free(ids);

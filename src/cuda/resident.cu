@@ -131,7 +131,6 @@ static __device__ void publish_done(rs_mailbox *mb, uint32_t seq, int32_t status
 }
 
 #define RS_BAD_COUNT (1ull << 62) /* go word: token count out of range, nothing runs */
-#define RS_BAD_INPUT (1ull << 61) /* go word: block 0 staged x and found NaN/inf */
 
 /* Copies n16 16-byte chunks of x from the host buffer to the device, with
  * threads [first, first + stride) of the grid; returns 1 when this thread saw
@@ -158,14 +157,10 @@ static __device__ __forceinline__ void publish_y(const uint4 *yd, uint4 *yh, siz
     if (wrote) __threadfence_system();
 }
 
-/* small_bytes: batches whose x (and y) take at most this many bytes are
- * staged by block 0 alone before it publishes the command, and copied back
- * by the last block out of the body: two grid barriers fewer than the
- * grid-wide copies larger batches use. */
 template <typename DT>
 __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS)
     resident_kernel(dmoe_fused_args a, rs_ctrl *c, rs_mailbox *mb, const uint4 *xh, uint4 *xd, uint4 *yh,
-                    int max_tokens, int reject_nonfinite, int small_bytes) {
+                    int max_tokens, int reject_nonfinite) {
     extern __shared__ __align__(16) char smem[];
     __shared__ uint32_t s_word;
     __shared__ unsigned long long s_go;
@@ -174,37 +169,21 @@ __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS)
     const uint4 *yd = (const uint4 *)a.y;
     uint32_t seen = 0; /* sequence number of the last command this block acted on */
     for (;;) {
-        unsigned long long go;
-        if (blockIdx.x == 0) {
-            /* the doorbell: one thread of the grid polls the host word */
-            if (threadIdx.x == 0) {
-                unsigned long long cmd;
-                while ((uint32_t)(cmd = ld_acquire_sys64(&mb->cmd)) == seen) {
+        if (threadIdx.x == 0) {
+            unsigned long long go;
+            if (blockIdx.x == 0) { /* the doorbell: one thread of the grid polls the host word */
+                while ((uint32_t)(go = ld_acquire_sys64(&mb->cmd)) == seen) {
                 }
-                const int T = (int)((cmd >> 32) & 0xffff);
-                if (!(cmd & RS_STOP) && (T < 1 || T > max_tokens)) cmd |= RS_BAD_COUNT;
-                s_go = cmd;
-            }
-            __syncthreads();
-            go = s_go;
-            const size_t n16 = (size_t)((go >> 32) & 0xffff) * row16;
-            if (!(go & (RS_STOP | RS_BAD_COUNT)) && n16 * 16 <= (size_t)small_bytes) {
-                const bool bad = stage_x<DT>(xh, xd, n16, threadIdx.x, FM_THREADS, reject_nonfinite);
-                if (__syncthreads_or(bad)) go |= RS_BAD_INPUT;
-            }
-            if (threadIdx.x == 0) {
-                __threadfence();
+                const int T = (int)((go >> 32) & 0xffff);
+                if (!(go & RS_STOP) && (T < 1 || T > max_tokens)) go |= RS_BAD_COUNT;
                 st_release_gpu64(&c->go, go);
+            } else {
+                while ((uint32_t)(go = ld_acquire_gpu64(&c->go)) == seen) __nanosleep(64);
             }
-        } else {
-            if (threadIdx.x == 0) {
-                unsigned long long g;
-                while ((uint32_t)(g = ld_acquire_gpu64(&c->go)) == seen) __nanosleep(64);
-                s_go = g;
-            }
-            __syncthreads();
-            go = s_go;
+            s_go = go;
         }
+        __syncthreads();
+        const unsigned long long go = s_go;
         __syncthreads(); /* every thread has read s_go before thread 0 may write it again */
         seen = (uint32_t)go;
         if (go & RS_STOP) break;
@@ -214,48 +193,23 @@ __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS)
         }
         const int T = (int)((go >> 32) & 0xffff);
         const size_t n16 = (size_t)T * row16;
-        const bool small = n16 * 16 <= (size_t)small_bytes;
-        bool skip;
-        if (small) {
-            skip = (go & RS_BAD_INPUT) != 0;
-        } else {
-            const bool bad = stage_x<DT>(xh, xd, n16, tid, nthreads, reject_nonfinite);
-            if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(&c->bad, 1u);
-            rs_barrier(c);
-            skip = __ldcg((const int *)&c->bad) != 0;
-        }
+        const bool bad = stage_x<DT>(xh, xd, n16, tid, nthreads, reject_nonfinite);
+        if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(&c->bad, 1u);
+        rs_barrier(c);
+        const bool skip = __ldcg((const int *)&c->bad) != 0;
         if (!skip) {
             a.n_tokens = T;
             fused_body<DT>(a, smem, &s_word);
         }
-        if (small) {
-            /* the last block out of the body (y complete, counters reset) copies y */
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                __threadfence();
-                s_word = atomicAdd(&c->done_count, 1u) == gridDim.x - 1;
-            }
-            __syncthreads();
-            if (s_word) {
-                __threadfence();
-                if (!skip) publish_y(yd, yh, n16, threadIdx.x, FM_THREADS);
-                __syncthreads();
-                if (threadIdx.x == 0) {
-                    c->done_count = 0;
-                    publish_done(mb, seen, skip ? DMOE_ERR_INVALID_ARGUMENT : DMOE_OK);
-                }
-            }
-        } else {
-            rs_barrier(c); /* y complete; every block has read the bad flag */
-            if (!skip) publish_y(yd, yh, n16, tid, nthreads);
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                __threadfence();
-                if (atomicAdd(&c->done_count, 1u) == gridDim.x - 1) {
-                    c->done_count = 0;
-                    c->bad = 0;
-                    publish_done(mb, seen, skip ? DMOE_ERR_INVALID_ARGUMENT : DMOE_OK);
-                }
+        rs_barrier(c); /* y complete, counters reset; every block has read the bad flag */
+        if (!skip) publish_y(yd, yh, n16, tid, nthreads);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            __threadfence();
+            if (atomicAdd(&c->done_count, 1u) == gridDim.x - 1) {
+                c->done_count = 0;
+                c->bad = 0;
+                publish_done(mb, seen, skip ? DMOE_ERR_INVALID_ARGUMENT : DMOE_OK);
             }
         }
     }
@@ -409,12 +363,7 @@ static dmoe_status rs_create_locked(dmoe_resident *r) {
     a.ws = base;
 
     const size_t smem = dmoe__fused_smem_bytes(d->n_experts);
-    /* Batches up to this many bytes of x skip two grid barriers (see resident_kernel);
-     * DMOE_RESIDENT_SMALL_BYTES overrides it (tests use it to cover both ways). */
-    int small_bytes = 64 * 1024;
-    const char *sb = getenv("DMOE_RESIDENT_SMALL_BYTES");
-    if (sb && *sb) small_bytes = atoi(sb) < 0 ? 0 : atoi(sb);
-    void (*kernel)(dmoe_fused_args, rs_ctrl *, rs_mailbox *, const uint4 *, uint4 *, uint4 *, int, int, int) =
+    void (*kernel)(dmoe_fused_args, rs_ctrl *, rs_mailbox *, const uint4 *, uint4 *, uint4 *, int, int) =
         a.is_bf16 ? resident_kernel<dmoe_bf16> : resident_kernel<dmoe_f16>;
     int per_sm = 0;
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -437,8 +386,7 @@ static dmoe_status rs_create_locked(dmoe_resident *r) {
         cfg.attrs = attr;
         cfg.numAttrs = 1;
         err = cudaLaunchKernelEx(&cfg, kernel, a, s->ctrl, s->mb_dev, (const uint4 *)s->in_dev,
-                                 (uint4 *)(base + off_x), (uint4 *)s->out_dev, (int)T, (int)r->desc.reject_nonfinite,
-                                 small_bytes);
+                                 (uint4 *)(base + off_x), (uint4 *)s->out_dev, (int)T, (int)r->desc.reject_nonfinite);
         if (err == cudaSuccess) err = cudaGetLastError();
     }
     if (err != cudaSuccess) {
@@ -453,9 +401,9 @@ static dmoe_status rs_create_locked(dmoe_resident *r) {
     if (cc->print_config)
         fprintf(stderr,
                 "dmoe cuda: resident kernel: %d blocks (%d per SM) x %d threads, %zu B smem, max_tokens %lld, "
-                "%.1f MB device workspace, nonfinite inputs %s, batches up to %d B staged by one block\n",
+                "%.1f MB device workspace, nonfinite inputs %s\n",
                 s->n_blocks, per_sm, FM_THREADS, smem, (long long)T, (double)total / 1048576.0,
-                r->desc.reject_nonfinite ? "rejected" : "allowed", small_bytes);
+                r->desc.reject_nonfinite ? "rejected" : "allowed");
     return DMOE_OK;
 }
 

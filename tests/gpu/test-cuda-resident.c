@@ -18,9 +18,6 @@
  *    host did not check, and the next batch is correct again;
  *  - shutdown and re-create: destroy, the layer works again, a second
  *    resident (max_tokens 8, NaN allowed) runs 200 more checked batches.
- * The odd shape sets DMOE_RESIDENT_SMALL_BYTES=16000, so batches above 40
- * tokens take the grid-wide staging and copy-back of the kernel, the others
- * (and every batch of the small shape) the single-block ones.
  * N = 10000 (DMOE_GPU_TEST_QUICK=1: 50, for compute-sanitizer).
  */
 #include <math.h>
@@ -371,10 +368,6 @@ int main(void) {
     b.weight_dtype = DMOE_DTYPE_F16;
     b.max_tokens = 96;
     b.path = DMOE_PATH_FUSED;
-    /* 16000 bytes: batches of up to 40 tokens are staged by one block, larger
-     * ones by the whole grid (both ways of resident_kernel run) */
-    setenv("DMOE_RESIDENT_SMALL_BYTES", "16000", 1);
     run_shape("odd", &b, seed + 1);
-    unsetenv("DMOE_RESIDENT_SMALL_BYTES");
     return tu_finish("test-cuda-resident");
 }
