@@ -83,7 +83,8 @@ extern "C" {
     X(DMOE_ERR_CORRUPT_FILE, -14, "file is corrupt or inconsistent")                     \
     X(DMOE_ERR_UNSUPPORTED, -15, "operation not supported by this backend")              \
     X(DMOE_ERR_THREAD, -16, "could not start worker threads")                            \
-    X(DMOE_ERR_INTERNAL, -17, "internal error")
+    X(DMOE_ERR_INTERNAL, -17, "internal error")                                         \
+    X(DMOE_ERR_TIMEOUT, -18, "timed out: the device did not finish within the timeout")
 
 typedef enum dmoe_status {
 #define DMOE_X_ENUM(name, value, text) name = value,
@@ -189,6 +190,15 @@ typedef struct dmoe_routing_desc {
     int32_t use_correction_bias;   /* 1: weights carry correction_bias (E) float32 */
 } dmoe_routing_desc;
 
+/* Which CUDA implementation runs a forward (host backends have one and ignore it). */
+typedef enum dmoe_path {
+    DMOE_PATH_AUTO = 0,   /* the backend's heuristic picks per token count (default) */
+    DMOE_PATH_STAGED = 1, /* separate kernels: router, plan, grouped GEMMs, combine */
+    DMOE_PATH_FUSED = 2,  /* the fused persistent kernel (small T; larger T runs staged) */
+} dmoe_path;
+
+DMOE_API const char *dmoe_path_name(dmoe_path path); /* "auto", "staged", "fused" */
+
 typedef struct dmoe_layer_desc {
     int64_t hidden;              /* H */
     int64_t ffn;                 /* F, per routed expert */
@@ -201,19 +211,25 @@ typedef struct dmoe_layer_desc {
     dmoe_dtype act_dtype;        /* x and y: f32, bf16 or f16 */
     dmoe_dtype weight_dtype;     /* every matrix: f32, bf16 or f16 */
     int64_t max_tokens;          /* largest T a call may pass; workspace is sized for it */
+    dmoe_path path;              /* cuda: AUTO, STAGED or FUSED; the environment variable
+                                  * DMOE_PATH=staged|fused|auto overrides it (experiments) */
 } dmoe_layer_desc;
 
 typedef struct dmoe_layer dmoe_layer;
 
 /* Defaults: softmax, renormalize on, no groups, scaling 1, no bias, no shared
- * experts, bf16 activations and weights, max_tokens 8192; the sizes are 0 and
- * must be set. */
+ * experts, bf16 activations and weights, max_tokens 8192, path AUTO; the sizes
+ * are 0 and must be set. */
 DMOE_API void dmoe_layer_desc_init(dmoe_layer_desc *desc);
 /* Validates desc and allocates the layer's workspace. */
 DMOE_API dmoe_status dmoe_layer_create(dmoe_context *ctx, const dmoe_layer_desc *desc,
                                        dmoe_layer **out);
 DMOE_API void dmoe_layer_destroy(dmoe_layer *layer); /* NULL is a no-op */
 DMOE_API const dmoe_layer_desc *dmoe_layer_get_desc(const dmoe_layer *layer);
+/* The path a forward of n_tokens tokens runs on this layer (after DMOE_PATH and
+ * the heuristic): STAGED or FUSED, never AUTO. Host backends have one path and
+ * answer DMOE_ERR_UNSUPPORTED. n_tokens in [1, max_tokens]. */
+DMOE_API dmoe_status dmoe_layer_query_path(const dmoe_layer *layer, int64_t n_tokens, dmoe_path *out);
 
 /* Weight views: zero copy, the caller keeps the memory alive while the layer
  * uses it. Pointers must be aligned to the element size (cpu backends) or to
@@ -248,6 +264,84 @@ DMOE_API dmoe_status dmoe_experts(dmoe_layer *layer, const dmoe_tensor *x,
                                   const dmoe_tensor *topk_ids, const dmoe_tensor *topk_weights,
                                   dmoe_tensor *y, void *stream);
 
+
+/* ---- resident serving mode (cuda) ----
+ * The fused persistent kernel launched ONCE on its own stream, then fed
+ * batches through a doorbell in pinned, mapped host memory:
+ *
+ *   dmoe_resident *r;  dmoe_resident_create(layer, &rdesc, &r);
+ *   for each batch: write T rows of x into dmoe_resident_input(r)   (T, H) act_dtype
+ *                   dmoe_resident_submit(r, T);
+ *                   dmoe_resident_wait(r, timeout_ms);   DMOE_OK: rows [0, T) of
+ *                   dmoe_resident_output(r) hold y       (T, H) act_dtype
+ *   dmoe_resident_destroy(r);
+ *
+ * The kernel copies x to the device, runs the same forward as the ordinary
+ * fused path (same bits), copies y back into the output buffer and publishes
+ * a completion word (sequence number + status) with a system-scope fence.
+ * One batch is in flight at a time; the input and output buffers belong to
+ * the kernel between submit and a wait that returned (any status but
+ * DMOE_ERR_TIMEOUT). Calls on one resident object must not run concurrently.
+ *
+ * WHILE RESIDENT THE KERNEL OCCUPIES EVERY SM OF THE DEVICE. Other kernels
+ * (including dmoe_forward on any layer) queue behind it and run only after
+ * dmoe_resident_destroy; the layer itself rejects forward, route, experts and
+ * set_weights until then. One resident kernel per device; creating a cuda
+ * layer on that device is refused meanwhile, and destroying one leaks its
+ * workspace with a warning (both would otherwise wait for the kernel). Do NOT call cudaDeviceSynchronize, cudaFree,
+ * cudaFreeHost or synchronous work on a blocking stream that waits for it on
+ * that device: they wait for the kernel, which never ends on its own.
+ * Copies on other streams (the copy engines) and other devices are fine.
+ * A batch that does not complete within the wait's timeout returns
+ * DMOE_ERR_TIMEOUT (the batch stays in flight: wait again); a kernel that
+ * died returns DMOE_ERR_CUDA or DMOE_ERR_INTERNAL. Nothing blocks without a
+ * bound. */
+typedef struct dmoe_resident dmoe_resident;
+
+typedef struct dmoe_resident_desc {
+    int64_t max_tokens;          /* largest batch: 1..dmoe_resident_max_supported(); 0 = the
+                                  * smaller of that and the layer's max_tokens */
+    int32_t reject_nonfinite;    /* 1 (default): a batch whose input holds NaN or inf is not run;
+                                  * its wait returns DMOE_ERR_INVALID_ARGUMENT */
+    int32_t shutdown_timeout_ms; /* destroy waits at most this long for the kernel (default 2000) */
+} dmoe_resident_desc;
+
+typedef struct dmoe_resident_info {
+    int64_t max_tokens;          /* as created */
+    int32_t n_blocks;            /* blocks of the resident grid */
+    int32_t in_flight;           /* 1 while a submitted batch was not yet waited for */
+    int32_t running;             /* 1 while the kernel is resident */
+    int64_t n_submitted;         /* batches submitted */
+    int64_t n_completed;         /* batches whose completion the host has seen */
+} dmoe_resident_info;
+
+/* The largest max_tokens a resident kernel supports (the fused kernel's limit). */
+DMOE_API int64_t dmoe_resident_max_supported(void);
+DMOE_API void dmoe_resident_desc_init(dmoe_resident_desc *desc);
+/* Launches the resident kernel for layer (cuda backend, weights set; one
+ * resident object per layer). desc may be NULL (defaults). */
+DMOE_API dmoe_status dmoe_resident_create(dmoe_layer *layer, const dmoe_resident_desc *desc,
+                                          dmoe_resident **out);
+/* Host pointers (pinned, mapped) to (max_tokens, H) buffers in act_dtype. NULL for NULL. */
+DMOE_API void *dmoe_resident_input(dmoe_resident *r);
+DMOE_API const void *dmoe_resident_output(const dmoe_resident *r);
+/* Starts a batch of the first n_tokens rows of the input (1 <= n_tokens <= max_tokens).
+ * Fails with DMOE_ERR_INVALID_ARGUMENT while a batch is in flight. */
+DMOE_API dmoe_status dmoe_resident_submit(dmoe_resident *r, int64_t n_tokens);
+/* Waits up to timeout_ms (>= 0; 0 = just look) for the batch in flight.
+ * DMOE_OK: output rows [0, n_tokens) hold y. DMOE_ERR_TIMEOUT: not done yet,
+ * still in flight. DMOE_ERR_INVALID_ARGUMENT: the kernel rejected the batch
+ * (non-finite input), output untouched. With no batch in flight it returns the
+ * status of the last batch again (DMOE_ERR_INVALID_ARGUMENT if there was none). */
+DMOE_API dmoe_status dmoe_resident_wait(dmoe_resident *r, int32_t timeout_ms);
+DMOE_API dmoe_status dmoe_resident_query(const dmoe_resident *r, dmoe_resident_info *info);
+/* Sends the stop command and waits (at most shutdown_timeout_ms) for the
+ * kernel to exit, a batch in flight first. DMOE_OK, or DMOE_ERR_TIMEOUT when
+ * the kernel did not exit: then its buffers are deliberately leaked (freeing
+ * memory a running kernel uses would synchronise with it, i.e. hang). The
+ * object is gone either way. NULL is a no-op. Messages go to the layer's
+ * context. */
+DMOE_API dmoe_status dmoe_resident_destroy(dmoe_resident *r);
 
 /* ---- safetensors files (src/store) ----
  * A read-only, memory-mapped view of one .safetensors file. Every header field

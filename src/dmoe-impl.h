@@ -55,7 +55,27 @@ struct dmoe_layer {
     int has_weights;
     void *backend_data; /* owned by the backend: workspace sized for max_tokens */
     void *owned_weights; /* (optional) host arena behind w, freed with the layer */
+    dmoe_resident *resident; /* a resident kernel runs on this layer (compute calls refused) */
 };
+
+/* A resident serving kernel (src/resident.c validates, the backend runs it). */
+struct dmoe_resident {
+    dmoe_layer *layer;
+    dmoe_resident_desc desc; /* max_tokens resolved */
+    void *input;             /* (max_tokens, H) host, pinned and mapped */
+    void *output;            /* (max_tokens, H) host, pinned and mapped */
+    void *backend_data;
+};
+
+/* The resident serving mode of a backend; every entry required when the table is. */
+typedef struct dmoe_resident_iface {
+    int64_t max_tokens;                                  /* the largest max_tokens supported */
+    dmoe_status (*create)(dmoe_resident *r);             /* sets input, output, backend_data */
+    dmoe_status (*submit)(dmoe_resident *r, int64_t n_tokens);
+    dmoe_status (*wait)(dmoe_resident *r, int32_t timeout_ms);
+    void (*query)(const dmoe_resident *r, dmoe_resident_info *info);
+    dmoe_status (*destroy)(dmoe_resident *r);            /* frees backend_data (or leaks it) */
+} dmoe_resident_iface;
 
 /* A backend is a table of functions; entries marked (optional) may be NULL.
  * Arguments have been validated by the caller (src/layer.c). */
@@ -80,6 +100,9 @@ struct dmoe_backend_iface {
     /* Route and experts in one call, using the layer's own workspace. */
     dmoe_status (*forward)(dmoe_layer *layer, const void *x, int64_t n_tokens, void *y,
                            void *stream);
+    /* The path a forward of n_tokens would run (STAGED or FUSED). (optional) */
+    dmoe_status (*query_path)(const dmoe_layer *layer, int64_t n_tokens, dmoe_path *out);
+    const dmoe_resident_iface *resident; /* (optional) resident serving mode */
 };
 
 extern const dmoe_backend_iface dmoe__backend_cpu_ref;

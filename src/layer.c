@@ -20,6 +20,16 @@ void dmoe_layer_desc_init(dmoe_layer_desc *d) {
     d->act_dtype = DMOE_DTYPE_BF16;
     d->weight_dtype = DMOE_DTYPE_BF16;
     d->max_tokens = 8192;
+    d->path = DMOE_PATH_AUTO;
+}
+
+const char *dmoe_path_name(dmoe_path path) {
+    switch (path) {
+    case DMOE_PATH_AUTO: return "auto";
+    case DMOE_PATH_STAGED: return "staged";
+    case DMOE_PATH_FUSED: return "fused";
+    }
+    return "unknown";
 }
 
 static int is_float_dtype(dmoe_dtype dt) {
@@ -101,6 +111,9 @@ static dmoe_status validate_desc(dmoe_context *ctx, const dmoe_layer_desc *d) {
         return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
                            "max_tokens * top_k must be <= 2^30, got %lld",
                            (long long)(d->max_tokens * d->top_k));
+    if (d->path != DMOE_PATH_AUTO && d->path != DMOE_PATH_STAGED && d->path != DMOE_PATH_FUSED)
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "unknown path %d (expected DMOE_PATH_AUTO, _STAGED or _FUSED)", (int)d->path);
     return DMOE_OK;
 }
 
@@ -137,6 +150,20 @@ const dmoe_layer_desc *dmoe_layer_get_desc(const dmoe_layer *layer) {
     return layer ? &layer->desc : NULL;
 }
 
+dmoe_status dmoe_layer_query_path(const dmoe_layer *layer, int64_t n_tokens, dmoe_path *out) {
+    if (!layer) return dmoe__error(NULL, DMOE_ERR_NULL_POINTER, "layer is NULL");
+    dmoe_context *ctx = layer->ctx;
+    dmoe__clear_error(ctx);
+    if (!out) return dmoe__error(ctx, DMOE_ERR_NULL_POINTER, "out is NULL");
+    if (n_tokens < 1 || n_tokens > layer->desc.max_tokens)
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "n_tokens must be in [1, max_tokens=%lld], got %lld",
+                           (long long)layer->desc.max_tokens, (long long)n_tokens);
+    if (!ctx->backend->query_path)
+        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED, "backend '%s' has a single path",
+                           ctx->backend->name);
+    return ctx->backend->query_path(layer, n_tokens, out);
+}
+
 static size_t required_align(const dmoe_context *ctx, dmoe_dtype dt) {
     size_t a = dmoe_dtype_size(dt);
     return ctx->backend->weight_align > a ? ctx->backend->weight_align : a;
@@ -159,6 +186,9 @@ dmoe_status dmoe_layer_set_weights(dmoe_layer *layer, const dmoe_weights *w) {
     const dmoe_layer_desc *d = &layer->desc;
     const dmoe_dtype wt = d->weight_dtype;
     dmoe_status st;
+    if (layer->resident)
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "the layer's weights are in use by a resident kernel: destroy it first");
     if ((st = check_weight_ptr(ctx, w->router, "router", wt)) != DMOE_OK) return st;
     if ((st = check_weight_ptr(ctx, w->w13, "w13", wt)) != DMOE_OK) return st;
     if ((st = check_weight_ptr(ctx, w->w2, "w2", wt)) != DMOE_OK) return st;
@@ -246,6 +276,9 @@ static dmoe_status begin_call(dmoe_layer *layer, const dmoe_tensor *x) {
     dmoe__clear_error(layer->ctx);
     if (!layer->has_weights)
         return dmoe__error(layer->ctx, DMOE_ERR_NO_WEIGHTS, "call dmoe_layer_set_weights first");
+    if (layer->resident)
+        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "the layer runs a resident kernel (dmoe_resident_*): destroy it first");
     return check_tensor(layer, x, "x", layer->desc.act_dtype, -1, layer->desc.hidden);
 }
 

@@ -161,4 +161,6 @@ const dmoe_backend_iface dmoe__backend_cpu_ref = {
     /* .route                 = */ ref_route,
     /* .experts               = */ ref_experts,
     /* .forward               = */ ref_forward,
+    /* .query_path            = */ NULL,
+    /* .resident              = */ NULL,
 };

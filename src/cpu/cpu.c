@@ -665,4 +665,6 @@ const dmoe_backend_iface dmoe__backend_cpu = {
     /* .route                 = */ cpu_route,
     /* .experts               = */ cpu_experts,
     /* .forward               = */ cpu_forward,
+    /* .query_path            = */ NULL,
+    /* .resident              = */ NULL,
 };

@@ -20,10 +20,12 @@
  * multiples of 8 (16-byte rows); K <= 32; E and S <= 1024.
  * Two paths: the staged kernels above, and the fused persistent kernel
  * (fused-moe.cu: the whole forward in one cooperative launch) for up to
- * FUSED_MAX_TOKENS tokens. DMOE_PATH=staged|fused|auto picks one (read at
- * layer creation); auto is staged for now because the two measured within a
- * few percent of each other at decode (bench/fused-notes.md), and staged
- * covers every T. A fused request above FUSED_MAX_TOKENS runs staged.
+ * DMOE_FUSED_MAX_TOKENS tokens. desc.path (AUTO, STAGED, FUSED), overridden
+ * by DMOE_PATH=staged|fused|auto (read at layer creation), is the request;
+ * path-choice.c turns it into the path of each T (AUTO: fused only where its
+ * table records a measured win). A fused request above the limit runs staged.
+ * The fused workspace is allocated when some T of the layer may run fused.
+ * The resident serving mode (resident.cu) runs the fused kernel too.
  * Environment (read at layer creation): DMOE_CUDA_GEMM=auto|stream|mma|sm90
  * forces a grouped GEMM; DMOE_PRINT_CONFIG=1 prints the choices of each new T;
  * DMOE_CUDA_PDL=0 turns programmatic dependent launch off (read per context).
@@ -35,10 +37,11 @@
 #include "gemm.h"
 #include "heuristics.h"
 #include "plan.h"
+#include "path-choice.h"
+#include "resident.h"
 #include "router.h"
 
 #define CUDA_MAX_EXPERTS 1024
-#define FUSED_MAX_TOKENS 64
 
 typedef struct cuda_layer {
     void *arena;            /* one cudaMalloc, carved below */
@@ -59,8 +62,8 @@ typedef struct cuda_layer {
     void *act_sh;           /* (maxT*S, Fs) */
     void *part_sh;          /* (maxT*S, H) */
     void *fused_ws;         /* fused kernel workspace (zeroed once; the kernel leaves it so) */
-    int64_t fused_max_t;    /* tokens the fused workspace holds */
-    int use_fused;          /* DMOE_PATH=fused */
+    int64_t fused_max_t;    /* tokens the fused workspace holds (0: none) */
+    dmoe_path request;      /* desc.path or DMOE_PATH */
     dmoe_cuda_gemm_kind gemm_kind;
     int print_config;
     int64_t printed_tokens; /* T of the last printed configuration */
@@ -168,6 +171,12 @@ static size_t carve(cuda_layer *L, const dmoe_layer_desc *d, int num_sms, char *
 static void cuda_layer_fini(dmoe_layer *layer) {
     cuda_layer *L = (cuda_layer *)layer->backend_data;
     if (!L) return;
+    if ((L->arena || L->fused_ws) && dmoe__cuda_resident_active(layer->ctx->desc.device)) {
+        /* cudaFree would wait for the resident kernel, which does not end on its own. */
+        fprintf(stderr, "dmoe cuda: a layer was destroyed while a resident kernel occupies device %d: its "
+                        "workspace is leaked (destroy the resident kernel first)\n", (int)layer->ctx->desc.device);
+        L->arena = L->fused_ws = NULL;
+    }
     if (L->arena || L->fused_ws) {
         int cur = -1;
         if (cudaGetDevice(&cur) == cudaSuccess && cur != layer->ctx->desc.device)
@@ -203,6 +212,10 @@ static dmoe_status cuda_layer_init(dmoe_layer *layer) {
                            "cuda: at most %d routed and %d shared experts (got %d and %d)",
                            CUDA_MAX_EXPERTS, CUDA_MAX_EXPERTS, (int)d->n_experts,
                            (int)d->n_shared_experts);
+    if (dmoe__cuda_resident_active(ctx->desc.device))
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "a resident kernel occupies device %d: create layers before it or after its destroy "
+                           "(creating one synchronises with the device)", (int)ctx->desc.device);
     dmoe_status st = use_device(ctx);
     if (st != DMOE_OK) return st;
     cuda_layer *L = (cuda_layer *)dmoe__calloc(ctx, 1, sizeof *L);
@@ -226,10 +239,13 @@ static dmoe_status cuda_layer_init(dmoe_layer *layer) {
         cuda_layer_fini(layer);
         return dmoe__cuda_error(ctx, err, "cudaMemset(counter)", __FILE__, __LINE__);
     }
-    const char *path = getenv("DMOE_PATH");
-    if (path && strcmp(path, "fused") == 0) {
-        L->use_fused = 1;
-        L->fused_max_t = d->max_tokens < FUSED_MAX_TOKENS ? d->max_tokens : FUSED_MAX_TOKENS;
+    if (dmoe__cuda_path_request(d, &L->request) != 0) {
+        cuda_layer_fini(layer);
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "DMOE_PATH=%s: expected staged, fused or auto",
+                           getenv("DMOE_PATH"));
+    }
+    if (dmoe__cuda_path_may_fuse(d, L->request)) {
+        L->fused_max_t = d->max_tokens < DMOE_FUSED_MAX_TOKENS ? d->max_tokens : DMOE_FUSED_MAX_TOKENS;
         const size_t fb = dmoe__fused_workspace_bytes(L->fused_max_t, (int32_t)d->hidden, (int32_t)d->ffn,
                                                       (int32_t)d->shared_ffn, d->n_experts, d->top_k,
                                                       d->n_shared_experts);
@@ -242,18 +258,17 @@ static dmoe_status cuda_layer_init(dmoe_layer *layer) {
             cuda_layer_fini(layer);
             return dmoe__cuda_error(ctx, err, "fused workspace", __FILE__, __LINE__);
         }
-    } else if (path && strcmp(path, "staged") != 0 && strcmp(path, "auto") != 0) {
-        cuda_layer_fini(layer);
-        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "DMOE_PATH=%s: expected staged, fused or auto", path);
     }
     L->gemm_kind = dmoe__cuda_gemm_kind_from_env();
     L->print_config = cc->print_config;
     L->printed_tokens = -1;
     if (L->print_config)
-        fprintf(stderr, "dmoe cuda: layer H=%lld F=%lld E=%d K=%d S=%d: %.1f MB workspace for %lld tokens, gemm %s\n",
+        fprintf(stderr, "dmoe cuda: layer H=%lld F=%lld E=%d K=%d S=%d: %.1f MB workspace for %lld tokens, gemm %s, "
+                "path %s (fused workspace for %lld tokens)\n",
                 (long long)d->hidden, (long long)d->ffn, (int)d->n_experts, (int)d->top_k,
                 (int)d->n_shared_experts, (double)bytes / 1048576.0, (long long)d->max_tokens,
-                dmoe__cuda_gemm_kind_name(L->gemm_kind));
+                dmoe__cuda_gemm_kind_name(L->gemm_kind), dmoe_path_name(L->request),
+                (long long)L->fused_max_t);
     return DMOE_OK;
 }
 
@@ -370,15 +385,12 @@ static dmoe_status run_experts(dmoe_layer *layer, const void *x, int64_t T, cons
                               dt, y, stream);
 }
 
-/* The whole forward (route_from_ids = 0) or the expert half with the caller's
- * routing (1) in one launch of the fused kernel. */
-static dmoe_status run_fused(dmoe_layer *layer, const void *x, int64_t T, int32_t *ids, float *wts,
-                             int route_from_ids, void *y, cudaStream_t stream) {
+/* The fused kernel's arguments for layer (shapes, routing, weights); the
+ * caller sets the per-call fields (tokens, x, y, ids, weights, workspace). */
+extern "C" void dmoe__cuda_fused_args_init(const dmoe_layer *layer, dmoe_fused_args *out) {
     const dmoe_layer_desc *d = &layer->desc;
-    cuda_layer *L = (cuda_layer *)layer->backend_data;
     dmoe_fused_args a;
     memset(&a, 0, sizeof a);
-    a.n_tokens = (int32_t)T;
     a.hidden = (int32_t)d->hidden;
     a.ffn = (int32_t)d->ffn;
     a.n_experts = d->n_experts;
@@ -392,9 +404,7 @@ static dmoe_status run_fused(dmoe_layer *layer, const void *x, int64_t T, int32_
     a.topk_group = d->routing.topk_group;
     a.use_bias = d->routing.use_correction_bias;
     a.scale = d->routing.routed_scaling_factor;
-    a.route_from_ids = route_from_ids;
     a.is_bf16 = d->act_dtype == DMOE_DTYPE_BF16;
-    a.x = x;
     a.router = layer->w.router;
     a.bias = layer->w.correction_bias;
     a.w13 = layer->w.w13;
@@ -402,18 +412,48 @@ static dmoe_status run_fused(dmoe_layer *layer, const void *x, int64_t T, int32_
     a.shared_w13 = layer->w.shared_w13;
     a.shared_w2 = layer->w.shared_w2;
     a.shared_gate_w = layer->w.shared_gate;
+    *out = a;
+}
+
+/* The whole forward (route_from_ids = 0) or the expert half with the caller's
+ * routing (1) in one launch of the fused kernel. */
+static dmoe_status run_fused(dmoe_layer *layer, const void *x, int64_t T, int32_t *ids, float *wts,
+                             int route_from_ids, void *y, cudaStream_t stream) {
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    dmoe_fused_args a;
+    dmoe__cuda_fused_args_init(layer, &a);
+    a.n_tokens = (int32_t)T;
+    a.route_from_ids = route_from_ids;
+    a.x = x;
     a.y = y;
     a.topk_ids = ids;
     a.topk_w = wts;
     a.ws = L->fused_ws;
-    if (L->print_config && L->printed_tokens != T) {
-        L->printed_tokens = T;
-        fprintf(stderr, "dmoe cuda: T=%lld: fused persistent kernel (DMOE_PATH=fused)\n", (long long)T);
-    }
     return dmoe__fused_forward(layer->ctx, &a, dmoe__cuda_ctx(layer->ctx)->num_sms, stream);
 }
 
-static int fused_fits(const cuda_layer *L, int64_t T) { return L->use_fused && T <= L->fused_max_t; }
+/* The path of a forward of T tokens; prints it (and why) once per new T. */
+static dmoe_path layer_path(const dmoe_layer *layer, int64_t T) {
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    char why[256];
+    dmoe_path p = dmoe__cuda_choose_path(&layer->desc, L->request, T, why, sizeof why);
+    if (p == DMOE_PATH_FUSED && T > L->fused_max_t) p = DMOE_PATH_STAGED; /* not reached: ws sized for it */
+    if (L->print_config && L->printed_tokens != T) {
+        if (p == DMOE_PATH_FUSED) L->printed_tokens = T; /* the staged print marks it itself */
+        fprintf(stderr, "dmoe cuda: T=%lld: path %s\n", (long long)T, why);
+    }
+    return p;
+}
+
+static int fused_fits(const dmoe_layer *layer, int64_t T) { return layer_path(layer, T) == DMOE_PATH_FUSED; }
+
+static dmoe_status cuda_query_path(const dmoe_layer *layer, int64_t n_tokens, dmoe_path *out) {
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    dmoe_path p = dmoe__cuda_choose_path(&layer->desc, L->request, n_tokens, NULL, 0);
+    if (p == DMOE_PATH_FUSED && n_tokens > L->fused_max_t) p = DMOE_PATH_STAGED;
+    *out = p;
+    return DMOE_OK;
+}
 
 static dmoe_cuda_router_args router_args(dmoe_layer *layer, const void *x, int64_t T,
                                          int32_t *ids, float *wts) {
@@ -453,8 +493,7 @@ static dmoe_status cuda_experts(dmoe_layer *layer, const void *x, int64_t n_toke
     dmoe_status st = use_device(layer->ctx);
     if (st != DMOE_OK) return st;
     (void)cudaGetLastError();
-    cuda_layer *L = (cuda_layer *)layer->backend_data;
-    if (fused_fits(L, n_tokens))
+    if (fused_fits(layer, n_tokens))
         return run_fused(layer, x, n_tokens, (int32_t *)topk_ids, (float *)topk_weights, 1, y, (cudaStream_t)stream);
     return run_experts(layer, x, n_tokens, topk_ids, topk_weights, y, 0, (cudaStream_t)stream);
 }
@@ -465,7 +504,7 @@ static dmoe_status cuda_forward(dmoe_layer *layer, const void *x, int64_t n_toke
     if (st != DMOE_OK) return st;
     (void)cudaGetLastError();
     cuda_layer *L = (cuda_layer *)layer->backend_data;
-    if (fused_fits(L, n_tokens)) return run_fused(layer, x, n_tokens, L->ids, L->wts, 0, y, (cudaStream_t)stream);
+    if (fused_fits(layer, n_tokens)) return run_fused(layer, x, n_tokens, L->ids, L->wts, 0, y, (cudaStream_t)stream);
     dmoe_cuda_router_args r = router_args(layer, x, n_tokens, L->ids, L->wts);
     r.counts = L->counts;
     r.offsets = L->offsets;
@@ -490,4 +529,6 @@ extern "C" const dmoe_backend_iface dmoe__backend_cuda = {
     /* .route                 = */ cuda_route,
     /* .experts               = */ cuda_experts,
     /* .forward               = */ cuda_forward,
+    /* .query_path            = */ cuda_query_path,
+    /* .resident              = */ &dmoe__cuda_resident_iface,
 };

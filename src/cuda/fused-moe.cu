@@ -724,6 +724,7 @@ template <typename DT> static __device__ __forceinline__ void fused_body(const d
     }
 }
 
+#ifndef DMOE_FUSED_BODY_ONLY /* resident.cu includes this file for fused_body alone */
 template <typename DT> __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS) fused_moe_kernel(const dmoe_fused_args a) {
     extern __shared__ __align__(16) char smem[];
     __shared__ uint32_t s_word;
@@ -742,6 +743,8 @@ static size_t plan_smem_bytes(int32_t E) {
     const size_t red = (size_t)FM_WARPS * 4 * 128 * sizeof(float);
     return plan > red ? plan : red;
 }
+
+extern "C" size_t dmoe__fused_smem_bytes(int32_t n_experts) { return plan_smem_bytes(n_experts); }
 
 template <typename DT>
 static dmoe_status launch(dmoe_context *ctx, const dmoe_fused_args *a, int32_t num_sms, cudaStream_t stream) {
@@ -776,3 +779,4 @@ extern "C" dmoe_status dmoe__fused_forward(dmoe_context *ctx, const dmoe_fused_a
     /* The dtype is a template parameter only because mma.sync names it in the instruction. */
     return a->is_bf16 ? launch<dmoe_bf16>(ctx, a, num_sms, stream) : launch<dmoe_f16>(ctx, a, num_sms, stream);
 }
+#endif /* DMOE_FUSED_BODY_ONLY */

@@ -43,6 +43,9 @@ typedef struct dmoe_fused_args {
 size_t dmoe__fused_workspace_bytes(int64_t max_tokens, int32_t hidden, int32_t ffn, int32_t shared_ffn,
                                    int32_t n_experts, int32_t top_k, int32_t n_shared);
 
+/* Dynamic shared memory of one block of the fused kernel (fused_body's smem). */
+size_t dmoe__fused_smem_bytes(int32_t n_experts);
+
 /* Launches the fused forward on stream (cooperative launch: every block resident). */
 dmoe_status dmoe__fused_forward(dmoe_context *ctx, const dmoe_fused_args *a, int32_t num_sms,
                                 cudaStream_t stream);

@@ -10,9 +10,12 @@ set(DMOE_CUDA_SOURCES
   src/cuda/shared.cu
   src/cuda/combine.cu
   src/cuda/fused-moe.cu
+  src/cuda/resident.cu
 )
 # Line info for profilers and sanitizers; no effect on the generated code.
 set_source_files_properties(${DMOE_CUDA_SOURCES} PROPERTIES COMPILE_OPTIONS "-lineinfo")
+# Host C code of the backend (no device code, so no -lineinfo).
+list(APPEND DMOE_CUDA_SOURCES src/cuda/path-choice.c)
 
 # Hopper wgmma+TMA grouped GEMMs (sm90-grouped-gemm.cu, another engineer's file):
 # compiled when present; heuristics.cu then offers them (DMOE_CUDA_GEMM=sm90).

@@ -1,0 +1,373 @@
+/*
+ * test-cuda-resident: the resident serving mode (dmoe_resident_*) against the
+ * ordinary fused forward and cpu-ref. For a small shape (H=256 F=128 E=16
+ * K=4, bf16) and an odd one (H=200 F=72 E=12 K=3, one shared expert with a
+ * sigmoid gate, sigmoid scoring with correction bias and 4 groups, f16):
+ *  - reference pass: N batches of random T in [1, 64] with fresh random x,
+ *    each through dmoe_forward on the fused path (desc.path = FUSED), output
+ *    kept; every 1000th batch also against cpu-ref on the GPU's routing;
+ *  - resident pass: the same N batches through one resident kernel, output
+ *    poisoned before each; every result must equal the ordinary fused output
+ *    bit for bit, and the sampled ones cpu-ref within 1e-2 rel L2;
+ *  - while resident: the layer refuses forward and set_weights, a second
+ *    resident on it is refused, bad arguments give their statuses;
+ *  - timeout: wait(0) right after submitting a full batch is DMOE_ERR_TIMEOUT
+ *    and the batch stays in flight (submit refused), then completes correctly;
+ *  - bad input: a batch with a NaN is rejected by the kernel
+ *    (DMOE_ERR_INVALID_ARGUMENT, output untouched), so is a token count the
+ *    host did not check, and the next batch is correct again;
+ *  - shutdown and re-create: destroy, the layer works again, a second
+ *    resident (max_tokens 8, NaN allowed) runs 200 more checked batches.
+ * N = 10000 (DMOE_GPU_TEST_QUICK=1: 50, for compute-sanitizer).
+ */
+#include <math.h>
+#include <time.h>
+
+#include "gpu-util.h"
+
+dmoe_status dmoe__cuda_resident_submit_unchecked(dmoe_resident *r, int64_t n_tokens);
+
+#define MAXT 64
+#define WAIT_MS 5000
+
+static int quick;
+
+static void fill_x(uint64_t seed, int64_t i, void *x, dmoe_dtype dt, int64_t n) {
+    tu_rng rng;
+    tu_rng_init(&rng, seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(i + 1)));
+    tu_fill_uniform(&rng, x, dt, n, -1.0, 1.0);
+}
+
+static int64_t batch_tokens(uint64_t seed, int64_t i) {
+    tu_rng rng;
+    tu_rng_init(&rng, seed * 31 + (uint64_t)i * 7919 + 1);
+    return 1 + (int64_t)(tu_rand_u64(&rng) % MAXT);
+}
+
+static double now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* cpu-ref on the cuda layer's routing of x (T tokens). */
+static void cpu_reference(tu_layer *l, const tu_model *m, const void *x, void *d_x, int64_t T, void *yref) {
+    const dmoe_layer_desc *d = &m->desc;
+    const int64_t H = d->hidden, K = d->top_k;
+    int32_t *d_ids = (int32_t *)gpu_alloc(sizeof(int32_t) * (size_t)(T * K));
+    float *d_w = (float *)gpu_alloc(sizeof(float) * (size_t)(T * K));
+    dmoe_tensor tx = dmoe_tensor_2d(d_x, d->act_dtype, T, H, 0);
+    dmoe_tensor ti = dmoe_tensor_2d(d_ids, DMOE_DTYPE_I32, T, K, 0);
+    dmoe_tensor tw = dmoe_tensor_2d(d_w, DMOE_DTYPE_F32, T, K, 0);
+    TU_CHECK_STATUS(l->ctx, dmoe_route(l->layer, &tx, &ti, &tw, NULL), DMOE_OK);
+    int32_t *ids = (int32_t *)tu_malloc(sizeof(int32_t) * (size_t)(T * K));
+    float *w = (float *)tu_malloc(sizeof(float) * (size_t)(T * K));
+    gpu_download(ids, d_ids, sizeof(int32_t) * (size_t)(T * K));
+    gpu_download(w, d_w, sizeof(float) * (size_t)(T * K));
+    TU_CHECK(tu_reference_experts(m, x, T, ids, w, yref) == DMOE_OK);
+    gpu_free(d_ids);
+    gpu_free(d_w);
+    tu_free(ids);
+    tu_free(w);
+}
+
+/* Submits batch x (T rows) and waits; returns the wait's status. */
+static dmoe_status run_batch(dmoe_resident *r, const void *x, int64_t T, size_t row_bytes, double *us) {
+    memcpy(dmoe_resident_input(r), x, (size_t)T * row_bytes);
+    memset((void *)dmoe_resident_output(r), 0xff, (size_t)T * row_bytes); /* poison: NaN */
+    const double t0 = now_us();
+    dmoe_status st = dmoe_resident_submit(r, T);
+    if (st == DMOE_OK) st = dmoe_resident_wait(r, WAIT_MS);
+    if (us) *us = now_us() - t0;
+    return st;
+}
+
+static void run_shape(const char *name, const dmoe_layer_desc *desc, uint64_t seed) {
+    const int64_t N = quick ? 50 : 10000, H = desc->hidden;
+    const dmoe_dtype dt = desc->act_dtype;
+    const size_t row = (size_t)H * dmoe_dtype_size(dt), xmax = MAXT * row;
+    printf("%s: H=%lld F=%lld E=%d K=%d S=%d %s, %lld batches\n", name, (long long)H, (long long)desc->ffn,
+           (int)desc->n_experts, (int)desc->top_k, (int)desc->n_shared_experts, dmoe_dtype_name(dt),
+           (long long)N);
+    tu_rng rng;
+    tu_rng_init(&rng, seed);
+    tu_model m;
+    gpu_model g;
+    tu_layer l;
+    tu_model_random(&m, desc, &rng);
+    gpu_model_upload(&g, &m);
+    if (gpu_layer_open(&l, desc, &g) != DMOE_OK) {
+        TU_CHECK(0);
+        return;
+    }
+    dmoe_path p = DMOE_PATH_AUTO;
+    TU_CHECK_STATUS(l.ctx, dmoe_layer_query_path(l.layer, MAXT, &p), DMOE_OK);
+    TU_CHECKF(p == DMOE_PATH_FUSED, "%s: the reference layer does not run fused at T=%d", name, MAXT);
+
+    /* ---- reference pass: the ordinary fused forward ---- */
+    void *d_x = gpu_alloc(xmax), *d_y = gpu_alloc(xmax);
+    void *x = tu_malloc(xmax), *y = tu_malloc(xmax);
+    int64_t *tok = (int64_t *)tu_malloc(sizeof(int64_t) * (size_t)N);
+    size_t *off = (size_t *)tu_malloc(sizeof(size_t) * (size_t)(N + 1));
+    off[0] = 0;
+    for (int64_t i = 0; i < N; i++) {
+        tok[i] = batch_tokens(seed, i);
+        off[i + 1] = off[i] + (size_t)tok[i] * row;
+    }
+    char *yall = (char *)tu_malloc(off[N]);
+    const int n_samples = quick ? 3 : 10;
+    void *ycpu[10];
+    int64_t sample_idx[10];
+    for (int s = 0; s < n_samples; s++) {
+        sample_idx[s] = s * (N / n_samples) + (s % 3);
+        ycpu[s] = NULL;
+    }
+    for (int64_t i = 0; i < N; i++) {
+        const int64_t T = tok[i];
+        fill_x(seed, i, x, dt, T * H);
+        GPU_CHECK(cudaMemcpy(d_x, x, (size_t)T * row, cudaMemcpyHostToDevice));
+        gpu_poison(d_y, (size_t)T * row);
+        dmoe_tensor tx = dmoe_tensor_2d(d_x, dt, T, H, 0), ty = dmoe_tensor_2d(d_y, dt, T, H, 0);
+        if (dmoe_forward(l.layer, &tx, &ty, NULL) != DMOE_OK) {
+            TU_CHECKF(0, "%s: reference forward %lld: %s", name, (long long)i, dmoe_context_last_error(l.ctx));
+            break;
+        }
+        GPU_CHECK(cudaMemcpy(yall + off[i], d_y, (size_t)T * row, cudaMemcpyDeviceToHost));
+        for (int s = 0; s < n_samples; s++)
+            if (sample_idx[s] == i) {
+                ycpu[s] = tu_malloc((size_t)T * row);
+                cpu_reference(&l, &m, x, d_x, T, ycpu[s]);
+            }
+    }
+
+    /* ---- argument checks before any resident exists ---- */
+    dmoe_resident *r = NULL, *sentinel = (dmoe_resident *)&m;
+    dmoe_resident_desc rd;
+    const int64_t bad_max[3] = {-1, MAXT + 1, 1 << 20};
+    for (int i = 0; i < 3; i++) {
+        dmoe_resident_desc_init(&rd);
+        rd.max_tokens = bad_max[i];
+        r = sentinel;
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_create(l.layer, &rd, &r), DMOE_ERR_INVALID_ARGUMENT);
+        TU_CHECK(r == sentinel);
+    }
+    dmoe_resident_desc_init(&rd);
+    rd.reject_nonfinite = 2;
+    TU_CHECK_STATUS(l.ctx, dmoe_resident_create(l.layer, &rd, &r), DMOE_ERR_INVALID_ARGUMENT);
+    dmoe_resident_desc_init(&rd);
+    rd.shutdown_timeout_ms = 0;
+    TU_CHECK_STATUS(l.ctx, dmoe_resident_create(l.layer, &rd, &r), DMOE_ERR_INVALID_ARGUMENT);
+    {
+        dmoe_layer *bare = NULL;
+        TU_CHECK_STATUS(l.ctx, dmoe_layer_create(l.ctx, desc, &bare), DMOE_OK);
+        if (bare) {
+            TU_CHECK_STATUS(l.ctx, dmoe_resident_create(bare, NULL, &r), DMOE_ERR_NO_WEIGHTS);
+            dmoe_layer_destroy(bare);
+        }
+    }
+    TU_CHECK(r == sentinel);
+
+    /* ---- resident pass ---- */
+    dmoe_layer *other = NULL; /* a second layer on the device, made before the kernel */
+    TU_CHECK_STATUS(l.ctx, dmoe_layer_create(l.ctx, desc, &other), DMOE_OK);
+    if (other) TU_CHECK_STATUS(l.ctx, dmoe_layer_set_weights(other, &g.weights), DMOE_OK);
+    r = NULL;
+    TU_CHECK_STATUS(l.ctx, dmoe_resident_create(l.layer, NULL, &r), DMOE_OK);
+    if (!r) goto done;
+    {
+        dmoe_resident_info info;
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_query(r, &info), DMOE_OK);
+        TU_CHECK(info.max_tokens == MAXT && info.running == 1 && info.in_flight == 0 && info.n_blocks > 0);
+        printf("  resident: %d blocks, max_tokens %lld\n", (int)info.n_blocks, (long long)info.max_tokens);
+        /* the layer is locked while resident */
+        dmoe_tensor tx = dmoe_tensor_2d(d_x, dt, 1, H, 0), ty = dmoe_tensor_2d(d_y, dt, 1, H, 0);
+        TU_CHECK_STATUS(l.ctx, dmoe_forward(l.layer, &tx, &ty, NULL), DMOE_ERR_INVALID_ARGUMENT);
+        TU_CHECK_STATUS(l.ctx, dmoe_layer_set_weights(l.layer, &g.weights), DMOE_ERR_INVALID_ARGUMENT);
+        dmoe_resident *r2 = sentinel;
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_create(l.layer, NULL, &r2), DMOE_ERR_INVALID_ARGUMENT);
+        TU_CHECK(r2 == sentinel);
+        /* one resident kernel per device; no new layers while it occupies the device */
+        if (other) TU_CHECK_STATUS(l.ctx, dmoe_resident_create(other, NULL, &r2), DMOE_ERR_INVALID_ARGUMENT);
+        dmoe_layer *late = NULL;
+        TU_CHECK_STATUS(l.ctx, dmoe_layer_create(l.ctx, desc, &late), DMOE_ERR_INVALID_ARGUMENT);
+        TU_CHECK(late == NULL && r2 == sentinel);
+        /* bad arguments */
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_wait(r, 0), DMOE_ERR_INVALID_ARGUMENT); /* nothing submitted */
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_submit(r, 0), DMOE_ERR_INVALID_ARGUMENT);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_submit(r, -5), DMOE_ERR_INVALID_ARGUMENT);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_submit(r, MAXT + 1), DMOE_ERR_TOO_MANY_TOKENS);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_wait(r, -1), DMOE_ERR_INVALID_ARGUMENT);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_query(r, NULL), DMOE_ERR_NULL_POINTER);
+        TU_CHECK(dmoe_resident_input(r) != NULL && dmoe_resident_output(r) != NULL);
+    }
+    {
+        int64_t differ = 0, failed = 0;
+        double *lat = (double *)tu_malloc(sizeof(double) * (size_t)N);
+        for (int64_t i = 0; i < N; i++) {
+            const int64_t T = tok[i];
+            fill_x(seed, i, x, dt, T * H);
+            dmoe_status st = run_batch(r, x, T, row, &lat[i]);
+            if (st != DMOE_OK) {
+                if (failed++ < 5)
+                    printf("  batch %lld (T=%lld): %s: %s  <-- FAIL\n", (long long)i, (long long)T,
+                           dmoe_status_name(st), dmoe_context_last_error(l.ctx));
+                if (st == DMOE_ERR_TIMEOUT || failed > 20) break;
+                continue;
+            }
+            if (memcmp(dmoe_resident_output(r), yall + off[i], (size_t)T * row) != 0) {
+                if (differ++ < 5) printf("  batch %lld (T=%lld): resident output differs from the ordinary fused forward  <-- FAIL\n", (long long)i, (long long)T);
+            }
+            for (int s = 0; s < n_samples; s++)
+                if (sample_idx[s] == i && ycpu[s]) {
+                    char what[96];
+                    snprintf(what, sizeof what, "  resident batch %lld T=%lld vs cpu-ref", (long long)i, (long long)T);
+                    TU_CHECK(tu_compare(what, dmoe_resident_output(r), dt, ycpu[s], dt, T, H, NULL, 1e-2));
+                }
+        }
+        qsort(lat, (size_t)N, sizeof(double), cmp_double);
+        printf("  %lld batches: %lld failed, %lld differ from the ordinary fused forward%s; submit-to-wait "
+               "P50 %.1f us, P99 %.1f us (T in [1, %d], unchecked timing)\n",
+               (long long)N, (long long)failed, (long long)differ, failed || differ ? "  <-- FAIL" : "",
+               lat[N / 2], lat[(N * 99) / 100], MAXT);
+        TU_CHECK(failed == 0 && differ == 0);
+        tu_free(lat);
+    }
+    {
+        /* timeout: wait(0) right after a full batch */
+        const int64_t i = N - 1, T = MAXT;
+        fill_x(seed, 123456789, x, dt, T * H);
+        memcpy(dmoe_resident_input(r), x, (size_t)T * row);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_submit(r, T), DMOE_OK);
+        dmoe_status st = dmoe_resident_wait(r, 0);
+        TU_CHECKF(st == DMOE_ERR_TIMEOUT, "wait(0) right after submit gave %s", dmoe_status_name(st));
+        dmoe_resident_info info;
+        dmoe_resident_query(r, &info);
+        TU_CHECK(info.in_flight == 1 || st != DMOE_ERR_TIMEOUT);
+        if (st == DMOE_ERR_TIMEOUT)
+            TU_CHECK_STATUS(l.ctx, dmoe_resident_submit(r, 1), DMOE_ERR_INVALID_ARGUMENT); /* busy */
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_wait(r, WAIT_MS), DMOE_OK);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_wait(r, 0), DMOE_OK); /* idempotent */
+        memcpy(y, dmoe_resident_output(r), (size_t)T * row);
+        (void)i;
+        printf("  timeout path: wait(0) gave %s, then the batch completed\n", dmoe_status_name(st));
+
+        /* bad input: a NaN in the last token, then a count the host did not check */
+        void *out_before = tu_malloc((size_t)T * row);
+        fill_x(seed, 42, x, dt, 5 * H);
+        tu_set(x, dt, 4 * H + 7, NAN);
+        memcpy(dmoe_resident_input(r), x, 5 * row);
+        memcpy(out_before, dmoe_resident_output(r), 5 * row);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_submit(r, 5), DMOE_OK);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_wait(r, WAIT_MS), DMOE_ERR_INVALID_ARGUMENT);
+        TU_CHECK(memcmp(out_before, dmoe_resident_output(r), 5 * row) == 0);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_wait(r, 0), DMOE_ERR_INVALID_ARGUMENT); /* the same again */
+        TU_CHECK_STATUS(l.ctx, dmoe__cuda_resident_submit_unchecked(r, MAXT + 1), DMOE_OK);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_wait(r, WAIT_MS), DMOE_ERR_INVALID_ARGUMENT);
+        TU_CHECK_STATUS(l.ctx, dmoe__cuda_resident_submit_unchecked(r, 0), DMOE_OK);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_wait(r, WAIT_MS), DMOE_ERR_INVALID_ARGUMENT);
+        tu_free(out_before);
+        /* and the kernel still answers correctly */
+        const int64_t j = sample_idx[0], Tj = tok[j];
+        fill_x(seed, j, x, dt, Tj * H);
+        TU_CHECK_STATUS(l.ctx, run_batch(r, x, Tj, row, NULL), DMOE_OK);
+        TU_CHECKF(memcmp(dmoe_resident_output(r), yall + off[j], (size_t)Tj * row) == 0,
+                  "batch after the rejected ones differs");
+        dmoe_resident_query(r, &info);
+        TU_CHECK(info.n_completed == info.n_submitted && info.in_flight == 0 && info.running == 1);
+    }
+    /* ---- shutdown, the layer works again, re-create ---- */
+    TU_CHECK_STATUS(l.ctx, dmoe_resident_destroy(r), DMOE_OK);
+    r = NULL;
+    dmoe_layer_destroy(other);
+    {
+        const int64_t T = MAXT;
+        fill_x(seed, 123456789, x, dt, T * H);
+        GPU_CHECK(cudaMemcpy(d_x, x, (size_t)T * row, cudaMemcpyHostToDevice));
+        dmoe_tensor tx = dmoe_tensor_2d(d_x, dt, T, H, 0), ty = dmoe_tensor_2d(d_y, dt, T, H, 0);
+        TU_CHECK_STATUS(l.ctx, dmoe_forward(l.layer, &tx, &ty, NULL), DMOE_OK);
+        void *yo = tu_malloc((size_t)T * row);
+        gpu_download(yo, d_y, (size_t)T * row);
+        TU_CHECKF(memcmp(yo, y, (size_t)T * row) == 0, "the timed-out batch differs from the ordinary forward");
+        tu_free(yo);
+    }
+    dmoe_resident_desc_init(&rd);
+    rd.max_tokens = 8;
+    rd.reject_nonfinite = 0;
+    TU_CHECK_STATUS(l.ctx, dmoe_resident_create(l.layer, &rd, &r), DMOE_OK);
+    if (r) {
+        int64_t differ = 0, checked = 0;
+        for (int64_t i = 0; i < N && checked < 200; i++) {
+            if (tok[i] > 8) continue;
+            fill_x(seed, i, x, dt, tok[i] * H);
+            dmoe_status st = run_batch(r, x, tok[i], row, NULL);
+            TU_CHECK(st == DMOE_OK);
+            if (st != DMOE_OK) break;
+            differ += memcmp(dmoe_resident_output(r), yall + off[i], (size_t)tok[i] * row) != 0;
+            checked++;
+        }
+        printf("  re-created (max_tokens 8): %lld batches, %lld differ%s\n", (long long)checked, (long long)differ,
+               differ ? "  <-- FAIL" : "");
+        TU_CHECK(differ == 0 && checked > 0);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_submit(r, 9), DMOE_ERR_TOO_MANY_TOKENS);
+        /* with reject_nonfinite = 0 a NaN batch runs */
+        fill_x(seed, 7, x, dt, 2 * H);
+        tu_set(x, dt, H + 3, NAN);
+        TU_CHECK_STATUS(l.ctx, run_batch(r, x, 2, row, NULL), DMOE_OK);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_destroy(r), DMOE_OK);
+    }
+done:
+    for (int s = 0; s < n_samples; s++) tu_free(ycpu[s]);
+    tu_free(yall);
+    tu_free(tok);
+    tu_free(off);
+    tu_free(x);
+    tu_free(y);
+    gpu_free(d_x);
+    gpu_free(d_y);
+    tu_layer_close(&l);
+    gpu_model_free(&g);
+    tu_model_free(&m);
+}
+
+int main(void) {
+    if (gpu_skip("test-cuda-resident")) return TU_SKIP;
+    const char *q = getenv("DMOE_GPU_TEST_QUICK");
+    quick = q && *q && strcmp(q, "0") != 0;
+    const uint64_t seed = tu_seed();
+
+    dmoe_layer_desc a;
+    dmoe_layer_desc_init(&a);
+    a.hidden = 256;
+    a.ffn = 128;
+    a.n_experts = 16;
+    a.top_k = 4;
+    a.max_tokens = MAXT;
+    a.path = DMOE_PATH_FUSED;
+    run_shape("small", &a, seed);
+
+    dmoe_layer_desc b;
+    dmoe_layer_desc_init(&b);
+    b.hidden = 200;
+    b.ffn = 72;
+    b.n_experts = 12;
+    b.top_k = 3;
+    b.n_shared_experts = 1;
+    b.shared_ffn = 40;
+    b.shared_gate = DMOE_SHARED_GATE_SIGMOID;
+    b.routing.scoring = DMOE_SCORING_SIGMOID;
+    b.routing.use_correction_bias = 1;
+    b.routing.n_group = 4;
+    b.routing.topk_group = 2;
+    b.routing.routed_scaling_factor = 2.5f;
+    b.act_dtype = DMOE_DTYPE_F16;
+    b.weight_dtype = DMOE_DTYPE_F16;
+    b.max_tokens = 96;
+    b.path = DMOE_PATH_FUSED;
+    run_shape("odd", &b, seed + 1);
+    return tu_finish("test-cuda-resident");
+}
