@@ -48,7 +48,7 @@ class LayerDesc(C.Structure):
     _fields_ = [("hidden", C.c_int64), ("ffn", C.c_int64), ("n_experts", C.c_int32),
                 ("top_k", C.c_int32), ("n_shared_experts", C.c_int32), ("shared_ffn", C.c_int64),
                 ("shared_gate", C.c_int), ("routing", RoutingDesc), ("act_dtype", C.c_int),
-                ("weight_dtype", C.c_int), ("max_tokens", C.c_int64)]
+                ("weight_dtype", C.c_int), ("max_tokens", C.c_int64), ("path", C.c_int)]
 
 
 class CtxDesc(C.Structure):
@@ -97,10 +97,12 @@ class DMoE:
         if st != 0:
             raise RuntimeError("dmoe status %d: %s" % (st, self.lib.dmoe_context_last_error(ctx).decode()))
 
-    def layer(self, H, F, E, K, max_tokens, w):
+    def layer(self, H, F, E, K, max_tokens, w, path=0):
+        """path: 0 auto (the heuristic), 1 staged, 2 fused (dmoe_path)."""
         d = LayerDesc()
         self.lib.dmoe_layer_desc_init(C.byref(d))
         d.hidden, d.ffn, d.n_experts, d.top_k, d.max_tokens = H, F, E, K, max_tokens
+        d.path = path
         layer = C.c_void_p()
         self.check(self.lib.dmoe_layer_create(self.ctx, C.byref(d), C.byref(layer)), self.ctx)
         ws = Weights(w["router"].data_ptr(), w["w13"].data_ptr(), w["w2"].data_ptr(), None, None, None, None)
@@ -359,16 +361,8 @@ def main():
                 # Both dmoe paths, graph-replayed, where the fused kernel runs (T <= 64):
                 # the default (auto) column above must match the faster of the two.
                 if T <= 64 and args.paths:
-                    for path in ("staged", "fused"):
-                        saved = os.environ.get("DMOE_PATH")
-                        os.environ["DMOE_PATH"] = path  # read by dmoe_layer_create
-                        try:
-                            lp = dm.layer(H, F, E, K, 64, w)
-                        finally:
-                            if saved is None:
-                                del os.environ["DMOE_PATH"]
-                            else:
-                                os.environ["DMOE_PATH"] = saved
+                    for path, code in (("staged", 1), ("fused", 2)):
+                        lp = dm.layer(H, F, E, K, 64, w, path=code)
                         try:
                             yp = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device="cuda")
                             r[path + "_graph_us"] = graph_us(dm, lp, xs, yp, timer)
