@@ -161,4 +161,12 @@ const dmoe_backend_iface dmoe__backend_cpu_ref = {
     /* .route                 = */ ref_route,
     /* .experts               = */ ref_experts,
     /* .forward               = */ ref_forward,
+    /* .layer_load_arena      = */ NULL,
+    /* .memory_stats          = */ NULL,
+    /* .memory_trim           = */ NULL,
+    /* .cache_enable          = */ NULL,
+    /* .cache_prefetch        = */ NULL,
+    /* .cache_stats           = */ NULL,
+    /* .cache_table           = */ NULL,
+    /* .cache_enabled         = */ NULL,
 };

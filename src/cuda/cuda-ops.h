@@ -51,6 +51,10 @@ typedef struct dmoe_cuda_grouped_args {
     const int32_t *pairs;    /* (T*K) device */
     dmoe_dtype dtype;        /* DMOE_DTYPE_BF16 or DMOE_DTYPE_F16 */
     int32_t num_sms;         /* multiprocessors of the device */
+    /* (E) device array of per-expert weight pointers (w13_e (2F, H) or w2_e (H, F)), or NULL:
+     * expert e then lives at w + e * stride. Only the stream and mma kernels take it (the
+     * expert cache gives them slots in device memory or mapped host memory). */
+    const void *const *w_ptrs;
 } dmoe_cuda_grouped_args;
 
 /* act (T*K, F) = SwiGLU over w13 (E, 2F, H) of the gathered rows of x (T, H). */

@@ -20,6 +20,10 @@
  * weights bypass L1, token rows stay in it. NT 8-token tiles are done per pass
  * over the weights; an expert with more rows than NT*8 takes several passes
  * (correct, just slower: the heuristics pick NT from the expected rows).
+ *
+ * With a per-expert pointer table (a->w_ptrs, from the expert cache) expert e's
+ * weights are read at w_ptrs[e] instead of w + e * stride: a cache slot in
+ * device memory or the expert's pinned host copy (zero-copy over PCIe).
  */
 #include "cuda-common.cuh"
 #include "cuda-context.h"
@@ -38,6 +42,7 @@ typedef struct stream_params {
     int32_t n_tiles; /* items per expert */
     const void *a;   /* GEMM1: x (T, H); GEMM2: act (T*K, F) */
     const void *w;   /* GEMM1: w13 (E, 2F, H); GEMM2: w2 (E, H, F) */
+    const void *const *w_ptrs; /* (E) per-expert weights, or NULL: w + e * stride */
     const float *topk_w;
     void *out;       /* GEMM1: act; GEMM2: part */
 } stream_params;
@@ -62,7 +67,7 @@ stream_gemm_kernel(stream_params p) {
         const int tile = (int)(item % p.n_tiles);
         const int32_t seg = p.offsets[e];
         const int32_t m = p.offsets[e + 1] - seg;
-        const T *wexp = w + (int64_t)e * (GEMM1 ? 2 * N : N) * K;
+        const T *wexp = p.w_ptrs ? (const T *)p.w_ptrs[e] : w + (int64_t)e * (GEMM1 ? 2 * N : N) * K;
         const T *wa, *wb;
         if (GEMM1) {
             const int64_t f = (int64_t)tile * 8 + g;
@@ -184,6 +189,7 @@ static stream_params stream_params_of(const dmoe_cuda_grouped_args *a, const voi
     p.n_tiles = gemm1 ? (int32_t)((a->n_dim + 7) / 8) : (int32_t)((a->n_dim + 15) / 16);
     p.a = act_in;
     p.w = w;
+    p.w_ptrs = a->w_ptrs;
     p.topk_w = topk_w;
     p.out = out;
     return p;

@@ -9,6 +9,7 @@ set(DMOE_CUDA_SOURCES
   src/cuda/gemm-mma.cu
   src/cuda/shared.cu
   src/cuda/combine.cu
+  src/cuda/expert-cache.cu
   src/cuda/fused-moe.cu
 )
 # Line info for profilers and sanitizers; no effect on the generated code.
