@@ -93,8 +93,8 @@ struct dmoe_backend_iface {
     dmoe_status (*cache_prefetch)(dmoe_layer *layer, const int32_t *ids, int32_t n_ids, void *stream);
     dmoe_status (*cache_stats)(dmoe_layer *layer, dmoe_expert_cache_stats *out);
     dmoe_status (*cache_table)(dmoe_layer *layer, int32_t *slot_of_expert);
-    /* (optional) 1 when the layer has an expert cache enabled. */
-    int (*cache_enabled)(const dmoe_layer *layer);
+    /* (optional) The layer's cache slots, 0 when it has no expert cache. Never synchronises. */
+    int32_t (*cache_slots)(const dmoe_layer *layer);
 };
 
 extern const dmoe_backend_iface dmoe__backend_cpu_ref;

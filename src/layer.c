@@ -314,7 +314,7 @@ static dmoe_status cache_begin(dmoe_layer *layer, int need_enabled) {
     if (!be->cache_enable)
         return dmoe__error(layer->ctx, DMOE_ERR_UNSUPPORTED, "backend '%s' has no expert cache",
                            be->name);
-    if (need_enabled && !be->cache_enabled(layer))
+    if (need_enabled && be->cache_slots(layer) == 0)
         return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
                            "the layer has no expert cache (call dmoe_layer_enable_expert_cache)");
     return DMOE_OK;
@@ -339,11 +339,10 @@ dmoe_status dmoe_layer_prefetch_experts(dmoe_layer *layer, const int32_t *expert
                                         void *stream) {
     dmoe_status st = cache_begin(layer, 1);
     if (st != DMOE_OK) return st;
-    dmoe_expert_cache_stats cs;
-    if ((st = layer->ctx->backend->cache_stats(layer, &cs)) != DMOE_OK) return st;
-    if (n_ids < 0 || n_ids > cs.n_slots)
+    const int32_t n_slots = layer->ctx->backend->cache_slots(layer);
+    if (n_ids < 0 || n_ids > n_slots)
         return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
-                           "n_ids must be in [0, n_slots=%d], got %d", (int)cs.n_slots, (int)n_ids);
+                           "n_ids must be in [0, n_slots=%d], got %d", (int)n_slots, (int)n_ids);
     if (n_ids == 0) return DMOE_OK;
     if (!expert_ids) return dmoe__error(layer->ctx, DMOE_ERR_NULL_POINTER, "expert_ids is NULL");
     for (int32_t i = 0; i < n_ids; i++) {

@@ -168,5 +168,5 @@ const dmoe_backend_iface dmoe__backend_cpu_ref = {
     /* .cache_prefetch        = */ NULL,
     /* .cache_stats           = */ NULL,
     /* .cache_table           = */ NULL,
-    /* .cache_enabled         = */ NULL,
+    /* .cache_slots           = */ NULL,
 };

@@ -441,9 +441,9 @@ static dmoe_status cuda_cache_table(dmoe_layer *layer, int32_t *slot_of_expert) 
     return dmoe__cuda_cache_table(layer->ctx, ((cuda_layer *)layer->backend_data)->cache, slot_of_expert);
 }
 
-static int cuda_cache_enabled(const dmoe_layer *layer) {
+static int32_t cuda_cache_slots(const dmoe_layer *layer) {
     const cuda_layer *L = (const cuda_layer *)layer->backend_data;
-    return L && L->cache != NULL;
+    return L && L->cache ? dmoe__cuda_cache_n_slots(L->cache) : 0;
 }
 
 static dmoe_cuda_grouped_args grouped_args(const dmoe_cuda_context *cc, dmoe_dtype dt, int64_t T,
@@ -662,5 +662,5 @@ extern "C" const dmoe_backend_iface dmoe__backend_cuda = {
     /* .cache_prefetch        = */ cuda_cache_prefetch,
     /* .cache_stats           = */ cuda_cache_stats,
     /* .cache_table           = */ cuda_cache_table,
-    /* .cache_enabled         = */ cuda_cache_enabled,
+    /* .cache_slots           = */ cuda_cache_slots,
 };

@@ -282,6 +282,7 @@ extern "C" dmoe_status dmoe__cuda_cache_prefetch(dmoe_context *ctx, dmoe_cuda_ca
     return DMOE_OK;
 }
 
+extern "C" int32_t dmoe__cuda_cache_n_slots(const dmoe_cuda_cache *c) { return c->n_slots; }
 extern "C" const void *const *dmoe__cuda_cache_w13_ptrs(const dmoe_cuda_cache *c) { return c->w13_ptrs; }
 extern "C" const void *const *dmoe__cuda_cache_w2_ptrs(const dmoe_cuda_cache *c) { return c->w2_ptrs; }
 

@@ -39,6 +39,7 @@ void dmoe__cuda_cache_destroy(dmoe_cuda_cache *c); /* NULL is a no-op; syncs the
  * gets its w13/w2 pointers (slot or host), misses are installed. */
 dmoe_status dmoe__cuda_cache_resolve(dmoe_context *ctx, dmoe_cuda_cache *c, const int32_t *offsets,
                                      cudaStream_t stream);
+int32_t dmoe__cuda_cache_n_slots(const dmoe_cuda_cache *c);
 const void *const *dmoe__cuda_cache_w13_ptrs(const dmoe_cuda_cache *c);
 const void *const *dmoe__cuda_cache_w2_ptrs(const dmoe_cuda_cache *c);
 

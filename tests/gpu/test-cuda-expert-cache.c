@@ -13,8 +13,9 @@
  *    DMOE_CUDA_GEMM), and cpu-ref within 1e-2 (bf16);
  *  - prefetch: listed experts are installed (counted apart), the next forward
  *    counts them as hits, a prefetch never evicts another listed expert;
- *  - a cached dmoe_forward captured in a CUDA graph and replayed on new inputs
- *    equals the eager uncached forward bit for bit, and the counters advance;
+ *  - a prefetch and a cached dmoe_forward captured in a CUDA graph and
+ *    replayed on new inputs equal the eager uncached forward bit for bit, and
+ *    the counters advance;
  *  - bad arguments: each fails with its status and leaves outputs untouched.
  */
 #include <math.h>
@@ -326,7 +327,9 @@ static void test_graph(tu_rng *rng) {
     cudaGraph_t graph = NULL;
     cudaGraphExec_t exec = NULL;
     GPU_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-    dmoe_status ds = dmoe_forward(r.cached.layer, &tx, &ty, st);
+    /* a prefetch is captured too (it must not synchronise either) */
+    dmoe_status ds = dmoe_layer_prefetch_experts(r.cached.layer, (const int32_t[]){0, 1}, 2, st);
+    if (ds == DMOE_OK) ds = dmoe_forward(r.cached.layer, &tx, &ty, st);
     cudaError_t ce = cudaStreamEndCapture(st, &graph);
     TU_CHECKF(ds == DMOE_OK, "forward during capture: %s", dmoe_context_last_error(r.cached.ctx));
     TU_CHECKF(ce == cudaSuccess, "capture: %s", cudaGetErrorString(ce));
