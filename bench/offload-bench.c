@@ -139,7 +139,10 @@ int main(int argc, char **argv) {
     cudaFreeHost(pin);
     cudaFree(dev);
     cudaFree(dev2);
-    printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    const char *im = getenv("DMOE_CACHE_INSTALL");
+    printf("device: %s, %d SMs; cache installs by %s\n", prop.name, prop.multiProcessorCount,
+           im && strcmp(im, "copy") == 0 ? "the copy kernel (DMOE_CACHE_INSTALL=copy)"
+                                         : "the decode GEMM (mma path: copy kernel)");
     printf("measured: h2d pinned cudaMemcpyAsync %.1f GB/s, d2d copy %.0f GB/s (read + written)\n", h2d, d2d);
 
     dmoe_context_desc cd;
@@ -207,6 +210,8 @@ int main(int argc, char **argv) {
         for (int ti = 0; ti < 3; ti++) {
             const int T = Ts[ti];
             const int n_steps = WARM + steps;
+            /* per-step stride of the id and weight arrays: 16-byte aligned views */
+            const int64_t SS = (T * K + 3) / 4 * 4;
             int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * (size_t)(n_steps * T * K));
             float *wts = (float *)malloc(sizeof(float) * (size_t)(n_steps * T * K));
             for (int64_t i = 0; i < (int64_t)n_steps * T; i++) {
@@ -228,10 +233,14 @@ int main(int argc, char **argv) {
             int32_t *d_ids;
             float *d_wts;
             void *d_x, *d_y;
-            CK(cudaMalloc((void **)&d_ids, sizeof(int32_t) * (size_t)(n_steps * T * K)));
-            CK(cudaMalloc((void **)&d_wts, sizeof(float) * (size_t)(n_steps * T * K)));
-            CK(cudaMemcpy(d_ids, ids, sizeof(int32_t) * (size_t)(n_steps * T * K), cudaMemcpyHostToDevice));
-            CK(cudaMemcpy(d_wts, wts, sizeof(float) * (size_t)(n_steps * T * K), cudaMemcpyHostToDevice));
+            CK(cudaMalloc((void **)&d_ids, sizeof(int32_t) * (size_t)(n_steps * SS)));
+            CK(cudaMalloc((void **)&d_wts, sizeof(float) * (size_t)(n_steps * SS)));
+            for (int st = 0; st < n_steps; st++) {
+                CK(cudaMemcpy(d_ids + (int64_t)st * SS, ids + (int64_t)st * T * K, sizeof(int32_t) * (size_t)(T * K),
+                              cudaMemcpyHostToDevice));
+                CK(cudaMemcpy(d_wts + (int64_t)st * SS, wts + (int64_t)st * T * K, sizeof(float) * (size_t)(T * K),
+                              cudaMemcpyHostToDevice));
+            }
             CK(cudaMalloc(&d_x, (size_t)(T * H) * 2));
             CK(cudaMalloc(&d_y, (size_t)(T * H) * 2));
             uint16_t *hx = (uint16_t *)malloc((size_t)(T * H) * 2);
@@ -260,8 +269,8 @@ int main(int argc, char **argv) {
             float resident_ms = 0;
             for (int st = 0; st < n_steps; st++) {
                 if (st == WARM) CK(cudaEventRecord(ev0, s));
-                dmoe_tensor ti_ = dmoe_tensor_2d(d_ids + (int64_t)st * T * K, DMOE_DTYPE_I32, T, K, 0);
-                dmoe_tensor tw_ = dmoe_tensor_2d(d_wts + (int64_t)st * T * K, DMOE_DTYPE_F32, T, K, 0);
+                dmoe_tensor ti_ = dmoe_tensor_2d(d_ids + (int64_t)st * SS, DMOE_DTYPE_I32, T, K, 0);
+                dmoe_tensor tw_ = dmoe_tensor_2d(d_wts + (int64_t)st * SS, DMOE_DTYPE_F32, T, K, 0);
                 DK(ctx, dmoe_experts(plain, &tx, &ti_, &tw_, &ty, s));
             }
             CK(cudaEventRecord(ev1, s));
@@ -278,8 +287,8 @@ int main(int argc, char **argv) {
                     CK(cudaMemcpyAsync((char *)d_w2 + (size_t)e * w2b, (char *)h_w2 + (size_t)e * w2b, w2b,
                                        cudaMemcpyHostToDevice, s));
                 }
-                dmoe_tensor ti_ = dmoe_tensor_2d(d_ids + (int64_t)st * T * K, DMOE_DTYPE_I32, T, K, 0);
-                dmoe_tensor tw_ = dmoe_tensor_2d(d_wts + (int64_t)st * T * K, DMOE_DTYPE_F32, T, K, 0);
+                dmoe_tensor ti_ = dmoe_tensor_2d(d_ids + (int64_t)st * SS, DMOE_DTYPE_I32, T, K, 0);
+                dmoe_tensor tw_ = dmoe_tensor_2d(d_wts + (int64_t)st * SS, DMOE_DTYPE_F32, T, K, 0);
                 DK(ctx, dmoe_experts(plain, &tx, &ti_, &tw_, &ty, s));
             }
             CK(cudaEventRecord(ev1, s));
@@ -319,8 +328,8 @@ int main(int argc, char **argv) {
                         DK(ctx, dmoe_layer_expert_cache_stats(cached, &c0));
                         CK(cudaEventRecord(ev0, s));
                     }
-                    dmoe_tensor ti_ = dmoe_tensor_2d(d_ids + (int64_t)st * T * K, DMOE_DTYPE_I32, T, K, 0);
-                    dmoe_tensor tw_ = dmoe_tensor_2d(d_wts + (int64_t)st * T * K, DMOE_DTYPE_F32, T, K, 0);
+                    dmoe_tensor ti_ = dmoe_tensor_2d(d_ids + (int64_t)st * SS, DMOE_DTYPE_I32, T, K, 0);
+                    dmoe_tensor tw_ = dmoe_tensor_2d(d_wts + (int64_t)st * SS, DMOE_DTYPE_F32, T, K, 0);
                     DK(ctx, dmoe_experts(cached, &tx, &ti_, &tw_, &ty, s));
                 }
                 CK(cudaEventRecord(ev1, s));

@@ -38,6 +38,8 @@ for t in test-cuda-expert-cache test-cuda-store; do
   timeout 90 ./$t >"$OUT/$t.log" 2>&1 &
   pids="$pids $!"
 done
+DMOE_CACHE_INSTALL=copy timeout 90 ./test-cuda-expert-cache >"$OUT/test-cuda-expert-cache-copy.log" 2>&1 &
+pids="$pids $!"
 for t in test-cuda-errors test-cuda-ops test-cuda-graph test-cuda-forward; do
   DMOE_GPU_TEST_QUICK=1 timeout 90 ./$t >"$OUT/$t-quick.log" 2>&1 &
   pids="$pids $!"
@@ -52,9 +54,14 @@ done
 # phase 2: the benchmark, alone
 left=$(( TOTAL - ($(date +%s) - start) ))
 if [ $left -gt 20 ]; then
-  timeout $left ./offload-bench "$STEPS" >"$OUT/offload-bench.txt" 2>&1
-  echo "offload-bench rc=$? after $(( $(date +%s) - start )) s"
-  cat "$OUT/offload-bench.txt"
+  # the installs by the GEMM (default), then by the copy kernel (DMOE_CACHE_INSTALL=copy)
+  for mode in stream copy; do
+    left=$(( TOTAL - ($(date +%s) - start) ))
+    [ $left -lt 20 ] && { echo "offload-bench ($mode): not run (time)"; continue; }
+    DMOE_CACHE_INSTALL=$mode timeout $left ./offload-bench "$STEPS" >"$OUT/offload-bench-$mode.txt" 2>&1
+    echo "offload-bench ($mode installs) rc=$? after $(( $(date +%s) - start )) s"
+    cat "$OUT/offload-bench-$mode.txt"
+  done
 else
   echo "offload-bench: not run (time)"
 fi

@@ -281,9 +281,13 @@ DMOE_API dmoe_status dmoe_context_trim_memory(dmoe_context *ctx);
  * after the plan of each forward, one small kernel resolves every expert the
  * batch uses: a resident one is a hit; a missing one takes the least recently
  * used slot that this batch does not use (empty slots first, then the oldest
- * stamp, ties to the lower slot), evicting its expert, and a copy kernel
- * streams it from mapped host memory into the slot (zero-copy over PCIe, no
- * host round trip); if the batch needs more distinct experts than there are
+ * stamp, ties to the lower slot), evicting its expert, and the expert is
+ * streamed from mapped host memory into the slot (zero-copy over PCIe, no
+ * host round trip): by the decode GEMM itself, which writes the slot as it
+ * reads the host copy (the miss crosses PCIe once and overlaps the work on
+ * resident experts), or by a copy kernel before the GEMM (mma.sync path,
+ * prefetches, or DMOE_CACHE_INSTALL=copy when the cache is enabled);
+ * if the batch needs more distinct experts than there are
  * slots, the rest are read by the GEMMs straight from host memory (counted as
  * direct reads). Misses are resolved in ascending expert order. The GEMMs read
  * weights through a per-expert pointer table, so the forward stays

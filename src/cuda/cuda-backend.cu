@@ -492,11 +492,16 @@ static dmoe_status run_experts(dmoe_layer *layer, const void *x, int64_t T, cons
     if (L->cache) {
         /* resolve the batch's experts (hits, LRU installs, pointer tables) on the device; the
          * streaming and mma.sync GEMMs then read each expert through its pointer */
-        if ((st = dmoe__cuda_cache_resolve(ctx, L->cache, L->offsets, stream))) return st;
-        a1.w_ptrs = dmoe__cuda_cache_w13_ptrs(L->cache);
-        a2.w_ptrs = dmoe__cuda_cache_w2_ptrs(L->cache);
         if (c.kind != DMOE_CUDA_GEMM_STREAM && c.kind != DMOE_CUDA_GEMM_MMA)
             c = dmoe__cuda_choose_gemm(DMOE_CUDA_GEMM_MMA, &a1, cc->cc_major, cc->cc_minor);
+        const int stream_gemm = c.kind == DMOE_CUDA_GEMM_STREAM;
+        if ((st = dmoe__cuda_cache_resolve(ctx, L->cache, L->offsets, stream_gemm, stream))) return st;
+        a1.w_ptrs = dmoe__cuda_cache_w13_ptrs(L->cache);
+        a2.w_ptrs = dmoe__cuda_cache_w2_ptrs(L->cache);
+        if (stream_gemm) {
+            a1.w_install = dmoe__cuda_cache_w13_dst(L->cache);
+            a2.w_install = dmoe__cuda_cache_w2_dst(L->cache);
+        }
     }
     if ((st = c.gemm1(ctx, &a1, x, layer->w.w13, L->act, stream))) return st;
     if ((st = c.gemm2(ctx, &a2, L->act, layer->w.w2, wts, L->part, stream))) return st;

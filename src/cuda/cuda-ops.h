@@ -55,6 +55,9 @@ typedef struct dmoe_cuda_grouped_args {
      * expert e then lives at w + e * stride. Only the stream and mma kernels take it (the
      * expert cache gives them slots in device memory or mapped host memory). */
     const void *const *w_ptrs;
+    /* (E) device array, or NULL: where the streaming kernel also writes expert e's weights as
+     * it reads them (an expert-cache install riding on the GEMM), NULL entries for none. */
+    void *const *w_install;
 } dmoe_cuda_grouped_args;
 
 /* act (T*K, F) = SwiGLU over w13 (E, 2F, H) of the gathered rows of x (T, H). */

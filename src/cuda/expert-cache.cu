@@ -12,6 +12,11 @@
  * beyond the candidates are read from host memory by the GEMMs. The block
  * writes the pointer tables, the install list and the counters.
  *
+ * Installs ride on the streaming GEMM when the forward uses it (its weight
+ * pointer is the host copy and its install pointer the slot: the GEMM writes
+ * what it reads, so the miss crosses PCIe once and overlaps the GEMM work on
+ * resident experts); with the mma.sync GEMMs, for prefetches, or with
+ * DMOE_CACHE_INSTALL=copy (read when the cache is enabled), copy_kernel does it:
  * copy_kernel: a grid of many blocks streams the installs from mapped host
  * memory into their slots with 16-byte loads, 4 in flight per thread, so the
  * PCIe link is kept busy without a DMA engine or a host round trip. Its grid is
@@ -55,7 +60,9 @@ struct dmoe_cuda_cache {
     int32_t *install;           /* (1 + 2N) */
     const void **w13_ptrs;      /* (E) */
     const void **w2_ptrs;       /* (E) */
+    void **w13_dst, **w2_dst;   /* (E) install targets for the streaming GEMM, or NULL */
     unsigned long long *counters; /* (CTR_COUNT) */
+    int32_t stream_install;     /* 0: copy kernel only (DMOE_CACHE_INSTALL=copy) */
     int32_t device, num_sms;
 };
 
@@ -68,6 +75,8 @@ typedef struct resolve_params {
     uint32_t *stamp, *clock;
     int32_t *install;
     const void **w13_ptrs, **w2_ptrs;
+    void **w13_dst, **w2_dst;
+    int32_t stream_install; /* forward: the GEMMs install the misses while streaming them */
     unsigned long long *counters;
     const char *host_dev;   /* host_w13 */
     const char *slots;
@@ -120,6 +129,12 @@ static __global__ void __launch_bounds__(CACHE_MAX_THREADS) resolve_kernel(resol
     const int n_hit = __syncthreads_count(hit);
     const int n_install = n_miss < n_cand ? n_miss : n_cand;
     int evicted = 0;
+    const char *host_w13 = p.host_dev + (size_t)t * p.w13_bytes;
+    const char *host_w2 = p.host_dev + (size_t)E * p.w13_bytes + (size_t)t * p.w2_bytes;
+    if (want && !prefetch) {
+        p.w13_dst[t] = nullptr;
+        p.w2_dst[t] = nullptr;
+    }
     if (hit) {
         p.stamp[my_slot] = clock;
         if (!prefetch) {
@@ -141,20 +156,28 @@ static __global__ void __launch_bounds__(CACHE_MAX_THREADS) resolve_kernel(resol
             p.install[1 + 2 * miss_rank] = t;
             p.install[2 + 2 * miss_rank] = s;
             if (!prefetch) {
-                const char *slot = p.slots + (size_t)s * p.slot_stride;
-                p.w13_ptrs[t] = slot;
-                p.w2_ptrs[t] = slot + p.w13_bytes;
+                char *slot = (char *)p.slots + (size_t)s * p.slot_stride;
+                if (p.stream_install) {
+                    /* the GEMMs read host memory and write the slot as they go */
+                    p.w13_ptrs[t] = host_w13;
+                    p.w2_ptrs[t] = host_w2;
+                    p.w13_dst[t] = slot;
+                    p.w2_dst[t] = slot + p.w13_bytes;
+                } else {
+                    p.w13_ptrs[t] = slot;
+                    p.w2_ptrs[t] = slot + p.w13_bytes;
+                }
             }
         } else if (!prefetch) {
             /* no free slot for it in this batch: the GEMMs read it from host memory */
-            p.w13_ptrs[t] = p.host_dev + (size_t)t * p.w13_bytes;
-            p.w2_ptrs[t] = p.host_dev + (size_t)E * p.w13_bytes + (size_t)t * p.w2_bytes;
+            p.w13_ptrs[t] = host_w13;
+            p.w2_ptrs[t] = host_w2;
         }
     }
     const int n_evict = __syncthreads_count(evicted);
     if (t == 0) {
         *p.clock = clock;
-        p.install[0] = n_install;
+        p.install[0] = (!prefetch && p.stream_install) ? 0 : n_install; /* what the copy kernel does */
         unsigned long long *c = p.counters;
         c[CTR_EVICTIONS] += (unsigned long long)n_evict;
         if (prefetch) {
@@ -224,6 +247,8 @@ static resolve_params resolve_params_of(const dmoe_cuda_cache *c) {
     p.install = c->install;
     p.w13_ptrs = c->w13_ptrs;
     p.w2_ptrs = c->w2_ptrs;
+    p.w13_dst = c->w13_dst;
+    p.w2_dst = c->w2_dst;
     p.counters = c->counters;
     p.host_dev = c->host_dev;
     p.slots = (const char *)c->slots;
@@ -239,6 +264,7 @@ static dmoe_status launch_resolve_and_copy(dmoe_context *ctx, dmoe_cuda_cache *c
     const int threads = (c->n_experts + 31) / 32 * 32;
     resolve_kernel<<<1, threads, 0, stream>>>(rp);
     DMOE_CUDA_CHECK(ctx, cudaGetLastError());
+    if (rp.offsets && rp.stream_install) return DMOE_OK; /* the GEMMs install */
     copy_params cp;
     cp.install = c->install;
     cp.host_w13 = c->host_dev;
@@ -260,9 +286,11 @@ static dmoe_status launch_resolve_and_copy(dmoe_context *ctx, dmoe_cuda_cache *c
 }
 
 extern "C" dmoe_status dmoe__cuda_cache_resolve(dmoe_context *ctx, dmoe_cuda_cache *c,
-                                                const int32_t *offsets, cudaStream_t stream) {
+                                                const int32_t *offsets, int stream_gemm,
+                                                cudaStream_t stream) {
     resolve_params rp = resolve_params_of(c);
     rp.offsets = offsets;
+    rp.stream_install = stream_gemm && c->stream_install;
     return launch_resolve_and_copy(ctx, c, rp, stream);
 }
 
@@ -283,6 +311,8 @@ extern "C" dmoe_status dmoe__cuda_cache_prefetch(dmoe_context *ctx, dmoe_cuda_ca
 }
 
 extern "C" int32_t dmoe__cuda_cache_n_slots(const dmoe_cuda_cache *c) { return c->n_slots; }
+extern "C" void *const *dmoe__cuda_cache_w13_dst(const dmoe_cuda_cache *c) { return c->w13_dst; }
+extern "C" void *const *dmoe__cuda_cache_w2_dst(const dmoe_cuda_cache *c) { return c->w2_dst; }
 extern "C" const void *const *dmoe__cuda_cache_w13_ptrs(const dmoe_cuda_cache *c) { return c->w13_ptrs; }
 extern "C" const void *const *dmoe__cuda_cache_w2_ptrs(const dmoe_cuda_cache *c) { return c->w2_ptrs; }
 
@@ -317,6 +347,10 @@ extern "C" dmoe_status dmoe__cuda_cache_create(dmoe_context *ctx, dmoe_pool *poo
     c->slot_stride = (c->expert_bytes + 255) & ~(size_t)255;
     c->device = cc->device;
     c->num_sms = cc->num_sms;
+    {
+        const char *im = getenv("DMOE_CACHE_INSTALL");
+        c->stream_install = !(im && strcmp(im, "copy") == 0);
+    }
     dmoe_status st = DMOE_OK;
     const size_t host_bytes = (size_t)E * c->expert_bytes;
     cudaError_t err = cudaHostAlloc(&c->host, host_bytes, cudaHostAllocMapped | cudaHostAllocPortable);
@@ -356,6 +390,8 @@ extern "C" dmoe_status dmoe__cuda_cache_create(dmoe_context *ctx, dmoe_pool *poo
         const size_t o_inst = off; off += ((size_t)(1 + 2 * n_slots) * 4 + 255) & ~(size_t)255;
         const size_t o_p13 = off; off += ((size_t)E * sizeof(void *) + 255) & ~(size_t)255;
         const size_t o_p2 = off; off += ((size_t)E * sizeof(void *) + 255) & ~(size_t)255;
+        const size_t o_d13 = off; off += ((size_t)E * sizeof(void *) + 255) & ~(size_t)255;
+        const size_t o_d2 = off; off += ((size_t)E * sizeof(void *) + 255) & ~(size_t)255;
         const size_t o_ctr = off; off += 256;
         c->meta_bytes = off;
         if ((st = dmoe__pool_alloc(pool, c->meta_bytes, &c->meta)) != DMOE_OK) {
@@ -370,6 +406,8 @@ extern "C" dmoe_status dmoe__cuda_cache_create(dmoe_context *ctx, dmoe_pool *poo
         c->install = (int32_t *)(m + o_inst);
         c->w13_ptrs = (const void **)(m + o_p13);
         c->w2_ptrs = (const void **)(m + o_p2);
+        c->w13_dst = (void **)(m + o_d13);
+        c->w2_dst = (void **)(m + o_d2);
         c->counters = (unsigned long long *)(m + o_ctr);
         err = cudaMemset(m, 0, c->meta_bytes);
         if (err == cudaSuccess) err = cudaMemset(c->slot_of_expert, 0xff, (size_t)E * 4);

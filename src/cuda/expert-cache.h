@@ -8,6 +8,7 @@
  *   slots      (N) x [w13_e (2F, H) | w2_e (H, F)]   device memory (the pool)
  *   table      slot_of_expert (E), expert_of_slot (N), stamp (N), clock (1): device
  *   w13_ptrs, w2_ptrs (E)  device: where each expert of the current batch is read
+ *   w13_dst, w2_dst (E)    device: where the streaming GEMM installs it (or NULL)
  *   install    (1 + 2N)    device: n, then (expert, slot) pairs to copy
  *   counters   (8)         device: see dmoe_expert_cache_stats
  *
@@ -38,7 +39,11 @@ void dmoe__cuda_cache_destroy(dmoe_cuda_cache *c); /* NULL is a no-op; syncs the
 /* After the plan of a forward: every expert e with offsets[e+1] > offsets[e]
  * gets its w13/w2 pointers (slot or host), misses are installed. */
 dmoe_status dmoe__cuda_cache_resolve(dmoe_context *ctx, dmoe_cuda_cache *c, const int32_t *offsets,
-                                     cudaStream_t stream);
+                                     int stream_gemm, cudaStream_t stream);
+/* With stream_gemm (the forward's GEMMs are the streaming kernels) the misses
+ * are installed by the GEMMs through these tables (gemm-stream.cu). */
+void *const *dmoe__cuda_cache_w13_dst(const dmoe_cuda_cache *c);
+void *const *dmoe__cuda_cache_w2_dst(const dmoe_cuda_cache *c);
 int32_t dmoe__cuda_cache_n_slots(const dmoe_cuda_cache *c);
 const void *const *dmoe__cuda_cache_w13_ptrs(const dmoe_cuda_cache *c);
 const void *const *dmoe__cuda_cache_w2_ptrs(const dmoe_cuda_cache *c);
