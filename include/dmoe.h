@@ -282,11 +282,9 @@ DMOE_API dmoe_status dmoe_context_trim_memory(dmoe_context *ctx);
  * batch uses: a resident one is a hit; a missing one takes the least recently
  * used slot that this batch does not use (empty slots first, then the oldest
  * stamp, ties to the lower slot), evicting its expert, and the expert is
- * streamed from mapped host memory into the slot (zero-copy over PCIe, no
- * host round trip): by the decode GEMM itself, which writes the slot as it
- * reads the host copy (the miss crosses PCIe once and overlaps the work on
- * resident experts), or by a copy kernel before the GEMM (mma.sync path,
- * prefetches, or DMOE_CACHE_INSTALL=copy when the cache is enabled);
+ * streamed from mapped host memory into the slot by a copy kernel
+ * (zero-copy over PCIe, no host round trip) while the decode GEMM already
+ * works on the resident experts (programmatic dependent launch);
  * if the batch needs more distinct experts than there are
  * slots, the rest are read by the GEMMs straight from host memory (counted as
  * direct reads). Misses are resolved in ascending expert order. The GEMMs read

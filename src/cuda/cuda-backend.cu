@@ -501,6 +501,7 @@ static dmoe_status run_experts(dmoe_layer *layer, const void *x, int64_t T, cons
         if (stream_gemm) {
             a1.w_install = dmoe__cuda_cache_w13_dst(L->cache);
             a2.w_install = dmoe__cuda_cache_w2_dst(L->cache);
+            a1.w_wait = dmoe__cuda_cache_wait(L->cache); /* GEMM1 overlaps the copy kernel */
         }
     }
     if ((st = c.gemm1(ctx, &a1, x, layer->w.w13, L->act, stream))) return st;

@@ -58,6 +58,11 @@ typedef struct dmoe_cuda_grouped_args {
     /* (E) device array, or NULL: where the streaming kernel also writes expert e's weights as
      * it reads them (an expert-cache install riding on the GEMM), NULL entries for none. */
     void *const *w_install;
+    /* (E) device flags, or NULL (streaming GEMM1 only): experts whose weights the kernel just
+     * before this one (the cache's copy kernel) is still writing. The GEMM does the other
+     * experts first and waits (griddepcontrol) only before these: the copy and the GEMM of the
+     * resident experts overlap under programmatic dependent launch. */
+    const int32_t *w_wait;
 } dmoe_cuda_grouped_args;
 
 /* act (T*K, F) = SwiGLU over w13 (E, 2F, H) of the gathered rows of x (T, H). */

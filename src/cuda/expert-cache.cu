@@ -12,16 +12,19 @@
  * beyond the candidates are read from host memory by the GEMMs. The block
  * writes the pointer tables, the install list and the counters.
  *
- * Installs ride on the streaming GEMM when the forward uses it (its weight
- * pointer is the host copy and its install pointer the slot: the GEMM writes
- * what it reads, so the miss crosses PCIe once and overlaps the GEMM work on
- * resident experts); with the mma.sync GEMMs, for prefetches, or with
- * DMOE_CACHE_INSTALL=copy (read when the cache is enabled), copy_kernel does it:
- * copy_kernel: a grid of many blocks streams the installs from mapped host
+ * Installs are done by copy_kernel: 2 blocks per SM stream the installs from mapped host
  * memory into their slots with 16-byte loads, 4 in flight per thread, so the
  * PCIe link is kept busy without a DMA engine or a host round trip. Its grid is
  * fixed (the install count is only known on the device); with no installs it
- * exits at once.
+ * exits at once. It triggers programmatic dependent launch at its start, and
+ * the streaming GEMM1 after it (w_wait = the installed experts) computes the
+ * resident experts while the copy runs, waiting only before the installed
+ * ones: PCIe and HBM work overlap in one stream, capturable in a graph.
+ * DMOE_CACHE_INSTALL=stream (read when the cache is enabled) is the variant
+ * measured against it: the streaming GEMMs read a miss from host memory and
+ * write it into its slot as they go (no copy kernel); it measured slower
+ * (bench/RESULTS.md), the GEMM's 64-byte row pieces use PCIe less well than
+ * the copy kernel's 512-byte warp reads.
  */
 #include "cuda-common.cuh"
 #include "cuda-context.h"
@@ -61,6 +64,7 @@ struct dmoe_cuda_cache {
     const void **w13_ptrs;      /* (E) */
     const void **w2_ptrs;       /* (E) */
     void **w13_dst, **w2_dst;   /* (E) install targets for the streaming GEMM, or NULL */
+    int32_t *wait;              /* (E) 1: installed by this forward's copy kernel */
     unsigned long long *counters; /* (CTR_COUNT) */
     int32_t stream_install;     /* 0: copy kernel only (DMOE_CACHE_INSTALL=copy) */
     int32_t device, num_sms;
@@ -76,6 +80,7 @@ typedef struct resolve_params {
     int32_t *install;
     const void **w13_ptrs, **w2_ptrs;
     void **w13_dst, **w2_dst;
+    int32_t *wait;
     int32_t stream_install; /* forward: the GEMMs install the misses while streaming them */
     unsigned long long *counters;
     const char *host_dev;   /* host_w13 */
@@ -134,6 +139,7 @@ static __global__ void __launch_bounds__(CACHE_MAX_THREADS) resolve_kernel(resol
     if (want && !prefetch) {
         p.w13_dst[t] = nullptr;
         p.w2_dst[t] = nullptr;
+        p.wait[t] = miss && miss_rank < n_cand && !p.stream_install;
     }
     if (hit) {
         p.stamp[my_slot] = clock;
@@ -201,6 +207,8 @@ typedef struct copy_params {
 } copy_params;
 
 static __global__ void __launch_bounds__(COPY_THREADS) copy_kernel(copy_params p) {
+    /* the GEMM after it may start now and work on resident experts (see w_wait) */
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
     const int n = p.install[0];
     const unsigned long long per = p.w13_chunks + p.w2_chunks;
     const unsigned long long total = (unsigned long long)n * per;
@@ -249,6 +257,7 @@ static resolve_params resolve_params_of(const dmoe_cuda_cache *c) {
     p.w2_ptrs = c->w2_ptrs;
     p.w13_dst = c->w13_dst;
     p.w2_dst = c->w2_dst;
+    p.wait = c->wait;
     p.counters = c->counters;
     p.host_dev = c->host_dev;
     p.slots = (const char *)c->slots;
@@ -276,7 +285,9 @@ static dmoe_status launch_resolve_and_copy(dmoe_context *ctx, dmoe_cuda_cache *c
     /* enough blocks to keep many PCIe reads in flight, not more than the largest copy needs */
     const unsigned long long max_chunks =
         (unsigned long long)c->n_slots * (cp.w13_chunks + cp.w2_chunks);
-    unsigned long long grid = (unsigned long long)c->num_sms * 8;
+    /* 2 blocks per SM keep ~4 MB of PCIe reads in flight and leave room beside them for the
+     * GEMM, which starts early under programmatic dependent launch */
+    unsigned long long grid = (unsigned long long)c->num_sms * 2;
     const unsigned long long need = (max_chunks + COPY_THREADS * COPY_UNROLL - 1) / (COPY_THREADS * COPY_UNROLL);
     if (grid > need) grid = need;
     if (grid < 1) grid = 1;
@@ -311,6 +322,9 @@ extern "C" dmoe_status dmoe__cuda_cache_prefetch(dmoe_context *ctx, dmoe_cuda_ca
 }
 
 extern "C" int32_t dmoe__cuda_cache_n_slots(const dmoe_cuda_cache *c) { return c->n_slots; }
+extern "C" const int32_t *dmoe__cuda_cache_wait(const dmoe_cuda_cache *c) {
+    return c->stream_install ? NULL : c->wait;
+}
 extern "C" void *const *dmoe__cuda_cache_w13_dst(const dmoe_cuda_cache *c) { return c->w13_dst; }
 extern "C" void *const *dmoe__cuda_cache_w2_dst(const dmoe_cuda_cache *c) { return c->w2_dst; }
 extern "C" const void *const *dmoe__cuda_cache_w13_ptrs(const dmoe_cuda_cache *c) { return c->w13_ptrs; }
@@ -349,7 +363,7 @@ extern "C" dmoe_status dmoe__cuda_cache_create(dmoe_context *ctx, dmoe_pool *poo
     c->num_sms = cc->num_sms;
     {
         const char *im = getenv("DMOE_CACHE_INSTALL");
-        c->stream_install = !(im && strcmp(im, "copy") == 0);
+        c->stream_install = im && strcmp(im, "stream") == 0;
     }
     dmoe_status st = DMOE_OK;
     const size_t host_bytes = (size_t)E * c->expert_bytes;
@@ -392,6 +406,7 @@ extern "C" dmoe_status dmoe__cuda_cache_create(dmoe_context *ctx, dmoe_pool *poo
         const size_t o_p2 = off; off += ((size_t)E * sizeof(void *) + 255) & ~(size_t)255;
         const size_t o_d13 = off; off += ((size_t)E * sizeof(void *) + 255) & ~(size_t)255;
         const size_t o_d2 = off; off += ((size_t)E * sizeof(void *) + 255) & ~(size_t)255;
+        const size_t o_wait = off; off += ((size_t)E * 4 + 255) & ~(size_t)255;
         const size_t o_ctr = off; off += 256;
         c->meta_bytes = off;
         if ((st = dmoe__pool_alloc(pool, c->meta_bytes, &c->meta)) != DMOE_OK) {
@@ -408,6 +423,7 @@ extern "C" dmoe_status dmoe__cuda_cache_create(dmoe_context *ctx, dmoe_pool *poo
         c->w2_ptrs = (const void **)(m + o_p2);
         c->w13_dst = (void **)(m + o_d13);
         c->w2_dst = (void **)(m + o_d2);
+        c->wait = (int32_t *)(m + o_wait);
         c->counters = (unsigned long long *)(m + o_ctr);
         err = cudaMemset(m, 0, c->meta_bytes);
         if (err == cudaSuccess) err = cudaMemset(c->slot_of_expert, 0xff, (size_t)E * 4);

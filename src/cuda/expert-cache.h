@@ -43,6 +43,8 @@ dmoe_status dmoe__cuda_cache_resolve(dmoe_context *ctx, dmoe_cuda_cache *c, cons
 /* With stream_gemm (the forward's GEMMs are the streaming kernels) the misses
  * are installed by the GEMMs through these tables (gemm-stream.cu). */
 void *const *dmoe__cuda_cache_w13_dst(const dmoe_cuda_cache *c);
+/* (E) flags for the streaming GEMM1 (w_wait), or NULL when installs ride on the GEMMs. */
+const int32_t *dmoe__cuda_cache_wait(const dmoe_cuda_cache *c);
 void *const *dmoe__cuda_cache_w2_dst(const dmoe_cuda_cache *c);
 int32_t dmoe__cuda_cache_n_slots(const dmoe_cuda_cache *c);
 const void *const *dmoe__cuda_cache_w13_ptrs(const dmoe_cuda_cache *c);

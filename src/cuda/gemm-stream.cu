@@ -47,6 +47,7 @@ typedef struct stream_params {
     const void *w;   /* GEMM1: w13 (E, 2F, H); GEMM2: w2 (E, H, F) */
     const void *const *w_ptrs; /* (E) per-expert weights, or NULL: w + e * stride */
     void *const *w_install;    /* (E) slot to copy expert e into while streaming it, or NULL */
+    const int32_t *w_wait;     /* (E) experts to leave until after the grid dependency wait, or NULL */
     const float *topk_w;
     void *out;       /* GEMM1: act; GEMM2: part */
 } stream_params;
@@ -62,12 +63,19 @@ stream_gemm_kernel(stream_params p) {
     const T *a = (const T *)p.a;
     const T *w = (const T *)p.w;
     T *out = (T *)p.out;
-    dmoe_griddep_wait();
+    /* With w_wait, only the experts it flags depend on the previous kernel (the expert cache's
+     * copy kernel; everything else was written by kernels that finished before it started): do
+     * the others first, then wait for the grid dependency and do the flagged ones. */
+    const bool split = p.w_wait != nullptr;
+    if (!split) dmoe_griddep_wait();
     const int n_active = dmoe_active_experts(p.offsets, p.n_experts, s_active, s_warp);
     const int64_t n_items = (int64_t)n_active * p.n_tiles;
 
+    for (int phase = split ? 0 : 1; phase < 2; phase++) {
+    if (split && phase == 1) dmoe_griddep_wait();
     for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
         const int e = s_active[item / p.n_tiles];
+        if (split && (p.w_wait[e] != 0) != (phase == 1)) continue; /* uniform in the block */
         const int tile = (int)(item % p.n_tiles);
         const int32_t seg = p.offsets[e];
         const int32_t m = p.offsets[e + 1] - seg;
@@ -171,6 +179,7 @@ stream_gemm_kernel(stream_params p) {
             __syncthreads();
         }
     }
+    } /* phase */
 }
 
 template <typename T, int NT, int U, bool GEMM1>
@@ -212,6 +221,7 @@ static stream_params stream_params_of(const dmoe_cuda_grouped_args *a, const voi
     p.w = w;
     p.w_ptrs = a->w_ptrs;
     p.w_install = a->w_install;
+    p.w_wait = a->w_wait;
     p.topk_w = topk_w;
     p.out = out;
     return p;

@@ -92,6 +92,7 @@ typedef struct rig {
     void *d_x, *d_y, *d_y0;
     int32_t *d_ids;
     float *d_w;
+    cudaStream_t s; /* a stream of our own: programmatic dependent launch is on there */
 } rig;
 
 static int rig_open(rig *r, tu_rng *rng, const char *gemm) {
@@ -115,6 +116,7 @@ static int rig_open(rig *r, tu_rng *rng, const char *gemm) {
     r->d_y0 = gpu_alloc(xb);
     r->d_ids = (int32_t *)gpu_alloc((size_t)(r->d.max_tokens * r->d.top_k) * 4);
     r->d_w = (float *)gpu_alloc((size_t)(r->d.max_tokens * r->d.top_k) * 4);
+    GPU_CHECK(cudaStreamCreateWithFlags(&r->s, cudaStreamNonBlocking));
     return 1;
 }
 
@@ -126,6 +128,7 @@ static void rig_close(rig *r) {
     gpu_free(r->d_y0);
     gpu_free(r->d_ids);
     gpu_free(r->d_w);
+    if (r->s) cudaStreamDestroy(r->s);
     gpu_model_free(&r->g);
     tu_model_free(&r->m);
 }
@@ -144,13 +147,14 @@ static void rig_step(rig *r, tu_rng *rng, int64_t T, const int32_t *ids, const c
     GPU_CHECK(cudaMemcpy(r->d_w, w, (size_t)(T * K) * 4, cudaMemcpyHostToDevice));
     gpu_poison(r->d_y, xb);
     gpu_poison(r->d_y0, xb);
+    GPU_CHECK(cudaDeviceSynchronize()); /* the memsets ran on the legacy stream; r->s does not wait */
     dmoe_tensor tx = dmoe_tensor_2d(r->d_x, DMOE_DTYPE_BF16, T, H, 0);
     dmoe_tensor ti = dmoe_tensor_2d(r->d_ids, DMOE_DTYPE_I32, T, K, 0);
     dmoe_tensor tw = dmoe_tensor_2d(r->d_w, DMOE_DTYPE_F32, T, K, 0);
     dmoe_tensor ty = dmoe_tensor_2d(r->d_y, DMOE_DTYPE_BF16, T, H, 0);
     dmoe_tensor ty0 = dmoe_tensor_2d(r->d_y0, DMOE_DTYPE_BF16, T, H, 0);
-    TU_CHECK_STATUS(r->cached.ctx, dmoe_experts(r->cached.layer, &tx, &ti, &tw, &ty, NULL), DMOE_OK);
-    TU_CHECK_STATUS(r->plain.ctx, dmoe_experts(r->plain.layer, &tx, &ti, &tw, &ty0, NULL), DMOE_OK);
+    TU_CHECK_STATUS(r->cached.ctx, dmoe_experts(r->cached.layer, &tx, &ti, &tw, &ty, r->s), DMOE_OK);
+    TU_CHECK_STATUS(r->plain.ctx, dmoe_experts(r->plain.layer, &tx, &ti, &tw, &ty0, r->s), DMOE_OK);
     gpu_download(y, r->d_y, xb);
     gpu_download(y0, r->d_y0, xb);
     TU_CHECKF(memcmp(y, y0, xb) == 0, "%s: cached output differs from the uncached one", what);
@@ -232,7 +236,7 @@ static void test_lru_by_hand(tu_rng *rng, const char *gemm) {
     check_counters(&r, 3, 13, 11, 7, 2, 0, "s6");
 
     /* prefetch: {12, 5, 13}: 5 is resident (touched), 12 and 13 take the two oldest slots (2, 3) */
-    TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_prefetch_experts(r.cached.layer, (const int32_t[]){12, 5, 13}, 3, NULL),
+    TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_prefetch_experts(r.cached.layer, (const int32_t[]){12, 5, 13}, 3, r.s),
                     DMOE_OK);
     want[7] = -1; want[8] = -1; want[12] = 2; want[13] = 3;
     check_table(&r, want, "prefetch");
@@ -242,7 +246,7 @@ static void test_lru_by_hand(tu_rng *rng, const char *gemm) {
     check_table(&r, want, "after prefetch");
     check_counters(&r, 6, 13, 11, 9, 2, 2, "after prefetch");
     /* a full prefetch of 4 never evicts a listed expert: {9, 0, 1, 2} keeps 9 (slot 1) */
-    TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_prefetch_experts(r.cached.layer, (const int32_t[]){9, 0, 1, 2}, 4, NULL),
+    TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_prefetch_experts(r.cached.layer, (const int32_t[]){9, 0, 1, 2}, 4, r.s),
                     DMOE_OK);
     int32_t t[16];
     TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_expert_cache_table(r.cached.layer, t), DMOE_OK);
@@ -291,7 +295,7 @@ static void test_lru_random(tu_rng *rng, const char *gemm) {
                 pw[e] = 1;
                 pids[i] = e;
             }
-            TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_prefetch_experts(r.cached.layer, pids, np, NULL), DMOE_OK);
+            TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_prefetch_experts(r.cached.layer, pids, np, r.s), DMOE_OK);
             sim_step(&s, pw, 1);
         }
         char what[64];
@@ -342,6 +346,7 @@ static void test_graph(tu_rng *rng) {
             tu_fill_uniform(rng, x, DMOE_DTYPE_BF16, T * H, -1.0, 1.0);
             GPU_CHECK(cudaMemcpy(r.d_x, x, xb, cudaMemcpyHostToDevice));
             gpu_poison(r.d_y, xb);
+            GPU_CHECK(cudaDeviceSynchronize());
             GPU_CHECK(cudaGraphLaunch(exec, st));
             GPU_CHECK(cudaStreamSynchronize(st));
             TU_CHECK_STATUS(r.plain.ctx, dmoe_forward(r.plain.layer, &tx, &ty0, st), DMOE_OK);
