@@ -264,6 +264,85 @@ DMOE_API dmoe_status dmoe_experts(dmoe_layer *layer, const dmoe_tensor *x,
                                   const dmoe_tensor *topk_ids, const dmoe_tensor *topk_weights,
                                   dmoe_tensor *y, void *stream);
 
+/* ---- device memory (cuda) ----
+ * The cuda backend takes all its device memory (layer workspaces, weight
+ * copies made by dmoe_model_load_layer, expert-cache slots) from one pool per
+ * context, with size classes (four per power of two, at most 25% rounding
+ * loss). Freed blocks stay cached for the next request of their class; when
+ * cudaMalloc fails the pool gives its cached blocks back (a trim) and retries
+ * once, then the call fails with DMOE_ERR_OUT_OF_MEMORY and a message with the
+ * pool's numbers. Host backends have no pool: their statistics are all zero. */
+typedef struct dmoe_memory_stats {
+    size_t bytes_in_use;     /* handed out (rounded up to size classes) */
+    size_t bytes_cached;     /* freed, held for reuse */
+    size_t bytes_reserved;   /* in use + cached: what the pool holds from the device */
+    size_t peak_in_use;      /* largest bytes_in_use seen */
+    uint64_t n_allocs;       /* requests served */
+    uint64_t n_reused;       /* of which served from the cache */
+    uint64_t n_trims;        /* times the cache was given back after a failed cudaMalloc */
+    uint64_t n_failures;     /* requests that failed even after the trim */
+} dmoe_memory_stats;
+
+DMOE_API dmoe_status dmoe_context_memory_stats(dmoe_context *ctx, dmoe_memory_stats *out);
+/* Gives every cached (freed) block back to the device. */
+DMOE_API dmoe_status dmoe_context_trim_memory(dmoe_context *ctx);
+
+/* ---- GPU expert cache (cuda) ----
+ * For layers whose routed experts do not all fit in GPU memory. Enabling the
+ * cache copies the routed experts (w13, w2) of the layer's current weights
+ * into pinned, mapped host memory owned by dmoe; from then on the layer never
+ * reads the weights.w13 / weights.w2 views again (the caller may free them).
+ * n_slots device slots hold one expert each (its w13 and w2 rows). The slot
+ * table (expert -> slot, slot -> expert, last-use stamps) lives on the device:
+ * after the plan of each forward, one small kernel resolves every expert the
+ * batch uses: a resident one is a hit; a missing one takes the least recently
+ * used slot that this batch does not use (empty slots first, then the oldest
+ * stamp, ties to the lower slot), evicting its expert, and the expert is
+ * streamed from mapped host memory into the slot by a copy kernel
+ * (zero-copy over PCIe, no host round trip) while the decode GEMM already
+ * works on the resident experts (programmatic dependent launch);
+ * if the batch needs more distinct experts than there are
+ * slots, the rest are read by the GEMMs straight from host memory (counted as
+ * direct reads). Misses are resolved in ascending expert order. The GEMMs read
+ * weights through a per-expert pointer table, so the forward stays
+ * asynchronous and can be captured in a CUDA graph. Cached layers run the
+ * staged path with the streaming / mma.sync GEMMs.
+ * Calling dmoe_layer_set_weights later turns the cache off. Host backends
+ * return DMOE_ERR_UNSUPPORTED. */
+#define DMOE_EXPERT_CACHE_FLAGS_NONE 0u
+
+typedef struct dmoe_expert_cache_stats {
+    int32_t n_slots;
+    int32_t n_resident;        /* slots holding an expert */
+    size_t expert_bytes;       /* bytes of one expert (w13 + w2) */
+    uint64_t hits;             /* (forward, expert) pairs found resident */
+    uint64_t misses;           /* (forward, expert) pairs not resident */
+    uint64_t installs;         /* misses copied into a slot */
+    uint64_t evictions;        /* installs (forward or prefetch) that replaced an expert */
+    uint64_t direct_reads;     /* misses read by the GEMMs from host memory (no free slot) */
+    uint64_t prefetch_installs; /* experts copied in by dmoe_layer_prefetch_experts */
+    uint64_t bytes_h2d;        /* bytes read over PCIe: installs, prefetches and direct reads */
+} dmoe_expert_cache_stats;
+
+/* n_slots in [1, E]; flags must be DMOE_EXPERT_CACHE_FLAGS_NONE. Weights must be
+ * set. Calling it again rebuilds the cache (empty, counters zero). Synchronises
+ * the device. */
+DMOE_API dmoe_status dmoe_layer_enable_expert_cache(dmoe_layer *layer, int32_t n_slots,
+                                                    uint32_t flags);
+/* Enqueues on stream: every listed expert (host array of n_ids ids in [0, E),
+ * n_ids <= n_slots, no duplicates) not yet resident is copied into a slot
+ * (least recently used first, never evicting another listed expert) and the
+ * table is updated in stream order; listed experts count as just used. The
+ * prefetch touches the layer's table like a forward: order it with the layer's
+ * forwards (same stream, or events), as with any two calls on one layer. */
+DMOE_API dmoe_status dmoe_layer_prefetch_experts(dmoe_layer *layer, const int32_t *expert_ids,
+                                                 int32_t n_ids, void *stream);
+/* Counters since the cache was enabled. Synchronises the device. */
+DMOE_API dmoe_status dmoe_layer_expert_cache_stats(dmoe_layer *layer, dmoe_expert_cache_stats *out);
+/* slot_of_expert (E) host array: the slot of each expert, -1 when not resident.
+ * Synchronises the device. */
+DMOE_API dmoe_status dmoe_layer_expert_cache_table(dmoe_layer *layer, int32_t *slot_of_expert);
+
 
 /* ---- resident serving mode (cuda) ----
  * The fused persistent kernel launched ONCE on its own stream, then fed
@@ -406,7 +485,9 @@ DMOE_API dmoe_status dmoe_model_moe_layer(const dmoe_model *model, int32_t i, in
                                           dmoe_layer_desc *desc);
 /* Creates a layer for decoder layer layer_idx with its weights loaded. desc
  * must be the one dmoe_model_moe_layer gave, where only act_dtype,
- * weight_dtype and max_tokens may be changed. Host backends only for now. */
+ * weight_dtype and max_tokens may be changed. With a cuda context the weights
+ * are copied to device memory owned by the layer (from the context's pool) and
+ * freed with it; host backends keep them in a host arena owned by the layer. */
 DMOE_API dmoe_status dmoe_model_load_layer(dmoe_model *model, dmoe_context *ctx, int32_t layer_idx,
                                            const dmoe_layer_desc *desc, dmoe_layer **out);
 

@@ -142,3 +142,21 @@ void *dmoe__calloc(dmoe_context *ctx, size_t count, size_t size) {
 void dmoe__free(dmoe_context *ctx, void *ptr) {
     if (ptr) ctx->alloc.free(ctx->alloc.user, ptr);
 }
+
+dmoe_status dmoe_context_memory_stats(dmoe_context *ctx, dmoe_memory_stats *out) {
+    if (!ctx) return dmoe__error(NULL, DMOE_ERR_NULL_POINTER, "ctx is NULL");
+    dmoe__clear_error(ctx);
+    if (!out) return dmoe__error(ctx, DMOE_ERR_NULL_POINTER, "out is NULL");
+    if (!ctx->backend->memory_stats) {
+        memset(out, 0, sizeof *out);
+        return DMOE_OK;
+    }
+    return ctx->backend->memory_stats(ctx, out);
+}
+
+dmoe_status dmoe_context_trim_memory(dmoe_context *ctx) {
+    if (!ctx) return dmoe__error(NULL, DMOE_ERR_NULL_POINTER, "ctx is NULL");
+    dmoe__clear_error(ctx);
+    if (ctx->backend->memory_trim) ctx->backend->memory_trim(ctx);
+    return DMOE_OK;
+}

@@ -103,11 +103,31 @@ struct dmoe_backend_iface {
     /* The path a forward of n_tokens would run (STAGED or FUSED). (optional) */
     dmoe_status (*query_path)(const dmoe_layer *layer, int64_t n_tokens, dmoe_path *out);
     const dmoe_resident_iface *resident; /* (optional) resident serving mode */
+    /* (optional) Copies a host arena of `bytes` bytes, whose views are `host`, into memory the
+     * layer owns (freed in layer_fini) and gives the matching views in *out. NULL: the layer
+     * keeps the host arena (host backends). */
+    dmoe_status (*layer_load_arena)(dmoe_layer *layer, const void *arena, size_t bytes,
+                                    const dmoe_weights *host, dmoe_weights *out);
+    /* (optional) NULL: no pool, statistics are zero and trim does nothing. */
+    dmoe_status (*memory_stats)(dmoe_context *ctx, dmoe_memory_stats *out);
+    void (*memory_trim)(dmoe_context *ctx);
+    /* (optional) The expert cache (dmoe.h); arguments validated by src/layer.c. NULL: unsupported. */
+    dmoe_status (*cache_enable)(dmoe_layer *layer, int32_t n_slots, uint32_t flags);
+    dmoe_status (*cache_prefetch)(dmoe_layer *layer, const int32_t *ids, int32_t n_ids, void *stream);
+    dmoe_status (*cache_stats)(dmoe_layer *layer, dmoe_expert_cache_stats *out);
+    dmoe_status (*cache_table)(dmoe_layer *layer, int32_t *slot_of_expert);
+    /* (optional) The layer's cache slots, 0 when it has no expert cache. Never synchronises. */
+    int32_t (*cache_slots)(const dmoe_layer *layer);
 };
 
 extern const dmoe_backend_iface dmoe__backend_cpu_ref;
 extern const dmoe_backend_iface dmoe__backend_cpu;
 extern const dmoe_backend_iface dmoe__backend_cuda; /* only when DMOE_HAVE_CUDA */
+
+/* The model loader's hand-over of a host weight arena (views w point into it):
+ * host backends keep it, the cuda backend copies it to device memory. On
+ * success the layer owns the arena; on failure the caller still does. */
+dmoe_status dmoe__layer_adopt_arena(dmoe_layer *layer, void *arena, size_t bytes, const dmoe_weights *w);
 
 /* ---- errors ---- */
 /* Records a printf-style message on ctx (or the thread's context-less slot

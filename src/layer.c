@@ -337,3 +337,93 @@ dmoe_status dmoe_experts(dmoe_layer *layer, const dmoe_tensor *x, const dmoe_ten
     return layer->ctx->backend->experts(layer, x->data, T, (const int32_t *)topk_ids->data,
                                         (const float *)topk_weights->data, y->data, stream);
 }
+
+/* ---- the expert cache (dmoe.h): validated here, run by the backend ---- */
+
+static dmoe_status cache_begin(dmoe_layer *layer, int need_enabled) {
+    if (!layer) return dmoe__error(NULL, DMOE_ERR_NULL_POINTER, "layer is NULL");
+    dmoe__clear_error(layer->ctx);
+    const dmoe_backend_iface *be = layer->ctx->backend;
+    if (!be->cache_enable)
+        return dmoe__error(layer->ctx, DMOE_ERR_UNSUPPORTED, "backend '%s' has no expert cache",
+                           be->name);
+    if (layer->resident)
+        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "the layer runs a resident kernel (dmoe_resident_*): destroy it first");
+    if (need_enabled && be->cache_slots(layer) == 0)
+        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "the layer has no expert cache (call dmoe_layer_enable_expert_cache)");
+    return DMOE_OK;
+}
+
+dmoe_status dmoe_layer_enable_expert_cache(dmoe_layer *layer, int32_t n_slots, uint32_t flags) {
+    dmoe_status st = cache_begin(layer, 0);
+    if (st != DMOE_OK) return st;
+    if (n_slots < 1 || n_slots > layer->desc.n_experts)
+        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT, "n_slots must be in [1, E=%d], got %d",
+                           (int)layer->desc.n_experts, (int)n_slots);
+    if (flags != DMOE_EXPERT_CACHE_FLAGS_NONE)
+        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT, "unknown expert cache flags 0x%x",
+                           (unsigned)flags);
+    if (!layer->has_weights)
+        return dmoe__error(layer->ctx, DMOE_ERR_NO_WEIGHTS,
+                           "set the weights before enabling the expert cache");
+    return layer->ctx->backend->cache_enable(layer, n_slots, flags);
+}
+
+dmoe_status dmoe_layer_prefetch_experts(dmoe_layer *layer, const int32_t *expert_ids, int32_t n_ids,
+                                        void *stream) {
+    dmoe_status st = cache_begin(layer, 1);
+    if (st != DMOE_OK) return st;
+    const int32_t n_slots = layer->ctx->backend->cache_slots(layer);
+    if (n_ids < 0 || n_ids > n_slots)
+        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "n_ids must be in [0, n_slots=%d], got %d", (int)n_slots, (int)n_ids);
+    if (n_ids == 0) return DMOE_OK;
+    if (!expert_ids) return dmoe__error(layer->ctx, DMOE_ERR_NULL_POINTER, "expert_ids is NULL");
+    for (int32_t i = 0; i < n_ids; i++) {
+        if (expert_ids[i] < 0 || expert_ids[i] >= layer->desc.n_experts)
+            return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
+                               "expert_ids[%d] = %d is outside [0, %d)", (int)i, (int)expert_ids[i],
+                               (int)layer->desc.n_experts);
+        for (int32_t j = 0; j < i; j++)
+            if (expert_ids[j] == expert_ids[i])
+                return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
+                                   "expert %d is listed twice (positions %d and %d)",
+                                   (int)expert_ids[i], (int)j, (int)i);
+    }
+    return layer->ctx->backend->cache_prefetch(layer, expert_ids, n_ids, stream);
+}
+
+dmoe_status dmoe_layer_expert_cache_stats(dmoe_layer *layer, dmoe_expert_cache_stats *out) {
+    dmoe_status st = cache_begin(layer, 1);
+    if (st != DMOE_OK) return st;
+    if (!out) return dmoe__error(layer->ctx, DMOE_ERR_NULL_POINTER, "out is NULL");
+    return layer->ctx->backend->cache_stats(layer, out);
+}
+
+dmoe_status dmoe_layer_expert_cache_table(dmoe_layer *layer, int32_t *slot_of_expert) {
+    dmoe_status st = cache_begin(layer, 1);
+    if (st != DMOE_OK) return st;
+    if (!slot_of_expert) return dmoe__error(layer->ctx, DMOE_ERR_NULL_POINTER, "slot_of_expert is NULL");
+    return layer->ctx->backend->cache_table(layer, slot_of_expert);
+}
+
+/* Used by the model loader: moves a host arena into memory the backend owns
+ * (device memory for cuda), or keeps it on the host. On success the layer owns
+ * the arena either way (it frees it, or its copy, when destroyed). */
+dmoe_status dmoe__layer_adopt_arena(dmoe_layer *layer, void *arena, size_t bytes, const dmoe_weights *w) {
+    const dmoe_backend_iface *be = layer->ctx->backend;
+    if (!be->layer_load_arena) {
+        dmoe_status st = dmoe_layer_set_weights(layer, w);
+        if (st == DMOE_OK) layer->owned_weights = arena;
+        return st;
+    }
+    dmoe_weights dev;
+    memset(&dev, 0, sizeof dev);
+    dmoe_status st = be->layer_load_arena(layer, arena, bytes, w, &dev);
+    if (st != DMOE_OK) return st;
+    st = dmoe_layer_set_weights(layer, &dev);
+    if (st == DMOE_OK) dmoe__free(layer->ctx, arena);
+    return st;
+}

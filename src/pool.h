@@ -18,6 +18,10 @@
 
 #include "dmoe-impl.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct dmoe_raw_allocator {
     /* Returns 0 and *out on success, non-zero on failure. */
     int (*alloc)(void *user, size_t size, void **out);
@@ -61,5 +65,9 @@ dmoe_status dmoe__pool_alloc(dmoe_pool *pool, size_t size, void **out);
 void dmoe__pool_free(dmoe_pool *pool, void *ptr, size_t size);
 void dmoe__pool_trim(dmoe_pool *pool);
 dmoe_pool_stats dmoe__pool_get_stats(dmoe_pool *pool);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* DMOE_POOL_H */

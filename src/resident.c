@@ -38,6 +38,10 @@ dmoe_status dmoe_resident_create(dmoe_layer *layer, const dmoe_resident_desc *de
         return dmoe__error(ctx, DMOE_ERR_NO_WEIGHTS, "call dmoe_layer_set_weights first");
     if (layer->resident)
         return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "the layer already has a resident kernel");
+    if (ctx->backend->cache_slots && ctx->backend->cache_slots(layer) > 0)
+        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
+                           "the layer has an expert cache: resident mode runs the fused kernel, which reads "
+                           "every expert from the layer's weights (use a layer without a cache)");
     dmoe_resident_desc d;
     if (desc) d = *desc;
     else dmoe_resident_desc_init(&d);

@@ -163,4 +163,12 @@ const dmoe_backend_iface dmoe__backend_cpu_ref = {
     /* .forward               = */ ref_forward,
     /* .query_path            = */ NULL,
     /* .resident              = */ NULL,
+    /* .layer_load_arena      = */ NULL,
+    /* .memory_stats          = */ NULL,
+    /* .memory_trim           = */ NULL,
+    /* .cache_enable          = */ NULL,
+    /* .cache_prefetch        = */ NULL,
+    /* .cache_stats           = */ NULL,
+    /* .cache_table           = */ NULL,
+    /* .cache_slots           = */ NULL,
 };

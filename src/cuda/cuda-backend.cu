@@ -32,6 +32,7 @@
  */
 #include "combine.h"
 #include "cuda-context.h"
+#include "expert-cache.h"
 #include "fused-moe.h"
 #include "cuda-ops.h"
 #include "gemm.h"
@@ -44,7 +45,12 @@
 #define CUDA_MAX_EXPERTS 1024
 
 typedef struct cuda_layer {
-    void *arena;            /* one cudaMalloc, carved below */
+    void *arena;            /* one block of the context's pool, carved below */
+    size_t arena_bytes;
+    size_t fused_bytes;
+    void *weights_dev;      /* (optional) device copy of a model loader's weight arena */
+    size_t weights_bytes;
+    dmoe_cuda_cache *cache; /* (optional) expert cache (expert-cache.cu) */
     float *logits;          /* router partial logits */
     unsigned *counter;      /* router's last-block counter (1) */
     int32_t *ids;           /* (maxT, K) */
@@ -71,6 +77,24 @@ typedef struct cuda_layer {
 
 static __global__ void probe_kernel(int *p) {
     if (p) *p = 0;
+}
+
+/* The pool's backing allocator: cudaMalloc on the current device (the backend
+ * selects the context's device before every call). */
+static int pool_raw_alloc(void *user, size_t size, void **out) {
+    (void)user;
+    cudaError_t err = cudaMalloc(out, size);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError(); /* not sticky: clear it so later checks see only their own */
+        return 1;
+    }
+    return 0;
+}
+
+static void pool_raw_free(void *user, void *ptr) {
+    (void)user;
+    cudaFree(ptr);
+    (void)cudaGetLastError();
 }
 
 static int cuda_available(void) {
@@ -121,6 +145,23 @@ static dmoe_status cuda_context_init(dmoe_context *ctx) {
     const char *pc = getenv("DMOE_PRINT_CONFIG");
     cc->print_config = pc && strcmp(pc, "0") != 0 && *pc;
     snprintf(cc->name, sizeof cc->name, "%s", prop.name);
+    snprintf(cc->pool_name, sizeof cc->pool_name, "cuda device %d", (int)cc->device);
+    cc->pool = (dmoe_pool *)dmoe__calloc(ctx, 1, sizeof *cc->pool);
+    if (!cc->pool) {
+        dmoe__free(ctx, cc);
+        return dmoe__error(ctx, DMOE_ERR_OUT_OF_MEMORY, "cuda: pool state");
+    }
+    dmoe_raw_allocator raw;
+    raw.alloc = pool_raw_alloc;
+    raw.free = pool_raw_free;
+    raw.user = NULL;
+    raw.name = cc->pool_name;
+    dmoe_status pst = dmoe__pool_init(cc->pool, ctx, &raw);
+    if (pst != DMOE_OK) {
+        dmoe__free(ctx, cc->pool);
+        dmoe__free(ctx, cc);
+        return pst;
+    }
     ctx->backend_data = cc;
     if (cc->print_config)
         fprintf(stderr, "dmoe cuda: device %d %s sm_%d%d, %d SMs, L2 %zu MB, pdl %s, sm90 gemm %s\n",
@@ -131,6 +172,14 @@ static dmoe_status cuda_context_init(dmoe_context *ctx) {
 }
 
 static void cuda_context_fini(dmoe_context *ctx) {
+    dmoe_cuda_context *cc = dmoe__cuda_ctx(ctx);
+    if (cc && cc->pool) {
+        int cur = -1;
+        if (cudaGetDevice(&cur) == cudaSuccess && cur != cc->device) cudaSetDevice(cc->device);
+        dmoe__pool_fini(cc->pool);
+        dmoe__free(ctx, cc->pool);
+        (void)cudaGetLastError();
+    }
     dmoe__free(ctx, ctx->backend_data);
     ctx->backend_data = NULL;
 }
@@ -171,18 +220,25 @@ static size_t carve(cuda_layer *L, const dmoe_layer_desc *d, int num_sms, char *
 static void cuda_layer_fini(dmoe_layer *layer) {
     cuda_layer *L = (cuda_layer *)layer->backend_data;
     if (!L) return;
-    if ((L->arena || L->fused_ws) && dmoe__cuda_resident_active(layer->ctx->desc.device)) {
+    if ((L->arena || L->fused_ws || L->weights_dev || L->cache) &&
+        dmoe__cuda_resident_active(layer->ctx->desc.device)) {
         /* cudaFree would wait for the resident kernel, which does not end on its own. */
         fprintf(stderr, "dmoe cuda: a layer was destroyed while a resident kernel occupies device %d: its "
-                        "workspace is leaked (destroy the resident kernel first)\n", (int)layer->ctx->desc.device);
-        L->arena = L->fused_ws = NULL;
+                        "device memory is leaked (destroy the resident kernel first)\n", (int)layer->ctx->desc.device);
+        L->arena = L->fused_ws = L->weights_dev = NULL;
+        L->cache = NULL;
     }
-    if (L->arena || L->fused_ws) {
+    if (L->arena || L->fused_ws || L->weights_dev || L->cache) {
+        dmoe_pool *pool = dmoe__cuda_ctx(layer->ctx)->pool;
         int cur = -1;
         if (cudaGetDevice(&cur) == cudaSuccess && cur != layer->ctx->desc.device)
             cudaSetDevice(layer->ctx->desc.device);
-        cudaFree(L->arena);
-        cudaFree(L->fused_ws);
+        /* blocks go back to the pool: work still queued on them must finish first */
+        (void)cudaDeviceSynchronize();
+        dmoe__cuda_cache_destroy(L->cache);
+        dmoe__pool_free(pool, L->arena, L->arena_bytes);
+        dmoe__pool_free(pool, L->fused_ws, L->fused_bytes);
+        dmoe__pool_free(pool, L->weights_dev, L->weights_bytes);
         (void)cudaGetLastError();
     }
     dmoe__free(layer->ctx, L);
@@ -222,18 +278,18 @@ static dmoe_status cuda_layer_init(dmoe_layer *layer) {
     if (!L) return dmoe__error(ctx, DMOE_ERR_OUT_OF_MEMORY, "cuda: layer state");
     layer->backend_data = L;
     const size_t bytes = carve(L, d, cc->num_sms, NULL);
-    cudaError_t err = cudaMalloc(&L->arena, bytes);
-    if (err != cudaSuccess) {
-        (void)cudaGetLastError();
+    st = dmoe__pool_alloc(cc->pool, bytes, &L->arena);
+    if (st != DMOE_OK) {
+        char why[DMOE_ERROR_LEN];
+        snprintf(why, sizeof why, "%s", dmoe_context_last_error(ctx));
         L->arena = NULL;
         cuda_layer_fini(layer);
-        return dmoe__error(ctx, err == cudaErrorMemoryAllocation ? DMOE_ERR_OUT_OF_MEMORY : DMOE_ERR_CUDA,
-                           "cuda: cannot allocate %.1f MB of workspace for max_tokens=%lld: %s",
-                           (double)bytes / 1048576.0, (long long)d->max_tokens,
-                           cudaGetErrorString(err));
+        return dmoe__error(ctx, st, "cuda: cannot allocate %.1f MB of workspace for max_tokens=%lld (%s)",
+                           (double)bytes / 1048576.0, (long long)d->max_tokens, why);
     }
+    L->arena_bytes = bytes;
     carve(L, d, cc->num_sms, (char *)L->arena);
-    err = cudaMemset(L->counter, 0, sizeof(unsigned));
+    cudaError_t err = cudaMemset(L->counter, 0, sizeof(unsigned));
     if (err == cudaSuccess) err = cudaDeviceSynchronize();
     if (err != cudaSuccess) {
         cuda_layer_fini(layer);
@@ -249,12 +305,16 @@ static dmoe_status cuda_layer_init(dmoe_layer *layer) {
         const size_t fb = dmoe__fused_workspace_bytes(L->fused_max_t, (int32_t)d->hidden, (int32_t)d->ffn,
                                                       (int32_t)d->shared_ffn, d->n_experts, d->top_k,
                                                       d->n_shared_experts);
-        err = cudaMalloc(&L->fused_ws, fb);
-        if (err == cudaSuccess) err = cudaMemset(L->fused_ws, 0, fb);
+        st = dmoe__pool_alloc(cc->pool, fb, &L->fused_ws);
+        if (st != DMOE_OK) {
+            L->fused_ws = NULL;
+            cuda_layer_fini(layer);
+            return st;
+        }
+        L->fused_bytes = fb;
+        err = cudaMemset(L->fused_ws, 0, fb);
         if (err == cudaSuccess) err = cudaDeviceSynchronize();
         if (err != cudaSuccess) {
-            (void)cudaGetLastError();
-            if (err == cudaErrorMemoryAllocation) L->fused_ws = NULL;
             cuda_layer_fini(layer);
             return dmoe__cuda_error(ctx, err, "fused workspace", __FILE__, __LINE__);
         }
@@ -296,6 +356,7 @@ static dmoe_status check_device_ptr(dmoe_context *ctx, const void *p, const char
 static dmoe_status cuda_layer_weights_changed(dmoe_layer *layer) {
     dmoe_context *ctx = layer->ctx;
     const dmoe_weights *w = &layer->w;
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
     dmoe_status st;
     if ((st = check_device_ptr(ctx, w->router, "router"))) return st;
     if ((st = check_device_ptr(ctx, w->w13, "w13"))) return st;
@@ -304,7 +365,102 @@ static dmoe_status cuda_layer_weights_changed(dmoe_layer *layer) {
     if ((st = check_device_ptr(ctx, w->shared_w13, "shared_w13"))) return st;
     if ((st = check_device_ptr(ctx, w->shared_w2, "shared_w2"))) return st;
     if ((st = check_device_ptr(ctx, w->shared_gate, "shared_gate"))) return st;
+    if (L->cache) { /* new weights: the cache's host copy is stale (dmoe.h: set_weights turns it off) */
+        dmoe__cuda_cache_destroy(L->cache);
+        L->cache = NULL;
+    }
     return DMOE_OK;
+}
+
+/* ---- weights copied from a model loader's host arena (dmoe_model_load_layer) ---- */
+static dmoe_status cuda_layer_load_arena(dmoe_layer *layer, const void *arena, size_t bytes,
+                                         const dmoe_weights *host, dmoe_weights *out) {
+    dmoe_context *ctx = layer->ctx;
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    dmoe_status st = use_device(ctx);
+    if (st != DMOE_OK) return st;
+    void *dev = NULL;
+    if ((st = dmoe__pool_alloc(dmoe__cuda_ctx(ctx)->pool, bytes, &dev)) != DMOE_OK) return st;
+    cudaError_t err = cudaMemcpy(dev, arena, bytes, cudaMemcpyHostToDevice);
+    if (err != cudaSuccess) {
+        dmoe__pool_free(dmoe__cuda_ctx(ctx)->pool, dev, bytes);
+        return dmoe__cuda_error(ctx, err, "cudaMemcpy(weights to the device)", __FILE__, __LINE__);
+    }
+    if (L->weights_dev) dmoe__pool_free(dmoe__cuda_ctx(ctx)->pool, L->weights_dev, L->weights_bytes);
+    L->weights_dev = dev;
+    L->weights_bytes = bytes;
+    const char *base = (const char *)arena;
+    char *d = (char *)dev;
+#define DMOE_MOVE(field, type) out->field = host->field ? (type)(d + ((const char *)host->field - base)) : NULL
+    DMOE_MOVE(router, const void *);
+    DMOE_MOVE(w13, const void *);
+    DMOE_MOVE(w2, const void *);
+    DMOE_MOVE(correction_bias, const float *);
+    DMOE_MOVE(shared_w13, const void *);
+    DMOE_MOVE(shared_w2, const void *);
+    DMOE_MOVE(shared_gate, const void *);
+#undef DMOE_MOVE
+    return DMOE_OK;
+}
+
+/* ---- the device pool's statistics ---- */
+static dmoe_status cuda_memory_stats(dmoe_context *ctx, dmoe_memory_stats *out) {
+    dmoe_pool_stats s = dmoe__pool_get_stats(dmoe__cuda_ctx(ctx)->pool);
+    memset(out, 0, sizeof *out);
+    out->bytes_in_use = s.bytes_in_use;
+    out->bytes_cached = s.bytes_cached;
+    out->bytes_reserved = s.bytes_in_use + s.bytes_cached;
+    out->peak_in_use = s.peak_in_use;
+    out->n_allocs = s.n_allocs;
+    out->n_reused = s.n_reused;
+    out->n_trims = s.n_trims;
+    out->n_failures = s.n_failures;
+    return DMOE_OK;
+}
+
+static void cuda_memory_trim(dmoe_context *ctx) {
+    if (use_device(ctx) == DMOE_OK) dmoe__pool_trim(dmoe__cuda_ctx(ctx)->pool);
+}
+
+/* ---- the expert cache (expert-cache.cu) ---- */
+static dmoe_status cuda_cache_enable(dmoe_layer *layer, int32_t n_slots, uint32_t flags) {
+    (void)flags;
+    dmoe_context *ctx = layer->ctx;
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    dmoe_status st = use_device(ctx);
+    if (st != DMOE_OK) return st;
+    if (L->cache) {
+        dmoe__cuda_cache_destroy(L->cache);
+        L->cache = NULL;
+    }
+    return dmoe__cuda_cache_create(ctx, dmoe__cuda_ctx(ctx)->pool, &layer->desc, layer->w.w13,
+                                   layer->w.w2, n_slots, &L->cache);
+}
+
+static dmoe_status cuda_cache_prefetch(dmoe_layer *layer, const int32_t *ids, int32_t n_ids,
+                                       void *stream) {
+    dmoe_status st = use_device(layer->ctx);
+    if (st != DMOE_OK) return st;
+    (void)cudaGetLastError();
+    return dmoe__cuda_cache_prefetch(layer->ctx, ((cuda_layer *)layer->backend_data)->cache, ids,
+                                     n_ids, (cudaStream_t)stream);
+}
+
+static dmoe_status cuda_cache_stats(dmoe_layer *layer, dmoe_expert_cache_stats *out) {
+    dmoe_status st = use_device(layer->ctx);
+    if (st != DMOE_OK) return st;
+    return dmoe__cuda_cache_stats(layer->ctx, ((cuda_layer *)layer->backend_data)->cache, out);
+}
+
+static dmoe_status cuda_cache_table(dmoe_layer *layer, int32_t *slot_of_expert) {
+    dmoe_status st = use_device(layer->ctx);
+    if (st != DMOE_OK) return st;
+    return dmoe__cuda_cache_table(layer->ctx, ((cuda_layer *)layer->backend_data)->cache, slot_of_expert);
+}
+
+static int32_t cuda_cache_slots(const dmoe_layer *layer) {
+    const cuda_layer *L = (const cuda_layer *)layer->backend_data;
+    return L && L->cache ? dmoe__cuda_cache_n_slots(L->cache) : 0;
 }
 
 static dmoe_cuda_grouped_args grouped_args(const dmoe_cuda_context *cc, dmoe_dtype dt, int64_t T,
@@ -351,6 +507,21 @@ static dmoe_status run_experts(dmoe_layer *layer, const void *x, int64_t T, cons
     dmoe_cuda_grouped_args a1 = grouped_args(cc, dt, T, K, E, d->hidden, d->ffn, L->offsets, L->pairs);
     dmoe_cuda_grouped_args a2 = grouped_args(cc, dt, T, K, E, d->ffn, d->hidden, L->offsets, L->pairs);
     dmoe_cuda_gemm_choice c = dmoe__cuda_choose_gemm(L->gemm_kind, &a1, cc->cc_major, cc->cc_minor);
+    if (L->cache) {
+        /* resolve the batch's experts (hits, LRU installs, pointer tables) on the device; the
+         * streaming and mma.sync GEMMs then read each expert through its pointer */
+        if (c.kind != DMOE_CUDA_GEMM_STREAM && c.kind != DMOE_CUDA_GEMM_MMA)
+            c = dmoe__cuda_choose_gemm(DMOE_CUDA_GEMM_MMA, &a1, cc->cc_major, cc->cc_minor);
+        const int stream_gemm = c.kind == DMOE_CUDA_GEMM_STREAM;
+        if ((st = dmoe__cuda_cache_resolve(ctx, L->cache, L->offsets, stream_gemm, stream))) return st;
+        a1.w_ptrs = dmoe__cuda_cache_w13_ptrs(L->cache);
+        a2.w_ptrs = dmoe__cuda_cache_w2_ptrs(L->cache);
+        if (stream_gemm) {
+            a1.w_install = dmoe__cuda_cache_w13_dst(L->cache);
+            a2.w_install = dmoe__cuda_cache_w2_dst(L->cache);
+            a1.w_wait = dmoe__cuda_cache_wait(L->cache); /* GEMM1 overlaps the copy kernel */
+        }
+    }
     if ((st = c.gemm1(ctx, &a1, x, layer->w.w13, L->act, stream))) return st;
     if ((st = c.gemm2(ctx, &a2, L->act, layer->w.w2, wts, L->part, stream))) return st;
     dmoe_cuda_gemm_choice cs;
@@ -438,6 +609,10 @@ static dmoe_path layer_path(const dmoe_layer *layer, int64_t T) {
     char why[256];
     dmoe_path p = dmoe__cuda_choose_path(&layer->desc, L->request, T, why, sizeof why);
     if (p == DMOE_PATH_FUSED && T > L->fused_max_t) p = DMOE_PATH_STAGED; /* not reached: ws sized for it */
+    if (p == DMOE_PATH_FUSED && L->cache) { /* the fused kernel reads w13/w2 at fixed strides */
+        p = DMOE_PATH_STAGED;
+        snprintf(why, sizeof why, "staged: the layer has an expert cache (the fused kernel cannot read through it)");
+    }
     if (L->print_config && L->printed_tokens != T) {
         if (p == DMOE_PATH_FUSED) L->printed_tokens = T; /* the staged print marks it itself */
         fprintf(stderr, "dmoe cuda: T=%lld: path %s\n", (long long)T, why);
@@ -450,7 +625,7 @@ static int fused_fits(const dmoe_layer *layer, int64_t T) { return layer_path(la
 static dmoe_status cuda_query_path(const dmoe_layer *layer, int64_t n_tokens, dmoe_path *out) {
     cuda_layer *L = (cuda_layer *)layer->backend_data;
     dmoe_path p = dmoe__cuda_choose_path(&layer->desc, L->request, n_tokens, NULL, 0);
-    if (p == DMOE_PATH_FUSED && n_tokens > L->fused_max_t) p = DMOE_PATH_STAGED;
+    if (p == DMOE_PATH_FUSED && (n_tokens > L->fused_max_t || L->cache)) p = DMOE_PATH_STAGED;
     *out = p;
     return DMOE_OK;
 }
@@ -531,4 +706,12 @@ extern "C" const dmoe_backend_iface dmoe__backend_cuda = {
     /* .forward               = */ cuda_forward,
     /* .query_path            = */ cuda_query_path,
     /* .resident              = */ &dmoe__cuda_resident_iface,
+    /* .layer_load_arena      = */ cuda_layer_load_arena,
+    /* .memory_stats          = */ cuda_memory_stats,
+    /* .memory_trim           = */ cuda_memory_trim,
+    /* .cache_enable          = */ cuda_cache_enable,
+    /* .cache_prefetch        = */ cuda_cache_prefetch,
+    /* .cache_stats           = */ cuda_cache_stats,
+    /* .cache_table           = */ cuda_cache_table,
+    /* .cache_slots           = */ cuda_cache_slots,
 };

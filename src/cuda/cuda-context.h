@@ -20,6 +20,8 @@ typedef struct dmoe_cuda_context {
     size_t l2_bytes;
     int32_t pdl;           /* 1: launch dependent kernels with programmatic stream serialisation */
     int32_t print_config;  /* DMOE_PRINT_CONFIG=1 */
+    struct dmoe_pool *pool; /* all device memory of the context's layers (src/pool.c) */
+    char pool_name[64];     /* "cuda device N": for the pool's messages */
     char name[256];
 } dmoe_cuda_context;
 

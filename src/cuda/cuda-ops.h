@@ -51,6 +51,18 @@ typedef struct dmoe_cuda_grouped_args {
     const int32_t *pairs;    /* (T*K) device */
     dmoe_dtype dtype;        /* DMOE_DTYPE_BF16 or DMOE_DTYPE_F16 */
     int32_t num_sms;         /* multiprocessors of the device */
+    /* (E) device array of per-expert weight pointers (w13_e (2F, H) or w2_e (H, F)), or NULL:
+     * expert e then lives at w + e * stride. Only the stream and mma kernels take it (the
+     * expert cache gives them slots in device memory or mapped host memory). */
+    const void *const *w_ptrs;
+    /* (E) device array, or NULL: where the streaming kernel also writes expert e's weights as
+     * it reads them (an expert-cache install riding on the GEMM), NULL entries for none. */
+    void *const *w_install;
+    /* (E) device flags, or NULL (streaming GEMM1 only): experts whose weights the kernel just
+     * before this one (the cache's copy kernel) is still writing. The GEMM does the other
+     * experts first and waits (griddepcontrol) only before these: the copy and the GEMM of the
+     * resident experts overlap under programmatic dependent launch. */
+    const int32_t *w_wait;
 } dmoe_cuda_grouped_args;
 
 /* act (T*K, F) = SwiGLU over w13 (E, 2F, H) of the gathered rows of x (T, H). */

@@ -23,6 +23,10 @@
  * laid out per warp column as WTN/2 gate rows then the WTN/2 up rows of the
  * same features, so each thread holds both accumulators of a feature and the
  * SwiGLU happens in registers.
+ *
+ * Weight rows are addressed from the tile's expert base: w + e * stride, or
+ * w_ptrs[e] when the caller passes a per-expert pointer table (the expert
+ * cache: a slot in device memory or pinned host memory).
  */
 #include "cuda-common.cuh"
 #include "cuda-context.h"
@@ -44,6 +48,7 @@ typedef struct mma_params {
     int64_t n_dim;    /* F (GEMM1 features), H (GEMM2), E (LOGITS) */
     int32_t n_ntiles; /* column tiles */
     const void *a, *w;
+    const void *const *w_ptrs; /* (E) per-expert weights, or NULL: w + e * stride */
     const float *topk_w;
     void *out;
 } mma_params;
@@ -113,6 +118,10 @@ static __global__ void __launch_bounds__(WM * WN * 32, MINB) mma_gemm_kernel(mma
             rows = cnt - mt * BM < BM ? cnt - mt * BM : BM;
         }
 
+        /* this tile's expert weights: (2F, H) for GEMM1, (H, F) for GEMM2 (LOGITS: the router) */
+        const T *Wt = MODE == MMA_LOGITS ? W
+                      : p.w_ptrs          ? (const T *)p.w_ptrs[e]
+                                          : W + (int64_t)e * (MODE == MMA_GEMM1 ? 2 * N : N) * K;
         __syncthreads(); /* the previous tile is done with s_arow, s_brow and the ring */
         for (int r = tid; r < BM; r += NTH) {
             int64_t off = -1;
@@ -128,10 +137,10 @@ static __global__ void __launch_bounds__(WM * WN * 32, MINB) mma_gemm_kernel(mma
                 const int wn_ = j / WTN, jj = j % WTN;
                 const int half = jj / (WTN / 2);
                 const int64_t f = (int64_t)nt * (BN / 2) + wn_ * (WTN / 2) + jj % (WTN / 2);
-                if (f < N) off = ((int64_t)e * 2 * N + half * N + f) * K;
+                if (f < N) off = ((int64_t)half * N + f) * K;
             } else {
                 const int64_t c = (int64_t)nt * BN + j;
-                if (c < N) off = ((int64_t)e * N + c) * K;
+                if (c < N) off = c * K;
             }
             s_brow[j] = off;
         }
@@ -153,7 +162,7 @@ static __global__ void __launch_bounds__(WM * WN * 32, MINB) mma_gemm_kernel(mma
                 const int r = i >> 2, ch = i & 3;
                 const int64_t kk = k0 + ch * 8, ro = s_brow[r];
                 const bool ok = ro >= 0 && kk < K;
-                dmoe_cp_async16(bs + r * PITCH + ch * 8, ok ? (const void *)(W + ro + kk) : (const void *)W, ok);
+                dmoe_cp_async16(bs + r * PITCH + ch * 8, ok ? (const void *)(Wt + ro + kk) : (const void *)Wt, ok);
             }
         };
 
@@ -271,6 +280,7 @@ static dmoe_status grouped_mma(dmoe_context *ctx, const dmoe_cuda_grouped_args *
     p.n_dim = a->n_dim;
     p.a = in;
     p.w = w;
+    p.w_ptrs = a->w_ptrs;
     p.topk_w = topk_w;
     p.out = out;
     const bool large = dmoe__cuda_mma_rows(a) >= 128;

@@ -20,6 +20,13 @@
  * weights bypass L1, token rows stay in it. NT 8-token tiles are done per pass
  * over the weights; an expert with more rows than NT*8 takes several passes
  * (correct, just slower: the heuristics pick NT from the expected rows).
+ *
+ * With a per-expert pointer table (a->w_ptrs, from the expert cache) expert e's
+ * weights are read at w_ptrs[e] instead of w + e * stride: a cache slot in
+ * device memory or the expert's pinned host copy (zero-copy over PCIe). With
+ * an install table (a->w_install) the kernel also stores what it read of
+ * expert e into w_install[e] on its first pass: a cache miss then crosses PCIe
+ * once, while the GEMM runs, instead of in a copy kernel before it.
  */
 #include "cuda-common.cuh"
 #include "cuda-context.h"
@@ -38,6 +45,9 @@ typedef struct stream_params {
     int32_t n_tiles; /* items per expert */
     const void *a;   /* GEMM1: x (T, H); GEMM2: act (T*K, F) */
     const void *w;   /* GEMM1: w13 (E, 2F, H); GEMM2: w2 (E, H, F) */
+    const void *const *w_ptrs; /* (E) per-expert weights, or NULL: w + e * stride */
+    void *const *w_install;    /* (E) slot to copy expert e into while streaming it, or NULL */
+    const int32_t *w_wait;     /* (E) experts to leave until after the grid dependency wait, or NULL */
     const float *topk_w;
     void *out;       /* GEMM1: act; GEMM2: part */
 } stream_params;
@@ -53,27 +63,41 @@ stream_gemm_kernel(stream_params p) {
     const T *a = (const T *)p.a;
     const T *w = (const T *)p.w;
     T *out = (T *)p.out;
-    dmoe_griddep_wait();
+    /* With w_wait, only the experts it flags depend on the previous kernel (the expert cache's
+     * copy kernel; everything else was written by kernels that finished before it started): do
+     * the others first, then wait for the grid dependency and do the flagged ones. */
+    const bool split = p.w_wait != nullptr;
+    if (!split) dmoe_griddep_wait();
     const int n_active = dmoe_active_experts(p.offsets, p.n_experts, s_active, s_warp);
     const int64_t n_items = (int64_t)n_active * p.n_tiles;
 
+    for (int phase = split ? 0 : 1; phase < 2; phase++) {
+    if (split && phase == 1) dmoe_griddep_wait();
     for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
         const int e = s_active[item / p.n_tiles];
+        if (split && (p.w_wait[e] != 0) != (phase == 1)) continue; /* uniform in the block */
         const int tile = (int)(item % p.n_tiles);
         const int32_t seg = p.offsets[e];
         const int32_t m = p.offsets[e + 1] - seg;
-        const T *wexp = w + (int64_t)e * (GEMM1 ? 2 * N : N) * K;
+        const T *wexp = p.w_ptrs ? (const T *)p.w_ptrs[e] : w + (int64_t)e * (GEMM1 ? 2 * N : N) * K;
         const T *wa, *wb;
+        int64_t oa = -1, ob = -1; /* row offsets inside the expert */
         if (GEMM1) {
             const int64_t f = (int64_t)tile * 8 + g;
-            wa = f < N ? wexp + f * K : nullptr;
-            wb = f < N ? wexp + (N + f) * K : nullptr;
+            if (f < N) oa = f * K, ob = (N + f) * K;
         } else {
             const int64_t h = (int64_t)tile * 16 + g;
-            wa = h < N ? wexp + h * K : nullptr;
-            wb = h + 8 < N ? wexp + (h + 8) * K : nullptr;
+            if (h < N) oa = h * K;
+            if (h + 8 < N) ob = (h + 8) * K;
         }
+        wa = oa >= 0 ? wexp + oa : nullptr;
+        wb = ob >= 0 ? wexp + ob : nullptr;
+        /* an install: the weights read (from host memory) are also written to the slot, once */
+        T *inst = p.w_install ? (T *)p.w_install[e] : nullptr;
+        T *ia = inst && oa >= 0 ? inst + oa : nullptr;
+        T *ib = inst && ob >= 0 ? inst + ob : nullptr;
         for (int m0 = 0; m0 < m; m0 += NT * 8) {
+            if (m0 > 0) ia = ib = nullptr; /* installed on the first pass */
             const T *xr[NT];
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
@@ -99,6 +123,16 @@ stream_gemm_kernel(stream_params p) {
 #pragma unroll
                     for (int nt = 0; nt < NT; nt++)
                         vx[u][nt] = dmoe_ld_cached16_if(xr[nt] + kk, ok && xr[nt]);
+                }
+                if (ia || ib) {
+#pragma unroll
+                    for (int u = 0; u < U; u++) {
+                        const int64_t kk = kb + u * STREAM_THREADS + q * 8;
+                        if (kk < K) {
+                            if (ia) *(uint4 *)(ia + kk) = va[u];
+                            if (ib) *(uint4 *)(ib + kk) = vb[u];
+                        }
+                    }
                 }
 #pragma unroll
                 for (int u = 0; u < U; u++)
@@ -145,6 +179,7 @@ stream_gemm_kernel(stream_params p) {
             __syncthreads();
         }
     }
+    } /* phase */
 }
 
 template <typename T, int NT, int U, bool GEMM1>
@@ -184,6 +219,9 @@ static stream_params stream_params_of(const dmoe_cuda_grouped_args *a, const voi
     p.n_tiles = gemm1 ? (int32_t)((a->n_dim + 7) / 8) : (int32_t)((a->n_dim + 15) / 16);
     p.a = act_in;
     p.w = w;
+    p.w_ptrs = a->w_ptrs;
+    p.w_install = a->w_install;
+    p.w_wait = a->w_wait;
     p.topk_w = topk_w;
     p.out = out;
     return p;

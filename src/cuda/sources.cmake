@@ -9,6 +9,7 @@ set(DMOE_CUDA_SOURCES
   src/cuda/gemm-mma.cu
   src/cuda/shared.cu
   src/cuda/combine.cu
+  src/cuda/expert-cache.cu
   src/cuda/fused-moe.cu
   src/cuda/resident.cu
 )

@@ -369,9 +369,6 @@ dmoe_status dmoe_model_load_layer(dmoe_model *m, dmoe_context *ctx, int32_t laye
     if (!same_model_shape(desc, &m->base))
         return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
                            "desc differs from the model's in more than dtypes and max_tokens");
-    if (ctx->desc.backend == DMOE_BACKEND_CUDA)
-        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
-                           "loading a model layer straight into the cuda backend is not implemented yet");
 
     const int64_t H = desc->hidden, F = desc->ffn, E = desc->n_experts, Fs = desc->shared_ffn;
     const size_t es = dmoe_dtype_size(desc->weight_dtype);
@@ -446,7 +443,10 @@ dmoe_status dmoe_model_load_layer(dmoe_model *m, dmoe_context *ctx, int32_t laye
             w.shared_w2 = arena + v[5].offset;
         }
         if (desc->shared_gate == DMOE_SHARED_GATE_SIGMOID) w.shared_gate = arena + v[6].offset;
-        st = dmoe_layer_set_weights(layer, &w);
+        /* host backends keep the arena; cuda copies it to device memory and frees it */
+        layer->owned_weights = NULL;
+        st = dmoe__layer_adopt_arena(layer, arena, total, &w);
+        if (st != DMOE_OK) dmoe__free(ctx, arena);
     }
     if (st != DMOE_OK) {
         dmoe_layer_destroy(layer);
