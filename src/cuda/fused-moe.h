@@ -21,6 +21,9 @@ typedef struct dmoe_fused_args {
     float scale;
     int32_t route_from_ids; /* 1: topk_ids/topk_w are inputs (dmoe_experts), skip the router */
     int32_t is_bf16;        /* 1: bf16 tensors, 0: f16 */
+    int32_t route_kchunk;   /* router columns per k split, the staged router's (dmoe__cuda_router_config),
+                               so dmoe_route and the fused forward route bitwise alike; 0: filled in
+                               by dmoe__fused_forward (a kernel calling fused_body must set it) */
     /* inputs (bf16 or f16) */
     const void *x;            /* (T, H) */
     const void *router;       /* (E, H) */
