@@ -378,6 +378,10 @@ int main(int argc, char **argv) {
                 ntmax = std::max(ntmax, nt[b]);
             }
             std::sort(plan.begin(), plan.end());
+            unsigned long long pt[4];
+            CK(cudaMemcpyFromSymbol(pt, fm_ptrace, sizeof pt));
+            printf("       plan of block 0: logits summed %.1f us, top-k %.1f us, grouping %.1f us\n",
+                   (pt[0] - tr[1]) / 1e3, (pt[1] - pt[0]) / 1e3, (tr[2] - pt[1]) / 1e3);
             printf("       trace (%d blocks): route+arrival %.1f us | plan med %.1f max %.1f us | tasks %.1f us "
                    "(first exit after %.1f) | total %.1f us | tasks per block %u..%u\n",
                    nb, (t1 - t0) / 1e3, plan[plan.size() / 2], plan.back(), (t3 - t2min) / 1e3,

@@ -20,13 +20,13 @@ for st in $STAGES; do case $st in
 harness)
   run qwen_def_trace 60 ./f_def_trace
   [ -n "${OLD:-}" ] && FM_TOKENS=1,16 run qwen_old 40 ./f_old
-  for v in ${VARIANTS:-f_def f_kc1024 f_kc256ns8 f_noevict f_ns5nr3}; do
+  for v in ${VARIANTS-f_def f_kc1024 f_kc256ns8 f_noevict f_ns5nr3}; do
     FM_TOKENS=1,16 FM_REF_MAXT=1 run qwen_$v 40 ./$v
   done
   FM_TOKENS=1,16 run olmoe_def_trace 40 ./f_def_trace 2048 1024 64 8
   [ -n "${OLD:-}" ] && FM_TOKENS=1,16 FM_REF_MAXT=1 run olmoe_old 40 ./f_old 2048 1024 64 8
-  FM_TOKENS=1,3,16,64 FM_REF_MAXT=16 run odd_def_trace 60 ./f_def_trace 2880 1408 60 6 1 2816
-  FM_TOKENS=1,16 FM_REF_MAXT=1 run mixtral_def_trace 60 ./f_def_trace 4096 14336 8 2
+  [ -z "${SHORT:-}" ] && FM_TOKENS=1,3,16,64 FM_REF_MAXT=16 run odd_def_trace 60 ./f_def_trace 2880 1408 60 6 1 2816
+  [ -z "${SHORT:-}" ] && FM_TOKENS=1,16 FM_REF_MAXT=1 run mixtral_def_trace 60 ./f_def_trace 4096 14336 8 2
   [ -n "${OLD:-}" ] && FM_TOKENS=1,16 FM_REF_MAXT=1 run mixtral_old 60 ./f_old 4096 14336 8 2
   ;;
 tests)
@@ -50,6 +50,7 @@ done
 echo "=== tests"
 grep -hE "checks|FAIL" "$OUT"/test-*.log 2>/dev/null | tail -8
 grep -hE "SUMMARY" "$OUT"/racecheck*.log 2>/dev/null | tail -3
+grep -hE "Race reported" "$OUT"/racecheck*.log 2>/dev/null | sed 's/(const dmoe[^)]*)//g' | cut -c1-200 | sort | uniq -c | head
 grep -hE "paths|^qwen|^olmoe|^mixtral|^deepseek" "$OUT"/bench.log 2>/dev/null | tail -20
 cat "$OUT/summary.txt"
 rm -f "$OUT"/*.log

@@ -137,6 +137,11 @@ static __host__ __device__ int fm_route_kr(int kchunk, int H) {
     return kchunk > 0 ? kchunk : (H + 255) / 256 * 256;
 }
 
+/* The plan sums the router's split partials into shared memory first (one
+ * round of loads for the whole block) when the (T, E+1) logits take <= 32 KB;
+ * else each top-k warp sums its token's. */
+static __host__ __device__ bool fm_logits_in_smem(int T, int E) { return (size_t)T * (E + 1) * 4 <= 32768; }
+
 /* Shared memory of one block (byte offsets). */
 typedef struct fm_smem {
     uint32_t bar, meta, seg, slot, red, ring, total;
@@ -154,8 +159,8 @@ static __host__ __device__ fm_smem fm_smem_layout(int T, int E, int K, int S) {
     m.meta = o; /* stage_task[NS], stage_chunk[NS], red_task[NR], hdr[H_WORDS] */
     o += (2 * FM_NS + FM_NR + H_WORDS) * 4;
     o = (o + 15) / 16 * 16;
-    m.seg = o; /* seg_begin, seg_count, seg_expert, ready: (E + S) each */
-    o += 4 * nsm * 4;
+    m.seg = o; /* seg_begin, seg_count, seg_expert: (E + S) each */
+    o += 3 * nsm * 4;
     o = (o + 15) / 16 * 16;
     m.slot = o; /* slot_token (P), slot_weight (P), slot_of (T*K) */
     o += (2 * P + TK) * 4;
@@ -164,7 +169,7 @@ static __host__ __device__ fm_smem fm_smem_layout(int T, int E, int K, int S) {
     o += FM_NR * FM_CWARPS * m.ntt * 128 * 4;
     o = (o + 127) / 128 * 128;
     m.ring = o; /* FM_NS stages; while planning: top-k scratch */
-    const uint32_t scratch = (uint32_t)(T * (E + 1) + FM_WARPS * 3 * E + 2 * TK + 2 * E) * 4;
+    const uint32_t scratch = (uint32_t)((fm_logits_in_smem(T, E) ? T * (E + 1) : 0) + FM_WARPS * 3 * E + 2 * TK + 2 * E) * 4;
     const uint32_t ring = FM_NS * FM_STAGE;
     o += ring > scratch ? ring : scratch;
     m.total = o;
@@ -248,6 +253,12 @@ static __device__ __forceinline__ void fence_proxy_async() {
  * after the plan, at exit; per block the number of tasks its producer claimed. */
 __device__ unsigned long long fm_trace[4 * 4096];
 __device__ unsigned int fm_ntasks[4096];
+__device__ unsigned long long fm_ptrace[4]; /* block 0: logits summed, top-k done */
+static __device__ __forceinline__ unsigned long long gtime() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
 static __device__ __forceinline__ void trace(int i) {
     if (threadIdx.x == 0 && blockIdx.x < 4096) {
         unsigned long long t;
@@ -264,7 +275,6 @@ struct fm_sp {
     uint64_t *full, *empty, *redfull, *redempty;
     int *stage_task, *stage_chunk, *red_task, *hdr;
     int *seg_begin, *seg_count, *seg_expert;
-    volatile int *ready;
     int *slot_token, *slot_of;
     float *slot_weight, *red;
     char *ring;
@@ -287,7 +297,6 @@ static __device__ __forceinline__ fm_sp fm_pointers(char *smem, const fm_smem &m
     s.seg_begin = sg;
     s.seg_count = sg + nsm;
     s.seg_expert = sg + 2 * nsm;
-    s.ready = sg + 3 * nsm;
     s.slot_token = (int *)(smem + m.slot);
     s.slot_weight = (float *)(s.slot_token + P);
     s.slot_of = (int *)(s.slot_weight + P);
@@ -304,7 +313,10 @@ static __device__ __forceinline__ fm_sp fm_pointers(char *smem, const fm_smem &m
  * order, so dmoe_route (staged) and the fused forward agree bitwise. */
 
 /* Index of the best non-NaN value of arr[0..n): highest first, then the lowest
- * index. The same answer in every lane. */
+ * index; -1 when every value is NaN. The same answer in every lane (router.cu's
+ * warp_argmax, with two redux.sync instead of ten shuffles: the warp maximum of
+ * an order-preserving integer key of the value, then the lowest index among
+ * the lanes that hold it; -0 counts as +0, as a float compare does). */
 static __device__ __forceinline__ int rt_warp_argmax(const float *arr, int n) {
     const int lane = threadIdx.x & 31;
     float bv = 0.0f;
@@ -317,16 +329,11 @@ static __device__ __forceinline__ int rt_warp_argmax(const float *arr, int n) {
             bi = i;
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
-            bv = ov;
-            bi = oi;
-        }
-    }
-    return bi;
+    const uint32_t u = __float_as_uint(bv + 0.0f);
+    const uint32_t key = bi < 0 ? 0u : ((u & 0x80000000u) ? ~u : (u | 0x80000000u)) ; /* > 0 for any value */
+    const uint32_t kmax = __reduce_max_sync(0xffffffffu, key);
+    if (kmax == 0u) return -1;
+    return (int)__reduce_min_sync(0xffffffffu, key == kmax ? (uint32_t)bi : 0xffffffffu);
 }
 
 /* Top-k of token t by one warp from its logits lg (E floats, shared memory);
@@ -428,12 +435,14 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
     const int E = a.n_experts, K = a.top_k, T = a.n_tokens, S = a.n_shared, P = T * K;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int G = a.n_group > 1 ? a.n_group : 0, per_warp = 2 * E + G;
-    float *lg = (float *)sp.ring; /* (T, E+1) logits, FM_WARPS x (2E + G), ids, wts, cnt, sbase */
-    float *fbuf = lg + (size_t)T * (E + 1);
+    const bool lg_smem = fm_logits_in_smem(T, E);
+    /* ring scratch: (T, E+1) logits when lg_smem, FM_WARPS x (2E + G), ids, wts, cnt, sbase */
+    float *lg = (float *)sp.ring;
+    float *fbuf = lg + (lg_smem ? (size_t)T * (E + 1) : 0);
     int *ids = (int *)(fbuf + (size_t)FM_WARPS * per_warp);
     float *wts = (float *)(ids + P);
     int *cnt = (int *)(wts + P), *sbase = cnt + E;
-    if (!a.route_from_ids || a.shared_gate) {
+    if (lg_smem && (!a.route_from_ids || a.shared_gate)) {
         /* logits = the split partials summed in split order, 4 x 8 loads in flight per thread */
         const int n = T * (E + 1);
         const size_t sstride = (size_t)T * (E + 1);
@@ -460,10 +469,24 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
         }
         __syncthreads();
     }
+#ifdef FM_TRACE
+    if (threadIdx.x == 0 && blockIdx.x == 0) fm_ptrace[0] = gtime();
+#endif
     if (!a.route_from_ids) {
         float *sc = fbuf + (size_t)warp * per_warp;
-        for (int t = warp; t < T; t += FM_WARPS)
-            topk_token(a, lg + (size_t)t * (E + 1), t, sc, sc + E, sc + 2 * E, ids, wts, blockIdx.x == 0);
+        for (int t = warp; t < T; t += FM_WARPS) {
+            const float *lt = lg + (size_t)t * (E + 1);
+            if (!lg_smem) { /* this token's logits, summed in split order, into s_choice first */
+                for (int e = lane; e < E; e += 32) {
+                    float v = 0.0f;
+                    for (int s = 0; s < nsplit; s++) v += ld_l2f(L.plog + ((size_t)s * T + t) * (E + 1) + e);
+                    sc[E + e] = v;
+                }
+                __syncwarp();
+                lt = sc + E;
+            }
+            topk_token(a, lt, t, sc, sc + E, sc + 2 * E, ids, wts, blockIdx.x == 0);
+        }
     } else {
         for (int p = threadIdx.x; p < P; p += FM_THREADS) {
             ids[p] = __ldcg(a.topk_ids + p);
@@ -471,8 +494,10 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
         }
     }
     for (int e = threadIdx.x; e < E; e += FM_THREADS) cnt[e] = 0;
-    for (int e = threadIdx.x; e < E + S; e += FM_THREADS) sp.ready[e] = 0;
     __syncthreads();
+#ifdef FM_TRACE
+    if (threadIdx.x == 0 && blockIdx.x == 0) fm_ptrace[1] = gtime();
+#endif
     for (int p = threadIdx.x; p < P; p += FM_THREADS) {
         int e = ids[p];
         if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
@@ -540,7 +565,14 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
         for (int i = threadIdx.x - 32; i < S * T; i += FM_THREADS - 32) {
             const int t = i % T;
             sp.slot_token[P + i] = t;
-            sp.slot_weight[P + i] = a.shared_gate ? __frcp_rn(1.f + __expf(-lg[(size_t)t * (E + 1) + E])) : 1.f;
+            float v;
+            if (lg_smem) {
+                v = lg[(size_t)t * (E + 1) + E];
+            } else {
+                v = 0.0f;
+                for (int s = 0; s < nsplit; s++) v += ld_l2f(L.plog + ((size_t)s * T + t) * (E + 1) + E);
+            }
+            sp.slot_weight[P + i] = a.shared_gate ? __frcp_rn(1.f + __expf(-v)) : 1.f;
         }
     }
     fence_proxy_async(); /* the ring held the scratch; the copy engine writes it next */
@@ -622,7 +654,7 @@ static __device__ void route_pass(const dmoe_fused_args &a, const fm_layout &L, 
         const int t = p0 + 8 * j + g;
         xr[j] = t < T ? (const uint16_t *)a.x + (size_t)t * H : nullptr;
     }
-    constexpr int WB = NT == 1 ? 8 : 4; /* virtual warps whose loads are in flight together */
+    constexpr int WB = NT == 1 ? 8 : 2; /* virtual warps whose loads are in flight together */
     float acc[8][NT][4];
 #pragma unroll
     for (int w = 0; w < 8; w++)
@@ -840,7 +872,7 @@ static __device__ __forceinline__ void ring_mma(const char *stage, int kk0, int 
  * already waited for), then the warp's partial tile into reduction buffer rb. */
 template <typename DT, int NTT>
 static __device__ void consumer_task(const dmoe_fused_args &a, const fm_layout &L, const fm_sp &sp, uint32_t task,
-                                     const fm_task &d, uint32_t &it, uint32_t &rb) {
+                                     const fm_task &d, uint32_t &it, uint32_t &rb, int &ready_seg) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, H = a.hidden;
     const int begin = sp.seg_begin[d.seg], n = sp.seg_count[d.seg], F = seg_ffn(a, sp, d.seg);
     const size_t fstride = (size_t)(a.ffn > a.shared_ffn ? a.ffn : a.shared_ffn);
@@ -867,12 +899,10 @@ static __device__ void consumer_task(const dmoe_fused_args &a, const fm_layout &
             mb[j] = r < n ? ~0u : 0u;
             brow[j] = L.act + (size_t)(begin + (r < n ? r : 0)) * fstride;
         }
-        if (!sp.ready[d.seg]) { /* act of this segment: every GEMM1 task of it published */
-            if (lane == 0) {
-                wait_at_least(L.done1 + d.seg, (uint32_t)(F / 8));
-                sp.ready[d.seg] = 1;
-            }
+        if (d.seg != ready_seg) { /* act of this segment: every GEMM1 task of it published */
+            if (lane == 0) wait_at_least(L.done1 + d.seg, (uint32_t)(F / 8));
             __syncwarp();
+            ready_seg = d.seg;
         }
     }
     float acc[NTT][4];
@@ -913,6 +943,7 @@ template <typename DT> static __device__ void consumer_role(const dmoe_fused_arg
                                                           const fm_sp &sp) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     uint32_t it = 0, rb = 0;
+    int ready_seg = -1; /* the last segment whose act this warp saw complete */
     for (;;) {
         const uint32_t st = it % FM_NS;
         mbar_wait(sp.full + st, (it / FM_NS) & 1);
@@ -920,10 +951,10 @@ template <typename DT> static __device__ void consumer_role(const dmoe_fused_arg
         if (task < 0) break;
         const fm_task d = decode(a, sp, (uint32_t)task);
         const int n = sp.seg_count[d.seg];
-        if (n <= 8) consumer_task<DT, 1>(a, L, sp, (uint32_t)task, d, it, rb);
-        else if (n <= 16) consumer_task<DT, 2>(a, L, sp, (uint32_t)task, d, it, rb);
-        else if (n <= 32) consumer_task<DT, 4>(a, L, sp, (uint32_t)task, d, it, rb);
-        else consumer_task<DT, 8>(a, L, sp, (uint32_t)task, d, it, rb);
+        if (n <= 8) consumer_task<DT, 1>(a, L, sp, (uint32_t)task, d, it, rb, ready_seg);
+        else if (n <= 16) consumer_task<DT, 2>(a, L, sp, (uint32_t)task, d, it, rb, ready_seg);
+        else if (n <= 32) consumer_task<DT, 4>(a, L, sp, (uint32_t)task, d, it, rb, ready_seg);
+        else consumer_task<DT, 8>(a, L, sp, (uint32_t)task, d, it, rb, ready_seg);
     }
     const uint32_t b = rb % FM_NR;
     if (rb >= FM_NR) mbar_wait(sp.redempty + b, ((rb / FM_NR) - 1) & 1);
