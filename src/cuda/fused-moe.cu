@@ -579,58 +579,6 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
     __syncthreads();
 }
 
-/* 32-wide k steps whose loads are issued before the first mma: 8 for one
- * token tile, fewer when more token tiles hold registers. */
-#define FM_UNROLL (8 / NT)
-
-/* acc[j] += W[rows lo/hi] . B[j] over k in [k0, k1): 16 weight rows (lo: row g,
- * hi: row g + 8) against NT tiles of 8 token rows (brow[j]: this thread's row,
- * or NULL for padding; bvalid: any real row, read in its place and masked).
- * Loads are unconditional (k past the end reads k0) and masked afterwards, so
- * the compiler issues all FM_UNROLL steps of loads before the first mma. */
-template <typename DT, int NT, bool B_L2>
-static __device__ __forceinline__ void mma_rows(const uint16_t *rlo, const uint16_t *rhi, int k0, int k1,
-                                                const uint16_t *const (&brow)[NT], const uint16_t *bvalid,
-                                                float (&acc)[NT][4]) {
-    const int c = threadIdx.x & 3;
-    const uint32_t mlo = rlo ? ~0u : 0u, mhi = rhi ? ~0u : 0u;
-    const uint16_t *plo = rlo ? rlo : (rhi ? rhi : bvalid), *phi = rhi ? rhi : plo;
-    uint32_t mb[NT];
-    const uint16_t *pb[NT];
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-        mb[j] = brow[j] ? ~0u : 0u;
-        pb[j] = brow[j] ? brow[j] : bvalid;
-    }
-    for (int kb = k0; kb < k1; kb += 32 * FM_UNROLL) {
-        uint4 lo[FM_UNROLL], hi[FM_UNROLL], b[FM_UNROLL][NT];
-        uint32_t mk[FM_UNROLL];
-#pragma unroll
-        for (int u = 0; u < FM_UNROLL; u++) {
-            int k = kb + 32 * u + 8 * c;
-            mk[u] = k < k1 ? ~0u : 0u;
-            k = k < k1 ? k : k0;
-            lo[u] = dmoe_ld_stream16(plo + k);
-            hi[u] = dmoe_ld_stream16(phi + k);
-#pragma unroll
-            for (int j = 0; j < NT; j++)
-                b[u][j] = B_L2 ? ld_l2(pb[j] + k) : __ldg((const uint4 *)(pb[j] + k));
-        }
-#pragma unroll
-        for (int u = 0; u < FM_UNROLL; u++) {
-            const uint32_t ml = mlo & mk[u], mh = mhi & mk[u];
-#pragma unroll
-            for (int j = 0; j < NT; j++) {
-                const uint32_t m = mb[j];
-                const uint4 wa = make_uint4(lo[u].x & ml, lo[u].y & ml, lo[u].z & ml, lo[u].w & ml);
-                const uint4 wb = make_uint4(hi[u].x & mh, hi[u].y & mh, hi[u].z & mh, hi[u].w & mh);
-                const uint4 xv = make_uint4(b[u][j].x & m, b[u][j].y & m, b[u][j].z & m, b[u][j].w & m);
-                dmoe_mma_swapped<DT>(acc[j], wa, wb, xv);
-            }
-        }
-    }
-}
-
 /* ---- ROUTE: one warp per (16 router rows, k split) unit ---- */
 
 /* Partial logits of 16 router rows r0.. (row E is the shared gate's) over the
