@@ -3,21 +3,40 @@
  * design), for decode-sized batches (few tokens per expert).
  *
  * Phases, with counters instead of grid-wide barriers:
- *   ROUTE   every warp of the grid computes router logits (T, E) for a strided
- *           set of experts (the router is read from HBM once); each block then
- *           arrives on a counter.
- *   PLAN    the LAST block to arrive does top-k per token (softmax | sigmoid,
- *           bias, groups, renorm, scaling: the rules of dmoe.h, in float), the
- *           stable grouping of (token, k) pairs by expert, and the segment
- *           table; then it raises a flag the other blocks wait on.
- *   TASKS   warps claim tasks from one atomic counter, in order:
- *           GEMM1(seg, 8 features): act[slot, f] = silu(x.W1[f]) * (x.W3[f]) for
- *               all tokens of the segment; arrives on done1[seg];
- *           GEMM2(seg, 16 rows of H): part[slot, h] = w_slot * act[slot] . W2[h];
- *               it prefetches its W2 rows into L2, then waits for done1[seg];
- *               arrives on done2[h tile]; the warp that completes an h tile
- *               COMBINES it: y[t, h] = sum over k in order of part[slot_of(t,k), h]
- *               plus the shared experts, so the output is bitwise deterministic.
+ *   ROUTE   every warp of the grid takes (16 router rows, k split) units and
+ *           writes partial logits (nsplit, T, E+1), the router read from HBM
+ *           once and each unit one round of loads. The k splits and the
+ *           summation order are the staged router's (router.cu), so dmoe_route
+ *           and the fused forward route bitwise alike. A warp arrives on one
+ *           counter with its unit count; every block waits for all units.
+ *   PLAN    EVERY block computes the routing and the plan redundantly in its
+ *           own shared memory (T*E is small here): logits = the split
+ *           partials summed in split order, top-k per token (softmax |
+ *           sigmoid, bias, groups, renorm, scaling: the rules of dmoe.h), the
+ *           stable grouping of (token, k) pairs by expert, the segment table.
+ *           No block waits for another one's plan; block 0 writes topk_ids/w.
+ *   TASKS   warp roles, one function each:
+ *           producer  (1 warp) claims tasks from one atomic counter (one task
+ *                     ahead) and streams each task's 16 weight rows, in chunks
+ *                     of FM_KC columns, into an FM_NS-stage shared-memory ring
+ *                     with cp.async.bulk completing on mbarriers (L2 evict-first);
+ *           consumers (4 warps) split the chunk's k, run mma.sync from the
+ *                     ring (A = weights, 16-byte conflict-free lds) against the
+ *                     token rows (x from L1, act from L2), release the stage,
+ *                     and hand their partial sums to the publisher through an
+ *                     FM_NR-deep reduction ring;
+ *           publisher (1 warp) sums the four partials in warp order
+ *                     (deterministic), applies SwiGLU (GEMM1) or the routing
+ *                     weight (GEMM2), writes act / part, fences and arrives on
+ *                     done1[seg] / done2[h tile]; the publisher that completes an
+ *                     h tile COMBINES it: y[t, h] = sum over k in order of
+ *                     part[slot_of(t,k), h] plus the shared experts, so the
+ *                     output is bitwise deterministic.
+ *           Tasks: GEMM1(seg, 8 features) = the 8 gate and the 8 up rows of the
+ *           same features (SwiGLU needs no exchange); GEMM2(seg, 16 rows of H)
+ *           waits (consumer side only: its weights are already streaming) for
+ *           done1[seg] = F/8. Tasks are claimed in order, all GEMM1 first, so a
+ *           block never waits on a task that is claimed after its own.
  *   EXIT    the last block to leave resets every counter to zero, so the next
  *           launch (or a CUDA-graph replay) starts clean without a memset.
  * All blocks must be resident (they wait on each other): the launch is
@@ -26,46 +45,63 @@
  * Tensor cores with the operands swapped ("swap AB"): the weight rows are the
  * M side of mma.sync m16n8k16 (16 weight rows) and the tokens the N side (8),
  * so a single token wastes nothing of the weight stream. The k order inside
- * each 32-wide step is permuted identically for A and B, which lets every
- * thread load 16 contiguous bytes of a weight row and of a token row straight
- * into its fragment registers (no shared memory, no ldmatrix):
+ * each 32-wide step is permuted identically for A and B, so every thread reads
+ * 16 contiguous bytes of a weight row (from the ring) and of a token row
+ * straight into its fragment registers:
  *   thread (g = lane/4, c = lane%4) loads W[row g][kb+8c..+7], W[row g+8][..],
  *   X[token g][kb+8c..+7]; mma #1 takes the first 4 elements of each, mma #2
- *   the last 4.
- * In GEMM1 the 16 rows are 8 gate rows and the 8 up rows of the SAME features,
- * so SwiGLU happens in registers.
+ *   the last 4. Ring rows are FM_RS = 2*FM_KC + 64 bytes apart (64 mod 128),
+ *   so the 8 threads of a quarter warp hit 8 distinct 16-byte bank groups.
  *
  * Layouts (T tokens, K = top_k, S shared experts, P = T*K + S*T slots):
  *   x (T, H), router (E, H), w13 (E, 2F, H), w2 (E, H, F), y (T, H)
- *   workspace: counters | logits (T, E+1) | slot_token (P) | slot_weight (P) |
- *              slot_of (T*K) | seg tables | act (P, Fmax) | part (P, H) float
+ *   workspace: counters | done1 (E+S) | done2 (H/16) | partial logits
+ *              (k splits, T, E+1) | act (P, Fmax) | part (P, H) float
+ *   shared memory (fm_smem_layout): mbarriers | stage/reduction metadata |
+ *              segment table | slots | reduction ring | weight ring (the
+ *              top-k scratch while planning).
  */
 #include <float.h>
 
 #include "cuda-common.cuh"
 #include "fused-moe.h"
+#include "heuristics.h"
 
-#ifndef FM_THREADS
-#define FM_THREADS 128
+#ifndef FM_KC
+#define FM_KC 512 /* k columns per ring stage (a multiple of 64) */
 #endif
-#define FM_WARPS (FM_THREADS / 32)
-#define FM_TOPK_WARPS FM_WARPS
+#ifndef FM_NS
+#define FM_NS 4 /* ring stages */
+#endif
+#ifndef FM_NR
+#define FM_NR 2 /* reduction buffers between the consumers and the publisher */
+#endif
 #ifndef FM_MIN_BLOCKS
-#define FM_MIN_BLOCKS 4 /* blocks per SM the register budget is cut for */
+#define FM_MIN_BLOCKS 2 /* blocks per SM the register budget is cut for */
 #endif
+#ifndef FM_EVICT_FIRST
+#define FM_EVICT_FIRST 1 /* weights are read once: L2 evict-first on the bulk copies */
+#endif
+#define FM_CWARPS 4    /* consumer warps 0..3 */
+#define FM_PRODUCER 4  /* warp index of the producer */
+#define FM_PUBLISHER 5 /* warp index of the publisher */
+#define FM_WARPS 6
+#define FM_THREADS (32 * FM_WARPS)
+#define FM_RS (2 * FM_KC + 64) /* bytes between ring rows: 64 mod 128, no bank conflicts */
+#define FM_STAGE (16 * FM_RS)
+#define FM_SPLIT_MAX 32 /* k splits of the router (the staged router uses <= ceil(H/256), capped by its heuristics) */
+static_assert(FM_KC % 64 == 0, "FM_KC must be a multiple of 64");
 
 /* Counter block at the start of the workspace (uint32 each). */
-enum { C_ARRIVE = 0, C_FLAG, C_TASK, C_EXIT, C_RTASK, C_NSEG, C_NROUTED, C_NTASK1, C_NTASK, C_HEADER = 32 };
+enum { C_ARRIVE = 0, C_TASK, C_EXIT, C_HEADER = 32 };
+/* Plan header in shared memory. */
+enum { H_NSEG = 0, H_NROUTED, H_N1, H_N, H_WORDS = 8 };
 
 typedef struct fm_layout {
     uint32_t *ctr;      /* (C_HEADER) */
     uint32_t *done1;    /* (E + S) */
     uint32_t *done2;    /* (ceil(H/16)) */
-    float *logits;      /* (T, E + 1) */
-    int32_t *slot_token;/* (P) */
-    float *slot_weight; /* (P) */
-    int32_t *slot_of;   /* (T*K) */
-    int32_t *seg_begin, *seg_count, *seg_expert; /* (E + S) */
+    float *plog;        /* (k splits, T, E + 1) partial router logits */
     uint16_t *act;      /* (P, Fmax) */
     float *part;        /* (P, H) */
 } fm_layout;
@@ -87,17 +123,57 @@ static __host__ __device__ size_t fm_carve(void *base, int64_t T, int32_t H, int
     FM_TAKE(ctr, uint32_t, C_HEADER);
     FM_TAKE(done1, uint32_t, nseg);
     FM_TAKE(done2, uint32_t, ht);
-    FM_TAKE(logits, float, (size_t)T * (E + 1));
-    FM_TAKE(slot_token, int32_t, P);
-    FM_TAKE(slot_weight, float, P);
-    FM_TAKE(slot_of, int32_t, (size_t)T * K);
-    FM_TAKE(seg_begin, int32_t, nseg);
-    FM_TAKE(seg_count, int32_t, nseg);
-    FM_TAKE(seg_expert, int32_t, nseg);
+    const size_t nsplit = ((size_t)H + 255) / 256 < FM_SPLIT_MAX ? ((size_t)H + 255) / 256 : FM_SPLIT_MAX;
+    FM_TAKE(plog, float, nsplit * T * (E + 1));
     FM_TAKE(act, uint16_t, P * fmax);
     FM_TAKE(part, float, P * (size_t)H);
 #undef FM_TAKE
     return off;
+}
+
+/* Router columns per k split: the staged router's choice (route_kchunk, set
+ * by dmoe__fused_forward), or one split when a caller left it 0. */
+static __host__ __device__ int fm_route_kr(int kchunk, int H) {
+    return kchunk > 0 ? kchunk : (H + 255) / 256 * 256;
+}
+
+/* The plan sums the router's split partials into shared memory first (one
+ * round of loads for the whole block) when the (T, E+1) logits take <= 32 KB;
+ * else each top-k warp sums its token's. */
+static __host__ __device__ bool fm_logits_in_smem(int T, int E) { return (size_t)T * (E + 1) * 4 <= 32768; }
+
+/* Shared memory of one block (byte offsets). */
+typedef struct fm_smem {
+    uint32_t bar, meta, seg, slot, red, ring, total;
+    int ntt; /* token tiles of 8 the reduction ring holds per warp: 1, 2, 4 or 8 */
+} fm_smem;
+
+static __host__ __device__ fm_smem fm_smem_layout(int T, int E, int K, int S) {
+    fm_smem m;
+    const uint32_t nsm = (uint32_t)(E + S), P = (uint32_t)(T * K + S * T), TK = (uint32_t)(T * K);
+    const int tt = (T + 7) / 8;
+    m.ntt = tt <= 1 ? 1 : tt <= 2 ? 2 : tt <= 4 ? 4 : 8;
+    uint32_t o = 0;
+    m.bar = o; /* full[NS], empty[NS], redfull[NR], redempty[NR] */
+    o += (2 * FM_NS + 2 * FM_NR) * 8;
+    m.meta = o; /* stage_task[NS], stage_chunk[NS], red_task[NR], hdr[H_WORDS] */
+    o += (2 * FM_NS + FM_NR + H_WORDS) * 4;
+    o = (o + 15) / 16 * 16;
+    m.seg = o; /* seg_begin, seg_count, seg_expert: (E + S) each */
+    o += 3 * nsm * 4;
+    o = (o + 15) / 16 * 16;
+    m.slot = o; /* slot_token (P), slot_weight (P), slot_of (T*K) */
+    o += (2 * P + TK) * 4;
+    o = (o + 15) / 16 * 16;
+    m.red = o; /* (NR, FM_CWARPS, ntt, 32 lanes, 4) floats */
+    o += FM_NR * FM_CWARPS * m.ntt * 128 * 4;
+    o = (o + 127) / 128 * 128;
+    m.ring = o; /* FM_NS stages; while planning: top-k scratch */
+    const uint32_t scratch = (uint32_t)((fm_logits_in_smem(T, E) ? T * (E + 1) : 0) + FM_WARPS * 3 * E + 2 * TK + 2 * E) * 4;
+    const uint32_t ring = FM_NS * FM_STAGE;
+    o += ring > scratch ? ring : scratch;
+    m.total = o;
+    return m;
 }
 
 /* ---- small device helpers ---- */
@@ -106,45 +182,83 @@ static __host__ __device__ size_t fm_carve(void *base, int64_t T, int32_t H, int
  * compiler keeps it after the acquire that guards it). */
 static __device__ __forceinline__ uint4 ld_l2(const void *p) { return __ldcg((const uint4 *)p); }
 static __device__ __forceinline__ float ld_l2f(const float *p) { return __ldcg(p); }
-static __device__ __forceinline__ int ld_l2i(const int32_t *p) { return __ldcg(p); }
 static __device__ __forceinline__ uint32_t ld_acquire(const uint32_t *p) {
     uint32_t v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
-static __device__ __forceinline__ void st_release(uint32_t *p, uint32_t v) {
-    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
 static __device__ __forceinline__ void wait_at_least(const uint32_t *p, uint32_t target) {
     unsigned ns = 32;
-    while (ld_acquire(p) < target) { /* back off: thousands of warps may poll one line */
+    while (ld_acquire(p) < target) { /* back off: hundreds of warps may poll one line */
         __nanosleep(ns);
-        ns = ns < 512 ? ns * 2 : ns;
+        ns = ns < 256 ? ns * 2 : ns;
     }
 }
 
-static __device__ __forceinline__ float sanitize(float v) {
-    if (isnan(v)) return -FLT_MAX;
-    return fminf(fmaxf(v, -FLT_MAX), FLT_MAX);
+/* ---- mbarriers and bulk copies (shared::cta addresses) ---- */
+static __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+static __device__ __forceinline__ void mbar_init(uint64_t *b, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count) : "memory");
+}
+static __device__ __forceinline__ void mbar_inval(uint64_t *b) {
+    asm volatile("mbarrier.inval.shared::cta.b64 [%0];" ::"r"(smem_u32(b)) : "memory");
+}
+static __device__ __forceinline__ void mbar_arrive(uint64_t *b) {
+    asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(smem_u32(b)) : "memory");
+}
+static __device__ __forceinline__ void mbar_arrive_tx(uint64_t *b, uint32_t bytes) {
+    asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(smem_u32(b)),
+                 "r"(bytes)
+                 : "memory");
+}
+static __device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity) {
+    uint32_t done;
+    do {
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(smem_u32(b)), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+/* bytes (a multiple of 16) from global src to shared dst (both 16-byte aligned),
+ * completing on mbarrier bar. */
+static __device__ __forceinline__ void bulk_g2s(void *dst, const void *src, uint32_t bytes, uint64_t *bar,
+                                                uint64_t pol) {
+#if FM_EVICT_FIRST
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
+                 ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(pol)
+                 : "memory");
+#else
+    (void)pol;
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar))
+                 : "memory");
+#endif
+}
+static __device__ __forceinline__ uint64_t evict_first_policy() {
+    uint64_t p = 0;
+#if FM_EVICT_FIRST
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+#endif
+    return p;
+}
+/* Generic-proxy writes to shared memory that the copy engine overwrites next. */
+static __device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
 
-/* Better candidate: higher value, then lower index. */
-static __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
-    return v > bv || (v == bv && i < bi);
-}
-static __device__ __forceinline__ void warp_argmax(float &v, int &i) {
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        int oi = __shfl_xor_sync(0xffffffffu, i, o);
-        if (better(ov, oi, v, i)) {
-            v = ov;
-            i = oi;
-        }
-    }
-}
 #ifdef FM_TRACE
-/* Development only: per block, globaltimer at entry, arrival, start of tasks, exit. */
+/* Development only: per block, globaltimer at entry, after the arrival wait,
+ * after the plan, at exit; per block the number of tasks its producer claimed. */
 __device__ unsigned long long fm_trace[4 * 4096];
+__device__ unsigned int fm_ntasks[4096];
+__device__ unsigned long long fm_ptrace[4]; /* block 0: logits summed, top-k done */
+static __device__ __forceinline__ unsigned long long gtime() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
 static __device__ __forceinline__ void trace(int i) {
     if (threadIdx.x == 0 && blockIdx.x < 4096) {
         unsigned long long t;
@@ -152,113 +266,240 @@ static __device__ __forceinline__ void trace(int i) {
         fm_trace[4 * blockIdx.x + i] = t;
     }
 }
-__device__ unsigned long long fm_wtrace[4 * 65536]; /* per warp: kind, start, wait end, end */
-static __device__ __forceinline__ unsigned long long gtime() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
 #else
 static __device__ __forceinline__ void trace(int) {}
 #endif
 
-/* ---- PLAN: top-k per token, then the stable grouping; run by one block ---- */
-static __device__ void topk_token(const dmoe_fused_args &a, const fm_layout &L, int t, float *sc, float *ch,
-                                  float *gs) {
-    const int lane = threadIdx.x & 31, E = a.n_experts, K = a.top_k;
-    const float *lg = L.logits + (size_t)t * (E + 1);
-    for (int e = lane; e < E; e += 32) sc[e] = sanitize(ld_l2f(lg + e));
-    __syncwarp();
-    if (a.scoring == DMOE_SCORING_SOFTMAX) {
-        float m = -FLT_MAX;
-        for (int e = lane; e < E; e += 32) m = fmaxf(m, sc[e]);
-        m = dmoe_warp_max(m);
-        float s = 0.f;
-        for (int e = lane; e < E; e += 32) {
-            sc[e] = __expf(sc[e] - m);
-            s += sc[e];
+/* The block's shared memory, as pointers. */
+struct fm_sp {
+    uint64_t *full, *empty, *redfull, *redempty;
+    int *stage_task, *stage_chunk, *red_task, *hdr;
+    int *seg_begin, *seg_count, *seg_expert;
+    int *slot_token, *slot_of;
+    float *slot_weight, *red;
+    char *ring;
+    int ntt;
+};
+static __device__ __forceinline__ fm_sp fm_pointers(char *smem, const fm_smem &m, int E, int S, int P) {
+    fm_sp s;
+    uint64_t *b = (uint64_t *)(smem + m.bar);
+    s.full = b;
+    s.empty = b + FM_NS;
+    s.redfull = b + 2 * FM_NS;
+    s.redempty = b + 2 * FM_NS + FM_NR;
+    int *mt = (int *)(smem + m.meta);
+    s.stage_task = mt;
+    s.stage_chunk = mt + FM_NS;
+    s.red_task = mt + 2 * FM_NS;
+    s.hdr = mt + 2 * FM_NS + FM_NR;
+    const int nsm = E + S;
+    int *sg = (int *)(smem + m.seg);
+    s.seg_begin = sg;
+    s.seg_count = sg + nsm;
+    s.seg_expert = sg + 2 * nsm;
+    s.slot_token = (int *)(smem + m.slot);
+    s.slot_weight = (float *)(s.slot_token + P);
+    s.slot_of = (int *)(s.slot_weight + P);
+    s.red = (float *)(smem + m.red);
+    s.ring = smem + m.ring;
+    s.ntt = m.ntt;
+    return s;
+}
+
+/* ---- PLAN: every block, in its own shared memory ---- */
+
+/* The routing arithmetic below is the staged router's (router.cu: route_token,
+ * warp_argmax) operation for operation, on logits summed in the same k-split
+ * order, so dmoe_route (staged) and the fused forward agree bitwise. */
+
+/* Index of the best non-NaN value of arr[0..n): highest first, then the lowest
+ * index; -1 when every value is NaN. The same answer in every lane (router.cu's
+ * warp_argmax, with two redux.sync instead of ten shuffles: the warp maximum of
+ * an order-preserving integer key of the value, then the lowest index among
+ * the lanes that hold it; -0 counts as +0, as a float compare does). */
+static __device__ __forceinline__ int rt_warp_argmax(const float *arr, int n) {
+    const int lane = threadIdx.x & 31;
+    float bv = 0.0f;
+    int bi = -1;
+    for (int i = lane; i < n; i += 32) {
+        const float v = arr[i];
+        if (v != v) continue;
+        if (bi < 0 || v > bv) {
+            bv = v;
+            bi = i;
         }
-        s = dmoe_warp_sum(s);
-        const float inv = __frcp_rn(s);
-        for (int e = lane; e < E; e += 32) sc[e] *= inv;
-    } else {
-        for (int e = lane; e < E; e += 32) sc[e] = __frcp_rn(1.f + __expf(-sc[e]));
     }
-    for (int e = lane; e < E; e += 32) ch[e] = sc[e] + (a.use_bias ? a.bias[e] : 0.f);
+    const uint32_t u = __float_as_uint(bv + 0.0f);
+    const uint32_t key = bi < 0 ? 0u : ((u & 0x80000000u) ? ~u : (u | 0x80000000u)) ; /* > 0 for any value */
+    const uint32_t kmax = __reduce_max_sync(0xffffffffu, key);
+    if (kmax == 0u) return -1;
+    return (int)__reduce_min_sync(0xffffffffu, key == kmax ? (uint32_t)bi : 0xffffffffu);
+}
+
+/* Top-k of token t by one warp from its logits lg (E floats, shared memory);
+ * s_score / s_choice E floats, s_group n_group. ids/wts (T*K) in shared
+ * memory, and the outputs topk_ids / topk_w when out is set. */
+static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int t, float *s_score, float *s_choice,
+                                  float *s_group, int *ids, float *wts, bool out) {
+    const int lane = threadIdx.x & 31, E = a.n_experts, K = a.top_k;
+    const float nan = __int_as_float(0x7fc00000);
+    float mx = -FLT_MAX;
+    for (int e = lane; e < E; e += 32) {
+        float v = lg[e];
+        v = (v != v) ? -FLT_MAX : fminf(fmaxf(v, -FLT_MAX), FLT_MAX);
+        s_score[e] = v;
+        mx = fmaxf(mx, v);
+    }
+    if (a.scoring == DMOE_SCORING_SOFTMAX) {
+        mx = dmoe_warp_max(mx);
+        float sum = 0.0f;
+        for (int e = lane; e < E; e += 32) {
+            const float s = expf(s_score[e] - mx);
+            s_score[e] = s;
+            sum += s;
+        }
+        sum = dmoe_warp_sum(sum);
+        for (int e = lane; e < E; e += 32) s_score[e] = s_score[e] / sum;
+    } else {
+        for (int e = lane; e < E; e += 32) s_score[e] = 1.0f / (1.0f + expf(-s_score[e]));
+    }
+    const float *bias = a.use_bias ? a.bias : nullptr;
+    for (int e = lane; e < E; e += 32) s_choice[e] = s_score[e] + (bias ? bias[e] : 0.0f);
     __syncwarp();
     if (a.n_group > 1) {
         const int G = a.n_group, per = E / G;
-        for (int g = lane; g < G; g += 32) { /* top-2 sum of each group (top-1 if per == 1) */
-            float b1 = -INFINITY, b2 = -INFINITY;
-            int i1 = -1;
+        for (int g = lane; g < G; g += 32) {
+            float b1 = 0.0f, b2 = 0.0f;
+            int n1 = 0, n2 = 0;
             for (int i = 0; i < per; i++) {
-                float v = ch[g * per + i];
-                if (i1 < 0 || v > b1) {
+                const float v = s_choice[g * per + i];
+                if (!n1 || v > b1) {
                     b2 = b1;
+                    n2 = n1;
                     b1 = v;
-                    i1 = i;
-                } else if (v > b2) {
+                    n1 = 1;
+                } else if (!n2 || v > b2) {
                     b2 = v;
+                    n2 = 1;
                 }
             }
-            gs[g] = per > 1 ? b1 + b2 : b1;
+            s_group[g] = per >= 2 ? b1 + b2 : b1;
         }
         __syncwarp();
-        /* a group is kept when fewer than topk_group groups rank before it */
-        for (int g = lane; g < G; g += 32) {
-            int rank = 0;
-            for (int o = 0; o < G; o++) rank += better(gs[o], o, gs[g], g);
-            if (rank >= a.topk_group)
-                for (int i = 0; i < per; i++) ch[g * per + i] = -INFINITY;
+        for (int j = 0; j < a.topk_group; j++) {
+            const int bi = rt_warp_argmax(s_group, G);
+            __syncwarp();
+            if (lane == 0) s_group[bi] = nan; /* NaN marks a kept group */
+            __syncwarp();
+        }
+        for (int e = lane; e < E; e += 32) {
+            const float gs = s_group[e / per];
+            if (gs == gs) s_choice[e] = nan; /* expert of a dropped group */
         }
         __syncwarp();
     }
-    float wsum = 0.f, wk = 0.f;
-    int idk = 0;
+    int my_id = 0;
+    float my_w = 0.0f;
     for (int k = 0; k < K; k++) {
-        float bv = -INFINITY;
-        int bi = 0x7fffffff;
-        for (int e = lane; e < E; e += 32)
-            if (ch[e] != -INFINITY && better(ch[e], e, bv, bi)) {
-                bv = ch[e];
-                bi = e;
-            }
-        warp_argmax(bv, bi);
-        if (lane == k) idk = bi;
-        float s = sc[bi];
-        if (lane == k) wk = s;
-        wsum += s;
+        const int bi = rt_warp_argmax(s_choice, E);
+        const float sc = s_score[bi];
+        if (lane == k) {
+            my_id = bi;
+            my_w = sc;
+        }
         __syncwarp();
-        if (lane == 0) ch[bi] = -INFINITY;
+        if (lane == 0) s_choice[bi] = nan;
         __syncwarp();
     }
+    float sum = 0.0f;
+    for (int k = 0; k < K; k++) sum += __shfl_sync(0xffffffffu, my_w, k);
     if (lane < K) {
-        float w = wk;
-        if (a.renormalize && wsum > 0.f) w = __fdividef(w, wsum);
-        a.topk_ids[t * K + lane] = idk;
-        a.topk_w[t * K + lane] = w * a.scale;
+        float w = my_w;
+        if (a.renormalize && sum > 0.0f) w = w / sum;
+        w *= a.scale;
+        ids[t * K + lane] = my_id;
+        wts[t * K + lane] = w;
+        if (out) {
+            a.topk_ids[t * K + lane] = my_id;
+            a.topk_w[t * K + lane] = w;
+        }
     }
     __syncwarp();
 }
 
-static __device__ void plan_role(const dmoe_fused_args &a, const fm_layout &L, char *smem) {
-    const int E = a.n_experts, K = a.top_k, T = a.n_tokens, S = a.n_shared;
+/* The routing and the plan of the whole batch, by every thread of the block,
+ * into the block's shared memory: segment table (routed experts with pairs in
+ * expert order, then the shared experts), slot_token / slot_weight / slot_of
+ * (pairs stable by expert, then the shared slots), header counts. */
+static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, const fm_sp &sp, int nsplit) {
+    const int E = a.n_experts, K = a.top_k, T = a.n_tokens, S = a.n_shared, P = T * K;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int *cnt = (int *)smem;                 /* (E) pairs per expert, then the cursor */
-    int *sbase = cnt + E;                   /* (E) first slot of each expert */
-    float *fbuf = (float *)(sbase + E);     /* FM_TOPK_WARPS x 3E */
-    if (!a.route_from_ids) {
-        if (warp < FM_TOPK_WARPS) {
-            float *sc = fbuf + (size_t)warp * 3 * E;
-            for (int t = warp; t < T; t += FM_TOPK_WARPS) topk_token(a, L, t, sc, sc + E, sc + 2 * E);
+    const int G = a.n_group > 1 ? a.n_group : 0, per_warp = 2 * E + G;
+    const bool lg_smem = fm_logits_in_smem(T, E);
+    /* ring scratch: (T, E+1) logits when lg_smem, FM_WARPS x (2E + G), ids, wts, cnt, sbase */
+    float *lg = (float *)sp.ring;
+    float *fbuf = lg + (lg_smem ? (size_t)T * (E + 1) : 0);
+    int *ids = (int *)(fbuf + (size_t)FM_WARPS * per_warp);
+    float *wts = (float *)(ids + P);
+    int *cnt = (int *)(wts + P), *sbase = cnt + E;
+    if (lg_smem && (!a.route_from_ids || a.shared_gate)) {
+        /* logits = the split partials summed in split order, 4 x 8 loads in flight per thread */
+        const int n = T * (E + 1);
+        const size_t sstride = (size_t)T * (E + 1);
+        for (int i0 = threadIdx.x; i0 < n; i0 += 4 * FM_THREADS) {
+            float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int s0 = 0; s0 < nsplit; s0 += 8) {
+                float pv[4][8];
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+#pragma unroll
+                    for (int u = 0; u < 8; u++) {
+                        const int i = i0 + q * FM_THREADS, s = s0 + u;
+                        pv[q][u] = i < n && s < nsplit ? ld_l2f(L.plog + (size_t)s * sstride + i) : 0.0f;
+                    }
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+#pragma unroll
+                    for (int u = 0; u < 8; u++)
+                        if (s0 + u < nsplit) v[q] += pv[q][u];
+            }
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                if (i0 + q * FM_THREADS < n) lg[i0 + q * FM_THREADS] = v[q];
         }
-        __threadfence_block();
+        __syncthreads();
+    }
+#ifdef FM_TRACE
+    if (threadIdx.x == 0 && blockIdx.x == 0) fm_ptrace[0] = gtime();
+#endif
+    if (!a.route_from_ids) {
+        float *sc = fbuf + (size_t)warp * per_warp;
+        for (int t = warp; t < T; t += FM_WARPS) {
+            const float *lt = lg + (size_t)t * (E + 1);
+            if (!lg_smem) { /* this token's logits, summed in split order, into s_choice first */
+                for (int e = lane; e < E; e += 32) {
+                    float v = 0.0f;
+                    for (int s = 0; s < nsplit; s++) v += ld_l2f(L.plog + ((size_t)s * T + t) * (E + 1) + e);
+                    sc[E + e] = v;
+                }
+                __syncwarp();
+                lt = sc + E;
+            }
+            topk_token(a, lt, t, sc, sc + E, sc + 2 * E, ids, wts, blockIdx.x == 0);
+        }
+    } else {
+        for (int p = threadIdx.x; p < P; p += FM_THREADS) {
+            ids[p] = __ldcg(a.topk_ids + p);
+            wts[p] = __ldcg(a.topk_w + p);
+        }
     }
     for (int e = threadIdx.x; e < E; e += FM_THREADS) cnt[e] = 0;
     __syncthreads();
-    const int P = T * K;
+#ifdef FM_TRACE
+    if (threadIdx.x == 0 && blockIdx.x == 0) fm_ptrace[1] = gtime();
+#endif
     for (int p = threadIdx.x; p < P; p += FM_THREADS) {
-        int e = a.topk_ids[p];
+        int e = ids[p];
         if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
     }
     __syncthreads();
@@ -276,32 +517,31 @@ static __device__ void plan_role(const dmoe_fused_args &a, const fm_layout &L, c
             int si = nseg + __popc(act & ((1u << lane) - 1));
             if (e < E) sbase[e] = run + incl - c;
             if (c > 0) {
-                L.seg_begin[si] = run + incl - c;
-                L.seg_count[si] = c;
-                L.seg_expert[si] = e;
+                sp.seg_begin[si] = run + incl - c;
+                sp.seg_count[si] = c;
+                sp.seg_expert[si] = e;
             }
             run += __shfl_sync(0xffffffffu, incl, 31);
             nseg += __popc(act);
         }
         for (int s = lane; s < S; s += 32) {
-            L.seg_begin[nseg + s] = P + s * T;
-            L.seg_count[nseg + s] = T;
-            L.seg_expert[nseg + s] = -1 - s;
+            sp.seg_begin[nseg + s] = P + s * T;
+            sp.seg_count[nseg + s] = T;
+            sp.seg_expert[nseg + s] = -1 - s;
         }
-        nseg += S;
         if (lane == 0) { /* routed segments have F/8 GEMM1 tasks each, shared ones Fs/8 */
-            const int n1 = (nseg - S) * (a.ffn / 8) + S * (a.shared_ffn / 8);
-            L.ctr[C_NSEG] = (uint32_t)nseg;
-            L.ctr[C_NROUTED] = (uint32_t)(nseg - S);
-            L.ctr[C_NTASK1] = (uint32_t)n1;
-            L.ctr[C_NTASK] = (uint32_t)(n1 + nseg * ((a.hidden + 15) / 16));
+            const int n1 = nseg * (a.ffn / 8) + S * (a.shared_ffn / 8);
+            sp.hdr[H_NSEG] = nseg + S;
+            sp.hdr[H_NROUTED] = nseg;
+            sp.hdr[H_N1] = n1;
+            sp.hdr[H_N] = n1 + (nseg + S) * ((a.hidden + 15) / 16);
         }
         __syncwarp();
         /* stable slots: pairs in order, 32 at a time; peers with the same expert
          * take consecutive slots in pair order */
         for (int p0 = 0; p0 < P; p0 += 32) {
             int p = p0 + lane;
-            int e = p < P ? a.topk_ids[p] : -1;
+            int e = p < P ? ids[p] : -1;
             bool ok = p < P && e >= 0 && e < E;
             unsigned peers = __match_any_sync(0xffffffffu, ok ? e : -1);
             int rank = __popc(peers & ((1u << lane) - 1));
@@ -311,413 +551,520 @@ static __device__ void plan_role(const dmoe_fused_args &a, const fm_layout &L, c
             __syncwarp();
             if (ok) {
                 int s = base + rank;
-                L.slot_token[s] = p / K;
-                L.slot_weight[s] = a.topk_w[p];
-                L.slot_of[p] = s;
+                sp.slot_token[s] = p / K;
+                sp.slot_weight[s] = wts[p];
+                sp.slot_of[p] = s;
                 if (lane == leader) sbase[e] = base + __popc(peers);
             } else if (p < P) {
-                L.slot_of[p] = -1;
+                sp.slot_of[p] = -1;
             }
             __syncwarp();
         }
-    }
-    __syncthreads();
-    /* shared-expert slots: weight 1, or the sigmoid gate of the token */
-    for (int i = threadIdx.x; i < S * T; i += FM_THREADS) {
-        int t = i % T;
-        float g = 1.f;
-        if (a.shared_gate) g = __frcp_rn(1.f + __expf(-ld_l2f(L.logits + (size_t)t * (E + 1) + E)));
-        L.slot_token[P + i] = t;
-        L.slot_weight[P + i] = g;
-    }
-}
-
-/* ---- TASKS: one block per task; its 8 warps split the reduction ---- */
-
-/* 32-wide k steps whose loads are issued before the first mma: 8 for one
- * token tile, fewer when more token tiles hold registers. */
-#define FM_UNROLL (8 / NT)
-
-/* acc[j] += W[rows lo/hi] . B[j] over k in [k0, k1): 16 weight rows (lo: row g,
- * hi: row g + 8) against NT tiles of 8 token rows (brow[j]: this thread's row,
- * or NULL for padding; bvalid: any real row, read in its place and masked).
- * Loads are unconditional (k past the end reads k0) and masked afterwards, so
- * the compiler issues all FM_UNROLL steps of loads before the first mma. */
-template <typename DT, int NT, bool B_L2>
-static __device__ __forceinline__ void mma_rows(const uint16_t *rlo, const uint16_t *rhi, int k0, int k1,
-                                                const uint16_t *const (&brow)[NT], const uint16_t *bvalid,
-                                                float (&acc)[NT][4]) {
-    const int c = threadIdx.x & 3;
-    const uint32_t mlo = rlo ? ~0u : 0u, mhi = rhi ? ~0u : 0u;
-    const uint16_t *plo = rlo ? rlo : (rhi ? rhi : bvalid), *phi = rhi ? rhi : plo;
-    uint32_t mb[NT];
-    const uint16_t *pb[NT];
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-        mb[j] = brow[j] ? ~0u : 0u;
-        pb[j] = brow[j] ? brow[j] : bvalid;
-    }
-    for (int kb = k0; kb < k1; kb += 32 * FM_UNROLL) {
-        uint4 lo[FM_UNROLL], hi[FM_UNROLL], b[FM_UNROLL][NT];
-        uint32_t mk[FM_UNROLL];
-#pragma unroll
-        for (int u = 0; u < FM_UNROLL; u++) {
-            int k = kb + 32 * u + 8 * c;
-            mk[u] = k < k1 ? ~0u : 0u;
-            k = k < k1 ? k : k0;
-            lo[u] = dmoe_ld_stream16(plo + k);
-            hi[u] = dmoe_ld_stream16(phi + k);
-#pragma unroll
-            for (int j = 0; j < NT; j++)
-                b[u][j] = B_L2 ? ld_l2(pb[j] + k) : __ldg((const uint4 *)(pb[j] + k));
-        }
-#pragma unroll
-        for (int u = 0; u < FM_UNROLL; u++) {
-            const uint32_t ml = mlo & mk[u], mh = mhi & mk[u];
-#pragma unroll
-            for (int j = 0; j < NT; j++) {
-                const uint32_t m = mb[j];
-                const uint4 wa = make_uint4(lo[u].x & ml, lo[u].y & ml, lo[u].z & ml, lo[u].w & ml);
-                const uint4 wb = make_uint4(hi[u].x & mh, hi[u].y & mh, hi[u].z & mh, hi[u].w & mh);
-                const uint4 xv = make_uint4(b[u][j].x & m, b[u][j].y & m, b[u][j].z & m, b[u][j].w & m);
-                dmoe_mma_swapped<DT>(acc[j], wa, wb, xv);
+    } else {
+        /* shared-expert slots: weight 1, or the sigmoid gate of the token */
+        for (int i = threadIdx.x - 32; i < S * T; i += FM_THREADS - 32) {
+            const int t = i % T;
+            sp.slot_token[P + i] = t;
+            float v;
+            if (lg_smem) {
+                v = lg[(size_t)t * (E + 1) + E];
+            } else {
+                v = 0.0f;
+                for (int s = 0; s < nsplit; s++) v += ld_l2f(L.plog + ((size_t)s * T + t) * (E + 1) + E);
             }
+            sp.slot_weight[P + i] = a.shared_gate ? __frcp_rn(1.f + __expf(-v)) : 1.f;
         }
     }
-}
-
-/* The block's 16 x 8NT tile: warp w reduces its slice of k, the slices are
- * summed in warp order through shared memory (deterministic). The result is
- * valid in warp 0 only. red: FM_WARPS * NT * 128 floats. */
-template <typename DT, int NT, bool B_L2>
-static __device__ __forceinline__ void block_mma(const uint16_t *rlo, const uint16_t *rhi, int kbeg, int kend,
-                                                 const uint16_t *const (&brow)[NT], const uint16_t *bvalid,
-                                                 float (&acc)[NT][4], float *red) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int slice = ((kend - kbeg + FM_WARPS - 1) / FM_WARPS + 31) / 32 * 32;
-    const int k0 = kbeg + warp * slice, k1 = min(kend, k0 + slice);
-#pragma unroll
-    for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-    if (k0 < k1) mma_rows<DT, NT, B_L2>(rlo, rhi, k0, k1, brow, bvalid, acc);
-    if (warp > 0) {
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-            *(float4 *)(red + ((warp * NT + j) * 32 + lane) * 4) = make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
-    }
-    __syncthreads();
-    if (warp == 0) {
-        for (int w = 1; w < FM_WARPS; w++) {
-#pragma unroll
-            for (int j = 0; j < NT; j++) {
-                const float4 v = *(const float4 *)(red + ((w * NT + j) * 32 + lane) * 4);
-                acc[j][0] += v.x;
-                acc[j][1] += v.y;
-                acc[j][2] += v.z;
-                acc[j][3] += v.w;
-            }
-        }
-    }
+    fence_proxy_async(); /* the ring held the scratch; the copy engine writes it next */
     __syncthreads();
 }
 
-/* ROUTE task: logits[t][r] for 16 router rows r0.. (row E is the shared
- * gate's) and every token, in passes of 8NT tokens. */
+/* ---- ROUTE: one warp per (16 router rows, k split) unit ---- */
+
+/* Partial logits of 16 router rows r0.. (row E is the shared gate's) over the
+ * split's columns [k0, k1) for the tokens p0..p0+8NT-1, with the staged
+ * router's arithmetic (router.cu, router_stream_kernel): 8 interleaved
+ * accumulators, one per 32-column step mod 8 (its 8 warps), masked steps
+ * included, summed in order from 0. */
 template <typename DT, int NT>
-static __device__ void route_pass(const dmoe_fused_args &a, const fm_layout &L, int r0, int p0, float *red) {
+static __device__ void route_pass(const dmoe_fused_args &a, const fm_layout &L, int r0, int k0, int k1, int split,
+                                  int p0) {
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, H = a.hidden, E = a.n_experts, T = a.n_tokens;
     const int rows = E + (a.shared_gate ? 1 : 0);
     auto row = [&](int r) -> const uint16_t * {
         if (r >= rows) return nullptr;
         return r < E ? (const uint16_t *)a.router + (size_t)r * H : (const uint16_t *)a.shared_gate_w;
     };
-    const uint16_t *brow[NT];
+    const uint16_t *ra = row(r0 + g), *rb = row(r0 + 8 + g);
+    const uint16_t *xr[NT];
 #pragma unroll
     for (int j = 0; j < NT; j++) {
         const int t = p0 + 8 * j + g;
-        brow[j] = t < T ? (const uint16_t *)a.x + (size_t)t * H : nullptr;
+        xr[j] = t < T ? (const uint16_t *)a.x + (size_t)t * H : nullptr;
     }
-    float acc[NT][4];
-    block_mma<DT, NT, false>(row(r0 + g), row(r0 + 8 + g), 0, H, brow, (const uint16_t *)a.x + (size_t)p0 * H, acc,
-                               red);
-    float *lg = L.logits;
-    if ((threadIdx.x >> 5) == 0) {
+    constexpr int WB = NT == 1 ? 8 : 2; /* virtual warps whose loads are in flight together */
+    float acc[8][NT][4];
 #pragma unroll
-        for (int j = 0; j < NT; j++)
+    for (int w = 0; w < 8; w++)
 #pragma unroll
-            for (int q = 0; q < 2; q++) {
-                const int t = p0 + 8 * j + 2 * c + q;
-                if (t >= T) continue;
-                if (r0 + g < rows) lg[(size_t)t * (E + 1) + r0 + g] = acc[j][q];
-                if (r0 + 8 + g < rows) lg[(size_t)t * (E + 1) + r0 + 8 + g] = acc[j][2 + q];
+        for (int j = 0; j < NT; j++) acc[w][j][0] = acc[w][j][1] = acc[w][j][2] = acc[w][j][3] = 0.f;
+    for (int kb = k0; kb < k1; kb += 256) {
+#pragma unroll
+        for (int w0 = 0; w0 < 8; w0 += WB) {
+            uint4 va[WB], vb[WB], vx[WB][NT];
+#pragma unroll
+            for (int w = 0; w < WB; w++) {
+                const int kk = kb + (w0 + w) * 32 + c * 8;
+                const bool ok = kk < k1;
+                va[w] = dmoe_ld_cached16_if(ra + kk, ok && ra);
+                vb[w] = dmoe_ld_cached16_if(rb + kk, ok && rb);
+#pragma unroll
+                for (int j = 0; j < NT; j++) vx[w][j] = dmoe_ld_cached16_if(xr[j] + kk, ok && xr[j]);
             }
-    }
-}
-
-/* GEMM1 pass over up to 8NT tokens: rows g = gate of feature f0+g, rows g+8 =
- * up of the same feature; columns = tokens 2c, 2c+1 of each tile. */
-template <typename DT, int NT>
-static __device__ void gemm1_pass(const dmoe_fused_args &a, const fm_layout &L, const uint16_t *wg,
-                                  const uint16_t *wu, int begin, int n, int p0, int f0, size_t fstride, float *red) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, H = a.hidden;
-    const uint16_t *brow[NT];
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
-        const int r = p0 + 8 * j + g;
-        brow[j] = r < n ? (const uint16_t *)a.x + (size_t)ld_l2i(L.slot_token + begin + r) * H : nullptr;
-    }
-    const uint16_t *bvalid = (const uint16_t *)a.x + (size_t)ld_l2i(L.slot_token + begin + p0) * H;
-    float acc[NT][4];
-    block_mma<DT, NT, false>(wg, wu, 0, H, brow, bvalid, acc, red);
-    if ((threadIdx.x >> 5) == 0) {
+            for (int w = 0; w < WB; w++)
 #pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int q = 0; q < 2; q++) {
-                const int r = p0 + 8 * j + 2 * c + q;
-                if (r < n) {
-                    const float gt = acc[j][q], up = acc[j][2 + q];
-                    reinterpret_cast<DT *>(L.act)[(size_t)(begin + r) * fstride + f0 + g] =
-                        dmoe_dt<DT>::from_f32(__fdividef(gt, 1.f + __expf(-gt)) * up);
-                }
-            }
-    }
-}
-
-template <typename DT, int NT>
-static __device__ void gemm2_pass(const dmoe_fused_args &a, const fm_layout &L, const uint16_t *rlo,
-                                  const uint16_t *rhi, int F, int begin, int n, int p0, int hlo, int hhi,
-                                  size_t fstride, float *red) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, H = a.hidden;
-    const uint16_t *brow[NT];
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-        const int r = p0 + 8 * j + g;
-        brow[j] = r < n ? L.act + (size_t)(begin + r) * fstride : nullptr;
-    }
-    float acc[NT][4];
-    block_mma<DT, NT, true>(rlo, rhi, 0, F, brow, L.act + (size_t)(begin + p0) * fstride, acc, red);
-    if ((threadIdx.x >> 5) == 0) {
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int q = 0; q < 2; q++) {
-                const int r = p0 + 8 * j + 2 * c + q;
-                if (r < n) {
-                    const float w = ld_l2f(L.slot_weight + begin + r);
-                    float *prow = L.part + (size_t)(begin + r) * H;
-                    if (rlo) prow[hlo] = w * acc[j][q];
-                    if (rhi) prow[hhi] = w * acc[j][2 + q];
-                }
-            }
-    }
-}
-
-/* Runs pass<NT> over n rows in chunks of 32, picking NT by what is left. */
-#define FM_PASSES(n, CALL1, CALL2, CALL4)              \
-    for (int p0 = 0; p0 < (n); p0 += 32) {             \
-        const int left_ = (n) - p0;                    \
-        if (left_ <= 8) CALL1;                         \
-        else if (left_ <= 16) CALL2;                   \
-        else CALL4;                                    \
-    }
-
-template <typename DT>
-static __device__ void gemm1_task(const dmoe_fused_args &a, const fm_layout &L, int seg, int tile, float *red) {
-    const int g = (threadIdx.x & 31) >> 2;
-    const int H = a.hidden, ex = ld_l2i(L.seg_expert + seg);
-    const int F = ex >= 0 ? a.ffn : a.shared_ffn;
-    const uint16_t *w13 = ex >= 0 ? (const uint16_t *)a.w13 + (size_t)ex * 2 * F * H
-                                  : (const uint16_t *)a.shared_w13 + (size_t)(-1 - ex) * 2 * F * H;
-    const int f0 = tile * 8;
-    const uint16_t *wg = w13 + (size_t)(f0 + g) * H, *wu = w13 + (size_t)(F + f0 + g) * H;
-    const int begin = ld_l2i(L.seg_begin + seg), n = ld_l2i(L.seg_count + seg);
-    const size_t fstride = (size_t)(a.ffn > a.shared_ffn ? a.ffn : a.shared_ffn);
-    FM_PASSES(n, (gemm1_pass<DT, 1>(a, L, wg, wu, begin, n, p0, f0, fstride, red)),
-              (gemm1_pass<DT, 2>(a, L, wg, wu, begin, n, p0, f0, fstride, red)),
-              (gemm1_pass<DT, 4>(a, L, wg, wu, begin, n, p0, f0, fstride, red)))
-    if (threadIdx.x < 32) __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) atomicAdd(L.done1 + seg, 1u);
-}
-
-template <typename DT>
-static __device__ void combine_tile(const dmoe_fused_args &a, const fm_layout &L, int h0) {
-    const int T = a.n_tokens, K = a.top_k, H = a.hidden, P = T * K;
-    DT *y = (DT *)a.y;
-    for (int i = threadIdx.x; i < T * 16; i += FM_THREADS) {
-        const int t = i >> 4, h = h0 + (i & 15);
-        if (h >= H) continue;
-        float s = 0.f;
-        for (int k = 0; k < K; k++) {
-            const int slot = ld_l2i(L.slot_of + t * K + k);
-            if (slot >= 0) s += ld_l2f(L.part + (size_t)slot * H + h);
+                for (int j = 0; j < NT; j++) dmoe_mma_swapped<DT>(acc[w0 + w][j], va[w], vb[w], vx[w][j]);
         }
-        for (int j = 0; j < a.n_shared; j++) s += ld_l2f(L.part + (size_t)(P + j * T + t) * H + h);
-        y[(size_t)t * H + h] = dmoe_dt<DT>::from_f32(s);
     }
+    float *lg = L.plog + (size_t)split * T * (E + 1);
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            float s = 0.0f;
+#pragma unroll
+            for (int w = 0; w < 8; w++) s += acc[w][j][q];
+            const int t = p0 + 8 * j + 2 * c + (q & 1), r = r0 + g + (q >= 2 ? 8 : 0);
+            if (t < T && r < rows) lg[(size_t)t * (E + 1) + r] = s;
+        }
 }
 
-template <typename DT>
-static __device__ void gemm2_task(const dmoe_fused_args &a, const fm_layout &L, int seg, int htile, int nseg,
-                                  float *red, uint32_t *s_word) {
-    const int g = (threadIdx.x & 31) >> 2;
-    const int H = a.hidden, ex = ld_l2i(L.seg_expert + seg);
-    const int F = ex >= 0 ? a.ffn : a.shared_ffn;
-    const uint16_t *w2 = ex >= 0 ? (const uint16_t *)a.w2 + (size_t)ex * H * F
-                                 : (const uint16_t *)a.shared_w2 + (size_t)(-1 - ex) * H * F;
-    const int h0 = htile * 16, hlo = h0 + g, hhi = h0 + 8 + g;
-    const uint16_t *rlo = hlo < H ? w2 + (size_t)hlo * F : nullptr;
-    const uint16_t *rhi = hhi < H ? w2 + (size_t)hhi * F : nullptr;
-    if (threadIdx.x == 0) wait_at_least(L.done1 + seg, (uint32_t)(F / 8));
-#ifdef FM_TRACE
-    if (threadIdx.x == 0 && blockIdx.x < 4096 && fm_wtrace[4 * blockIdx.x + 2] == 0) fm_wtrace[4 * blockIdx.x + 2] = gtime();
-#endif
-    __syncthreads();
-    const int begin = ld_l2i(L.seg_begin + seg), n = ld_l2i(L.seg_count + seg);
-    const size_t fstride = (size_t)(a.ffn > a.shared_ffn ? a.ffn : a.shared_ffn);
-    FM_PASSES(n, (gemm2_pass<DT, 1>(a, L, rlo, rhi, F, begin, n, p0, hlo, hhi, fstride, red)),
-              (gemm2_pass<DT, 2>(a, L, rlo, rhi, F, begin, n, p0, hlo, hhi, fstride, red)),
-              (gemm2_pass<DT, 4>(a, L, rlo, rhi, F, begin, n, p0, hlo, hhi, fstride, red)))
-    if (threadIdx.x < 32) __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) *s_word = atomicAdd(L.done2 + htile, 1u);
-    __syncthreads();
-    if (*s_word == (uint32_t)nseg - 1) { /* this block completed the h tile: combine it */
-        __threadfence();
-        combine_tile<DT>(a, L, h0);
-    }
-}
-
-/* Claims a task number for the whole block from counter ctr. */
-static __device__ __forceinline__ uint32_t claim(uint32_t *ctr, uint32_t *s_word) {
-    __syncthreads();
-    if (threadIdx.x == 0) *s_word = atomicAdd(ctr, 1u);
-    __syncthreads();
-    return *s_word;
-}
-
-template <typename DT> static __device__ void route_role(const dmoe_fused_args &a, const fm_layout &L, float *red,
-                                                       uint32_t *s_word) {
+/* Router units: (16 rows, k split); with caller-supplied routing only the
+ * shared gate's row. Returns the number of units. */
+static __device__ __forceinline__ int route_units(const dmoe_fused_args &a, int nsplit, int *first) {
     const int E = a.n_experts, rows = E + (a.shared_gate ? 1 : 0);
-    /* with caller-supplied routing only the shared gate's row is needed */
-    const int first = a.route_from_ids ? E : 0, n = (rows - first + 15) / 16;
-    for (;;) {
-        const uint32_t task = claim(L.ctr + C_RTASK, s_word);
-        if (task >= (uint32_t)n) break;
-        const int r0 = first + 16 * (int)task;
-        FM_PASSES(a.n_tokens, (route_pass<DT, 1>(a, L, r0, p0, red)), (route_pass<DT, 2>(a, L, r0, p0, red)),
-                  (route_pass<DT, 4>(a, L, r0, p0, red)))
+    *first = a.route_from_ids ? E : 0;
+    return (rows - *first + 15) / 16 * nsplit;
+}
+
+/* Every warp of the grid takes units; a warp that did any arrives on
+ * C_ARRIVE with their number once its logits are visible. */
+template <typename DT> static __device__ void route_role(const dmoe_fused_args &a, const fm_layout &L, int kr) {
+    const int H = a.hidden, nsplit = (H + kr - 1) / kr;
+    int first;
+    const int units = route_units(a, nsplit, &first), warp = threadIdx.x >> 5;
+    uint32_t done = 0;
+    for (int u = blockIdx.x * FM_WARPS + warp; u < units; u += gridDim.x * FM_WARPS) {
+        const int r0 = first + 16 * (u / nsplit), s = u % nsplit, k0 = s * kr, k1 = min(H, k0 + kr);
+        /* 16 tokens per pass at most: 8 accumulators per token tile */
+        for (int p0 = 0; p0 < a.n_tokens; p0 += 16) {
+            if (a.n_tokens - p0 <= 8) route_pass<DT, 1>(a, L, r0, k0, k1, s, p0);
+            else route_pass<DT, 2>(a, L, r0, k0, k1, s, p0);
+        }
+        done++;
+    }
+    if (done) {
+        __threadfence();
+        __syncwarp();
+        if ((threadIdx.x & 31) == 0) atomicAdd(L.ctr + C_ARRIVE, done);
     }
 }
+
+/* ---- TASKS ---- */
 
 /* A task number decoded: GEMM1 (routed segments first, F/8 tasks each, then
  * the shared ones) or GEMM2 (segment-major, ceil(H/16) tasks each). */
 struct fm_task {
     int gemm, seg, tile;
 };
-struct fm_counts {
-    uint32_t n1, n, t1r, t1s, ht;
-    int nseg, nrouted;
-};
-static __device__ __forceinline__ fm_task decode(const fm_counts &c, uint32_t task) {
+static __device__ __forceinline__ fm_task decode(const dmoe_fused_args &a, const fm_sp &sp, uint32_t task) {
+    const uint32_t n1 = (uint32_t)sp.hdr[H_N1], nrouted = (uint32_t)sp.hdr[H_NROUTED];
+    const uint32_t t1r = (uint32_t)(a.ffn / 8), t1s = (uint32_t)(a.n_shared ? a.shared_ffn / 8 : 1);
+    const uint32_t ht = (uint32_t)((a.hidden + 15) / 16);
     fm_task d;
-    if (task < c.n1) {
-        const uint32_t routed1 = (uint32_t)c.nrouted * c.t1r;
+    if (task < n1) {
+        const uint32_t routed1 = nrouted * t1r;
         d.gemm = 1;
         if (task < routed1) {
-            d.seg = (int)(task / c.t1r);
-            d.tile = (int)(task % c.t1r);
+            d.seg = (int)(task / t1r);
+            d.tile = (int)(task % t1r);
         } else {
-            d.seg = c.nrouted + (int)((task - routed1) / c.t1s);
-            d.tile = (int)((task - routed1) % c.t1s);
+            d.seg = (int)(nrouted + (task - routed1) / t1s);
+            d.tile = (int)((task - routed1) % t1s);
         }
     } else {
         d.gemm = 2;
-        d.seg = (int)((task - c.n1) / c.ht);
-        d.tile = (int)((task - c.n1) % c.ht);
+        d.seg = (int)((task - n1) / ht);
+        d.tile = (int)((task - n1) % ht);
     }
     return d;
 }
+static __device__ __forceinline__ int seg_ffn(const dmoe_fused_args &a, const fm_sp &sp, int seg) {
+    return sp.seg_expert[seg] >= 0 ? a.ffn : a.shared_ffn;
+}
 
-template <typename DT> static __device__ void task_role(const dmoe_fused_args &a, const fm_layout &L, float *red,
-                                                      uint32_t *s_word) {
-    fm_counts c;
-    c.n1 = ld_l2i((const int32_t *)L.ctr + C_NTASK1);
-    c.n = ld_l2i((const int32_t *)L.ctr + C_NTASK);
-    c.nseg = ld_l2i((const int32_t *)L.ctr + C_NSEG);
-    c.nrouted = ld_l2i((const int32_t *)L.ctr + C_NROUTED);
-    c.t1r = (uint32_t)(a.ffn / 8);
-    c.t1s = (uint32_t)(a.n_shared ? a.shared_ffn / 8 : 1);
-    c.ht = (uint32_t)((a.hidden + 15) / 16);
-    for (;;) {
-        const uint32_t task = claim(L.ctr + C_TASK, s_word);
-        if (task >= c.n) break;
+/* Producer warp: claims tasks (one ahead, so the atomic's round trip hides
+ * behind the copies) and streams each task's 16 weight rows chunk by chunk
+ * into the ring; lane r copies row r. Ends the ring with task -1. */
+static __device__ void producer_role(const dmoe_fused_args &a, const fm_layout &L, const fm_sp &sp,
+                                     uint32_t first_claim) {
+    const int lane = threadIdx.x & 31, H = a.hidden;
+    const uint32_t n = (uint32_t)sp.hdr[H_N];
+    const uint64_t pol = evict_first_policy();
+    uint32_t it = 0;
+    uint32_t raw;
+    uint32_t task = __shfl_sync(0xffffffffu, first_claim, 0);
 #ifdef FM_TRACE
-        const bool first = blockIdx.x < 4096 && fm_wtrace[4 * blockIdx.x + 1] == 0;
-        if (first && threadIdx.x == 0) {
-            fm_wtrace[4 * blockIdx.x] = task < c.n1 ? 1 : 2;
-            fm_wtrace[4 * blockIdx.x + 1] = gtime();
+    uint32_t claimed = 0;
+#endif
+    while (task < n) {
+        raw = lane == 0 ? atomicAdd(L.ctr + C_TASK, 1u) : 0u; /* the next one, in flight meanwhile */
+        const fm_task d = decode(a, sp, task);
+        const int ex = sp.seg_expert[d.seg], F = seg_ffn(a, sp, d.seg);
+        const uint16_t *src;
+        int kd, nvalid;
+        bool valid = lane < 16;
+        if (d.gemm == 1) { /* rows 0-7: gate rows f0.., rows 8-15: up rows of the same features */
+            const uint16_t *w13 = ex >= 0 ? (const uint16_t *)a.w13 + (size_t)ex * 2 * F * H
+                                          : (const uint16_t *)a.shared_w13 + (size_t)(-1 - ex) * 2 * F * H;
+            const int r = lane < 8 ? d.tile * 8 + lane : F + d.tile * 8 + (lane - 8);
+            src = w13 + (size_t)r * H;
+            kd = H;
+            nvalid = 16;
+        } else { /* rows h0 .. h0+15 of W2 (H, F) */
+            const uint16_t *w2 = ex >= 0 ? (const uint16_t *)a.w2 + (size_t)ex * H * F
+                                         : (const uint16_t *)a.shared_w2 + (size_t)(-1 - ex) * H * F;
+            const int h = d.tile * 16 + lane;
+            valid = valid && h < H;
+            src = w2 + (size_t)(h < H ? h : 0) * F;
+            kd = F;
+            nvalid = min(16, H - d.tile * 16);
         }
-#endif
-        const fm_task d = decode(c, task);
-        if (d.gemm == 1) gemm1_task<DT>(a, L, d.seg, d.tile, red);
-        else gemm2_task<DT>(a, L, d.seg, d.tile, c.nseg, red, s_word);
+        for (int k0 = 0, c = 0; k0 < kd; k0 += FM_KC, c++) {
+            const uint32_t st = it % FM_NS, round = it / FM_NS;
+            if (round > 0) mbar_wait(sp.empty + st, (round - 1) & 1);
+            const uint32_t bytes = (uint32_t)min(FM_KC, kd - k0) * 2;
+            if (lane == 0) {
+                sp.stage_task[st] = (int)task;
+                sp.stage_chunk[st] = c;
+                mbar_arrive_tx(sp.full + st, bytes * (uint32_t)nvalid);
+            }
+            __syncwarp();
+            if (valid) bulk_g2s(sp.ring + (size_t)st * FM_STAGE + lane * FM_RS, src + k0, bytes, sp.full + st, pol);
+            it++;
+        }
 #ifdef FM_TRACE
-        if (first && threadIdx.x == 0) fm_wtrace[4 * blockIdx.x + 3] = gtime();
+        claimed++;
 #endif
+        task = __shfl_sync(0xffffffffu, raw, 0);
+    }
+    const uint32_t st = it % FM_NS, round = it / FM_NS;
+    if (round > 0) mbar_wait(sp.empty + st, (round - 1) & 1);
+    if (lane == 0) {
+        sp.stage_task[st] = -1;
+        mbar_arrive(sp.full + st);
+    }
+#ifdef FM_TRACE
+    if (lane == 0 && blockIdx.x < 4096) fm_ntasks[blockIdx.x] = claimed;
+#endif
+}
+
+/* acc[j] += W[16 rows of the stage] . B[j] over the chunk columns [kk0, kk1)
+ * of this warp (B rows brow[j] + kg, masked by mb[j]; weight rows masked by
+ * mlo / mhi). The token loads of a step group are issued before the wait for
+ * the stage, so they overlap the copy. */
+template <typename DT, int NTT, bool B_L2>
+static __device__ __forceinline__ void ring_mma(const char *stage, int kk0, int kk1, int kg,
+                                                const uint16_t *const (&brow)[NTT], const uint32_t (&mb)[NTT],
+                                                uint32_t mlo, uint32_t mhi, float (&acc)[NTT][4], uint64_t *bar,
+                                                uint32_t parity, bool wait) {
+    constexpr int UB = NTT >= 8 ? 1 : (NTT >= 4 ? 2 : 4);
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const char *plo = stage + g * FM_RS, *phi = stage + (g + 8) * FM_RS;
+    for (int kb = kk0; kb < kk1; kb += 32 * UB) {
+        uint4 b[UB][NTT];
+        uint32_t mk[UB];
+        int ks[UB];
+#pragma unroll
+        for (int u = 0; u < UB; u++) {
+            const int k = kb + 32 * u + 8 * c;
+            mk[u] = k < kk1 ? ~0u : 0u;
+            ks[u] = k < kk1 ? k : kk0;
+#pragma unroll
+            for (int j = 0; j < NTT; j++)
+                b[u][j] = B_L2 ? ld_l2(brow[j] + kg + ks[u]) : __ldg((const uint4 *)(brow[j] + kg + ks[u]));
+        }
+        if (wait) {
+            mbar_wait(bar, parity);
+            wait = false;
+        }
+#pragma unroll
+        for (int u = 0; u < UB; u++) {
+            const uint4 lo = *(const uint4 *)(plo + 2 * ks[u]), hi = *(const uint4 *)(phi + 2 * ks[u]);
+            const uint32_t ml = mlo & mk[u], mh = mhi & mk[u];
+            const uint4 wa = make_uint4(lo.x & ml, lo.y & ml, lo.z & ml, lo.w & ml);
+            const uint4 wb = make_uint4(hi.x & mh, hi.y & mh, hi.z & mh, hi.w & mh);
+#pragma unroll
+            for (int j = 0; j < NTT; j++) {
+                const uint32_t m = mb[j];
+                const uint4 xv = make_uint4(b[u][j].x & m, b[u][j].y & m, b[u][j].z & m, b[u][j].w & m);
+                dmoe_mma_swapped<DT>(acc[j], wa, wb, xv);
+            }
+        }
+    }
+    if (wait) mbar_wait(bar, parity); /* this warp had no columns in the chunk */
+}
+
+/* One task of a consumer warp: every chunk of it from the ring (the first one
+ * already waited for), then the warp's partial tile into reduction buffer rb. */
+template <typename DT, int NTT>
+static __device__ void consumer_task(const dmoe_fused_args &a, const fm_layout &L, const fm_sp &sp, uint32_t task,
+                                     const fm_task &d, uint32_t &it, uint32_t &rb, int &ready_seg) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, H = a.hidden;
+    const int begin = sp.seg_begin[d.seg], n = sp.seg_count[d.seg], F = seg_ffn(a, sp, d.seg);
+    const size_t fstride = (size_t)(a.ffn > a.shared_ffn ? a.ffn : a.shared_ffn);
+    const uint16_t *brow[NTT];
+    uint32_t mb[NTT];
+    uint32_t mlo = ~0u, mhi = ~0u;
+    int kd;
+    if (d.gemm == 1) {
+        kd = H;
+#pragma unroll
+        for (int j = 0; j < NTT; j++) {
+            const int r = 8 * j + g;
+            mb[j] = r < n ? ~0u : 0u;
+            brow[j] = (const uint16_t *)a.x + (size_t)sp.slot_token[begin + (r < n ? r : 0)] * H;
+        }
+    } else {
+        kd = F;
+        const int h0 = d.tile * 16;
+        mlo = h0 + g < H ? ~0u : 0u;
+        mhi = h0 + 8 + g < H ? ~0u : 0u;
+#pragma unroll
+        for (int j = 0; j < NTT; j++) {
+            const int r = 8 * j + g;
+            mb[j] = r < n ? ~0u : 0u;
+            brow[j] = L.act + (size_t)(begin + (r < n ? r : 0)) * fstride;
+        }
+        if (d.seg != ready_seg) { /* act of this segment: every GEMM1 task of it published */
+            if (lane == 0) wait_at_least(L.done1 + d.seg, (uint32_t)(F / 8));
+            __syncwarp();
+            ready_seg = d.seg;
+        }
+    }
+    float acc[NTT][4];
+#pragma unroll
+    for (int j = 0; j < NTT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    for (int k0 = 0; k0 < kd; k0 += FM_KC) {
+        const uint32_t st = it % FM_NS;
+        const int klen = min(FM_KC, kd - k0);
+        const int sl = ((klen + FM_CWARPS - 1) / FM_CWARPS + 31) / 32 * 32;
+        const int kk0 = warp * sl, kk1 = min(klen, kk0 + sl);
+        const char *stage = sp.ring + (size_t)st * FM_STAGE;
+        const bool wait = k0 > 0;
+        if (d.gemm == 1)
+            ring_mma<DT, NTT, false>(stage, kk0, kk0 < kk1 ? kk1 : kk0, k0, brow, mb, mlo, mhi, acc, sp.full + st,
+                                     (it / FM_NS) & 1, wait);
+        else
+            ring_mma<DT, NTT, true>(stage, kk0, kk0 < kk1 ? kk1 : kk0, k0, brow, mb, mlo, mhi, acc, sp.full + st,
+                                    (it / FM_NS) & 1, wait);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(sp.empty + st);
+        it++;
+    }
+    const uint32_t b = rb % FM_NR;
+    if (rb >= FM_NR) mbar_wait(sp.redempty + b, ((rb / FM_NR) - 1) & 1);
+    float *red = sp.red + ((size_t)(b * FM_CWARPS + warp) * sp.ntt) * 128;
+#pragma unroll
+    for (int j = 0; j < NTT; j++)
+        *(float4 *)(red + (j * 32 + lane) * 4) = make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
+    if (warp == 0 && lane == 0) sp.red_task[b] = (int)task;
+    __syncwarp();
+    if (lane == 0) mbar_arrive(sp.redfull + b);
+    rb++;
+}
+
+/* Consumer warps: take the ring's tasks in order until task -1, then pass
+ * the end on to the publisher. */
+template <typename DT> static __device__ void consumer_role(const dmoe_fused_args &a, const fm_layout &L,
+                                                          const fm_sp &sp) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    uint32_t it = 0, rb = 0;
+    int ready_seg = -1; /* the last segment whose act this warp saw complete */
+    for (;;) {
+        const uint32_t st = it % FM_NS;
+        mbar_wait(sp.full + st, (it / FM_NS) & 1);
+        const int task = sp.stage_task[st];
+        if (task < 0) break;
+        const fm_task d = decode(a, sp, (uint32_t)task);
+        const int n = sp.seg_count[d.seg];
+        if (n <= 8) consumer_task<DT, 1>(a, L, sp, (uint32_t)task, d, it, rb, ready_seg);
+        else if (n <= 16) consumer_task<DT, 2>(a, L, sp, (uint32_t)task, d, it, rb, ready_seg);
+        else if (n <= 32) consumer_task<DT, 4>(a, L, sp, (uint32_t)task, d, it, rb, ready_seg);
+        else consumer_task<DT, 8>(a, L, sp, (uint32_t)task, d, it, rb, ready_seg);
+    }
+    const uint32_t b = rb % FM_NR;
+    if (rb >= FM_NR) mbar_wait(sp.redempty + b, ((rb / FM_NR) - 1) & 1);
+    if (warp == 0 && lane == 0) sp.red_task[b] = -1;
+    __syncwarp();
+    if (lane == 0) mbar_arrive(sp.redfull + b);
+}
+
+/* y[t, h0..h0+15] = sum over k in order of part[slot_of(t,k)] + the shared parts. */
+template <typename DT>
+static __device__ void combine_tile(const dmoe_fused_args &a, const fm_layout &L, const fm_sp &sp, int h0) {
+    const int T = a.n_tokens, K = a.top_k, H = a.hidden, P = T * K, lane = threadIdx.x & 31;
+    DT *y = (DT *)a.y;
+    for (int i = lane; i < T * 16; i += 32) {
+        const int t = i >> 4, h = h0 + (i & 15);
+        if (h >= H) continue;
+        float s = 0.f;
+        for (int k0 = 0; k0 < K; k0 += 8) { /* 8 loads in flight, summed in k order */
+            float v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const int k = k0 + u, slot = k < K ? sp.slot_of[t * K + k] : -1;
+                v[u] = slot >= 0 ? ld_l2f(L.part + (size_t)slot * H + h) : 0.f;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                if (k0 + u < K && sp.slot_of[t * K + k0 + u] >= 0) s += v[u];
+        }
+        for (int j = 0; j < a.n_shared; j++) s += ld_l2f(L.part + (size_t)(P + j * T + t) * H + h);
+        y[(size_t)t * H + h] = dmoe_dt<DT>::from_f32(s);
+    }
+}
+
+/* Publisher warp: per finished task, the four partials summed in warp order,
+ * the epilogue, the stores, a fence and the arrival on the task's counter;
+ * combines an h tile when its arrival was the last one. */
+template <typename DT> static __device__ void publisher_role(const dmoe_fused_args &a, const fm_layout &L,
+                                                           const fm_sp &sp) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, H = a.hidden;
+    const size_t fstride = (size_t)(a.ffn > a.shared_ffn ? a.ffn : a.shared_ffn);
+    const int nseg = sp.hdr[H_NSEG];
+    for (uint32_t rb = 0;; rb++) {
+        const uint32_t b = rb % FM_NR;
+        mbar_wait(sp.redfull + b, (rb / FM_NR) & 1);
+        const int task = sp.red_task[b];
+        if (task < 0) break;
+        const fm_task d = decode(a, sp, (uint32_t)task);
+        const int begin = sp.seg_begin[d.seg], n = sp.seg_count[d.seg];
+        const int ntt = (n + 7) / 8;
+        const float *red = sp.red + (size_t)b * FM_CWARPS * sp.ntt * 128;
+        for (int j = 0; j < ntt; j++) {
+            float4 v = *(const float4 *)(red + (j * 32 + lane) * 4);
+            for (int w = 1; w < FM_CWARPS; w++) {
+                const float4 o = *(const float4 *)(red + ((w * sp.ntt + j) * 32 + lane) * 4);
+                v.x += o.x;
+                v.y += o.y;
+                v.z += o.z;
+                v.w += o.w;
+            }
+            const float acc[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int q = 0; q < 2; q++) {
+                const int r = 8 * j + 2 * c + q;
+                if (r >= n) continue;
+                if (d.gemm == 1) {
+                    const float gt = acc[q], up = acc[2 + q];
+                    reinterpret_cast<DT *>(L.act)[(size_t)(begin + r) * fstride + d.tile * 8 + g] =
+                        dmoe_dt<DT>::from_f32(__fdividef(gt, 1.f + __expf(-gt)) * up);
+                } else {
+                    const float w = sp.slot_weight[begin + r];
+                    float *prow = L.part + (size_t)(begin + r) * H;
+                    const int hlo = d.tile * 16 + g, hhi = hlo + 8;
+                    if (hlo < H) prow[hlo] = w * acc[q];
+                    if (hhi < H) prow[hhi] = w * acc[2 + q];
+                }
+            }
+        }
+        __syncwarp();
+        if (lane == 0) mbar_arrive(sp.redempty + b); /* the buffer is read: consumers may refill it */
+        __threadfence();
+        __syncwarp();
+        uint32_t old = 0;
+        if (lane == 0) old = atomicAdd(d.gemm == 1 ? L.done1 + d.seg : L.done2 + d.tile, 1u);
+        old = __shfl_sync(0xffffffffu, old, 0);
+        if (d.gemm == 2 && old == (uint32_t)nseg - 1) { /* this task completed the h tile: combine it */
+            __threadfence();
+            combine_tile<DT>(a, L, sp, d.tile * 16);
+        }
     }
 }
 
 /* One whole forward, run by every block of a fully resident grid. smem is the
- * block's dynamic shared memory (plan_smem_bytes), s_word one shared word.
- * Leaves every counter at zero, so it can run again at once (a new launch,
- * a graph replay, or the next batch of the resident kernel). */
+ * block's dynamic shared memory (fm_smem_bytes for the launch's T, E, K, S),
+ * s_word one shared word. Leaves every counter at zero, so it can run again at
+ * once (a new launch, a graph replay, or the next batch of a resident kernel,
+ * which must still keep its blocks in step between batches). */
 template <typename DT> static __device__ __forceinline__ void fused_body(const dmoe_fused_args &a, char *smem,
                                                                         uint32_t *s_word_p) {
     uint32_t &s_word = *s_word_p;
     trace(0);
+    const int T = a.n_tokens, E = a.n_experts, K = a.top_k, S = a.n_shared, H = a.hidden;
     fm_layout L;
-    fm_carve(a.ws, a.n_tokens, a.hidden, a.ffn, a.shared_ffn, a.n_experts, a.top_k, a.n_shared, &L);
-    float *red = (float *)smem; /* FM_WARPS * 4 * 128 floats for block_mma; the plan reuses smem */
-
-    if (!a.route_from_ids || a.shared_gate) route_role<DT>(a, L, red, s_word_p);
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) s_word = atomicAdd(L.ctr + C_ARRIVE, 1u);
+    fm_carve(a.ws, T, H, a.ffn, a.shared_ffn, E, K, S, &L);
+    const fm_smem m = fm_smem_layout(T, E, K, S);
+    const fm_sp sp = fm_pointers(smem, m, E, S, T * K + S * T);
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < FM_NS; i++) {
+            mbar_init(sp.full + i, 1);
+            mbar_init(sp.empty + i, FM_CWARPS);
+        }
+        for (int i = 0; i < FM_NR; i++) {
+            mbar_init(sp.redfull + i, FM_CWARPS);
+            mbar_init(sp.redempty + i, 1);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    const int kr = fm_route_kr(a.route_kchunk, H), nsplit = (H + kr - 1) / kr;
+    if (!a.route_from_ids || a.shared_gate) {
+        route_role<DT>(a, L, kr);
+        int first;
+        const int units = route_units(a, nsplit, &first);
+        if (threadIdx.x == 0) wait_at_least(L.ctr + C_ARRIVE, (uint32_t)units); /* every block needs every logit */
+    }
     __syncthreads();
     trace(1);
-    if (s_word == gridDim.x - 1) { /* the last block to arrive plans */
-        __threadfence();
-        plan_role(a, L, smem);
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) st_release(L.ctr + C_FLAG, 1u);
-    } else {
-        if (threadIdx.x == 0) wait_at_least(L.ctr + C_FLAG, 1u);
-        __syncthreads();
-    }
+    /* the producer's first claim needs no plan: its round trip overlaps the planning */
+    const int warp = threadIdx.x >> 5;
+    const uint32_t first_claim = warp == FM_PRODUCER && (threadIdx.x & 31) == 0 ? atomicAdd(L.ctr + C_TASK, 1u) : 0u;
+    plan_block(a, L, sp, nsplit);
     trace(2);
-    task_role<DT>(a, L, red, s_word_p);
+    if (sp.hdr[H_NSEG] == 0) /* every pair out of range and no shared expert: y = 0 */
+        for (size_t i = (size_t)blockIdx.x * FM_THREADS + threadIdx.x; i < (size_t)T * H; i += (size_t)gridDim.x * FM_THREADS)
+            ((DT *)a.y)[i] = dmoe_dt<DT>::from_f32(0.f);
+    if (warp == FM_PRODUCER) producer_role(a, L, sp, first_claim);
+    else if (warp == FM_PUBLISHER) publisher_role<DT>(a, L, sp);
+    else consumer_role<DT>(a, L, sp);
     trace(3);
 
     /* the last block out resets the counters for the next launch */
     __syncthreads();
     if (threadIdx.x == 0) {
+        for (int i = 0; i < FM_NS; i++) {
+            mbar_inval(sp.full + i);
+            mbar_inval(sp.empty + i);
+        }
+        for (int i = 0; i < FM_NR; i++) {
+            mbar_inval(sp.redfull + i);
+            mbar_inval(sp.redempty + i);
+        }
         __threadfence();
         s_word = atomicAdd(L.ctr + C_EXIT, 1u);
     }
     __syncthreads();
     if (s_word == gridDim.x - 1) {
         __threadfence();
-        const int nseg = (int)ld_l2i((const int32_t *)L.ctr + C_NSEG), ht = (a.hidden + 15) / 16;
+        const int nseg = sp.hdr[H_NSEG], ht = (H + 15) / 16;
         for (int i = threadIdx.x; i < nseg; i += FM_THREADS) L.done1[i] = 0;
         for (int i = threadIdx.x; i < ht; i += FM_THREADS) L.done2[i] = 0;
         __syncthreads();
         if (threadIdx.x == 0) {
             L.ctr[C_ARRIVE] = 0;
-            L.ctr[C_FLAG] = 0;
             L.ctr[C_TASK] = 0;
-            L.ctr[C_RTASK] = 0;
             L.ctr[C_EXIT] = 0;
             __threadfence();
         }
@@ -726,7 +1073,7 @@ template <typename DT> static __device__ __forceinline__ void fused_body(const d
 
 #ifndef DMOE_FUSED_BODY_ONLY /* resident.cu includes this file for fused_body alone */
 template <typename DT> __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS) fused_moe_kernel(const dmoe_fused_args a) {
-    extern __shared__ __align__(16) char smem[];
+    extern __shared__ __align__(128) char smem[];
     __shared__ uint32_t s_word;
     fused_body<DT>(a, smem, &s_word);
 }
@@ -738,17 +1085,18 @@ size_t dmoe__fused_workspace_bytes(int64_t max_tokens, int32_t hidden, int32_t f
     return fm_carve(NULL, max_tokens, hidden, ffn, shared_ffn, n_experts, top_k, n_shared, NULL);
 }
 
-static size_t plan_smem_bytes(int32_t E) {
-    const size_t plan = (size_t)E * 2 * sizeof(int) + (size_t)FM_TOPK_WARPS * 3 * E * sizeof(float);
-    const size_t red = (size_t)FM_WARPS * 4 * 128 * sizeof(float);
-    return plan > red ? plan : red;
+/* Dynamic shared memory of a block for a forward of up to max_tokens tokens. */
+static size_t fm_smem_bytes(int32_t max_tokens, int32_t E, int32_t K, int32_t S) {
+    return fm_smem_layout(max_tokens, E, K, S).total;
 }
 
-extern "C" size_t dmoe__fused_smem_bytes(int32_t n_experts) { return plan_smem_bytes(n_experts); }
+extern "C" size_t dmoe__fused_smem_bytes(int32_t max_tokens, int32_t n_experts, int32_t top_k, int32_t n_shared) {
+    return fm_smem_bytes(max_tokens, n_experts, top_k, n_shared);
+}
 
 template <typename DT>
 static dmoe_status launch(dmoe_context *ctx, const dmoe_fused_args *a, int32_t num_sms, cudaStream_t stream) {
-    const size_t smem = plan_smem_bytes(a->n_experts);
+    const size_t smem = fm_smem_bytes(a->n_tokens, a->n_experts, a->top_k, a->n_shared);
     auto kernel = fused_moe_kernel<DT>;
     DMOE_CUDA_CHECK(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     int per_sm = 0;
@@ -763,7 +1111,11 @@ static dmoe_status launch(dmoe_context *ctx, const dmoe_fused_args *a, int32_t n
     attr[0].id = cudaLaunchAttributeCooperative;
     attr[0].val.cooperative = 1;
     cfg.attrs = attr;
+#ifdef FM_NONCOOP /* experiment: the same grid without the cooperative guarantee */
+    cfg.numAttrs = 0;
+#else
     cfg.numAttrs = 1;
+#endif
     if (getenv("DMOE_PRINT_CONFIG"))
         fprintf(stderr, "dmoe: fused kernel: %d blocks (%d per SM) x %d threads, %zu B smem, T=%d\n",
                 per_sm * num_sms, per_sm, FM_THREADS, smem, a->n_tokens);
@@ -776,7 +1128,10 @@ extern "C" dmoe_status dmoe__fused_forward(dmoe_context *ctx, const dmoe_fused_a
                                            cudaStream_t stream) {
     if (a->hidden % 8 != 0 || a->ffn % 8 != 0 || (a->n_shared > 0 && a->shared_ffn % 8 != 0))
         return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "fused kernel: H and F must be multiples of 8");
+    dmoe_fused_args b = *a;
+    if (b.route_kchunk <= 0) /* the staged router's split, so both paths route bitwise alike */
+        b.route_kchunk = (int32_t)dmoe__cuda_router_config(b.n_tokens, b.hidden, b.n_experts, num_sms).k_chunk;
     /* The dtype is a template parameter only because mma.sync names it in the instruction. */
-    return a->is_bf16 ? launch<dmoe_bf16>(ctx, a, num_sms, stream) : launch<dmoe_f16>(ctx, a, num_sms, stream);
+    return b.is_bf16 ? launch<dmoe_bf16>(ctx, &b, num_sms, stream) : launch<dmoe_f16>(ctx, &b, num_sms, stream);
 }
 #endif /* DMOE_FUSED_BODY_ONLY */

@@ -21,6 +21,9 @@ typedef struct dmoe_fused_args {
     float scale;
     int32_t route_from_ids; /* 1: topk_ids/topk_w are inputs (dmoe_experts), skip the router */
     int32_t is_bf16;        /* 1: bf16 tensors, 0: f16 */
+    int32_t route_kchunk;   /* router columns per k split, the staged router's (dmoe__cuda_router_config),
+                               so dmoe_route and the fused forward route bitwise alike; 0: filled in
+                               by dmoe__fused_forward (a kernel calling fused_body must set it) */
     /* inputs (bf16 or f16) */
     const void *x;            /* (T, H) */
     const void *router;       /* (E, H) */
@@ -43,8 +46,9 @@ typedef struct dmoe_fused_args {
 size_t dmoe__fused_workspace_bytes(int64_t max_tokens, int32_t hidden, int32_t ffn, int32_t shared_ffn,
                                    int32_t n_experts, int32_t top_k, int32_t n_shared);
 
-/* Dynamic shared memory of one block of the fused kernel (fused_body's smem). */
-size_t dmoe__fused_smem_bytes(int32_t n_experts);
+/* Dynamic shared memory of one block of the fused kernel (fused_body's smem) for
+ * forwards of up to max_tokens tokens. */
+size_t dmoe__fused_smem_bytes(int32_t max_tokens, int32_t n_experts, int32_t top_k, int32_t n_shared);
 
 /* Launches the fused forward on stream (cooperative launch: every block resident). */
 dmoe_status dmoe__fused_forward(dmoe_context *ctx, const dmoe_fused_args *a, int32_t num_sms,

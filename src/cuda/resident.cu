@@ -47,6 +47,7 @@
 #include <time.h>
 
 #include "cuda-context.h"
+#include "heuristics.h"
 #include "path-choice.h"
 #include "resident.h"
 
@@ -108,6 +109,10 @@ template <typename DT> static __device__ __forceinline__ bool nonfinite8(uint4 v
     return bad;
 }
 
+static __device__ __forceinline__ void rs_st_release(uint32_t *p, uint32_t v) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
 /* Grid-wide barrier by generation: the last block to arrive resets the count
  * and bumps the generation the others wait on. */
 static __device__ void rs_barrier(rs_ctrl *c) {
@@ -117,7 +122,7 @@ static __device__ void rs_barrier(rs_ctrl *c) {
         __threadfence();
         if (atomicAdd(&c->bar_count, 1u) == gridDim.x - 1) {
             c->bar_count = 0;
-            st_release(&c->bar_gen, gen + 1);
+            rs_st_release(&c->bar_gen, gen + 1);
         } else {
             while (ld_acquire(&c->bar_gen) == gen) __nanosleep(32);
         }
@@ -361,8 +366,12 @@ static dmoe_status rs_create_locked(dmoe_resident *r) {
     a.topk_ids = (int32_t *)(base + off_ids);
     a.topk_w = (float *)(base + off_w);
     a.ws = base;
+    /* the staged router's k split, as dmoe__fused_forward sets it (it does not depend on T
+     * up to 1024 tokens), so every batch routes bitwise like the ordinary launch */
+    a.route_kchunk = (int32_t)dmoe__cuda_router_config(T, d->hidden, d->n_experts, dmoe__cuda_ctx(ctx)->num_sms).k_chunk;
 
-    const size_t smem = dmoe__fused_smem_bytes(d->n_experts);
+    /* sized for the largest batch; fused_body lays out its shared memory for each batch's T */
+    const size_t smem = dmoe__fused_smem_bytes((int32_t)T, d->n_experts, d->top_k, d->n_shared_experts);
     void (*kernel)(dmoe_fused_args, rs_ctrl *, rs_mailbox *, const uint4 *, uint4 *, uint4 *, int, int) =
         a.is_bf16 ? resident_kernel<dmoe_bf16> : resident_kernel<dmoe_f16>;
     int per_sm = 0;
