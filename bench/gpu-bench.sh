@@ -2,7 +2,7 @@
 # gpu-bench.sh: one device call for the cuda backend: GPU tests, a
 # compute-sanitizer pass on small shapes, and the benchmark against PyTorch.
 #
-#   bench/gpu-bench.sh [tests] [sanitize] [bench]     (default: all three)
+#   bench/gpu-bench.sh [tests] [bench] [resident] [sanitize]   (default: all four, in that order)
 #   bench/gpu-bench.sh pack [DIR]    here, before the call: build, then copy the
 #                                    GPU tests, libdmoe.so* and the shared
 #                                    libraries they need (cudart, cjson) into
@@ -18,19 +18,27 @@ if [ "${1:-}" = pack ]; then
   DIR=${2:-.cudadev}
   cmake -S . -B build-cuda -G Ninja >/dev/null && cmake --build build-cuda | tail -1 || exit 1
   rm -rf "$DIR" && mkdir -p "$DIR"
-  cp build-cuda/bin/test-cuda-* "$DIR"/ && cp -P build-cuda/lib/libdmoe.so* "$DIR"/
+  cp build-cuda/bin/test-cuda-* build-cuda/bin/resident-bench "$DIR"/ && cp -P build-cuda/lib/libdmoe.so* "$DIR"/
+  strip -g "$DIR"/test-cuda-* "$DIR"/resident-bench "$DIR"/libdmoe.so.* 2>/dev/null
   for lib in $(ldd build-cuda/lib/libdmoe.so | awk '/=> \// && /cudart|cjson/ {print $3}'); do cp -L "$lib" "$DIR"/; done
+  # statically linked tests are ~7 MB each: carry them compressed (the device's
+  # working-tree limit is 64 MiB); the run unpacks bin.tgz when it finds one
+  tar czf /tmp/dmoe-bin.tgz -C "$DIR" . && rm -rf "$DIR" && mkdir -p "$DIR" && mv /tmp/dmoe-bin.tgz "$DIR/bin.tgz"
   ls "$DIR"; du -sh "$DIR"
   exit 0
 fi
 OUT=${OUT:-$PWD/gpu-bench-out}
 LOGS=$OUT/logs   # tarred into $OUT/logs.tgz at the end (the device returns at most 8 files)
 mkdir -p "$LOGS"
-STAGES=${*:-tests sanitize bench}
+STAGES=${*:-tests bench resident sanitize}
 T_TESTS=${DMOE_T_TESTS:-300}
 T_SAN=${DMOE_T_SAN:-120}
 T_BENCH=${DMOE_T_BENCH:-300}
 
+if [ -n "${DMOE_PREBUILT:-}" ] && [ -f "$DMOE_PREBUILT/bin.tgz" ]; then
+  mkdir -p /tmp/dmoe-prebuilt && tar xzf "$DMOE_PREBUILT/bin.tgz" -C /tmp/dmoe-prebuilt || exit 1
+  DMOE_PREBUILT=/tmp/dmoe-prebuilt
+fi
 if [ -n "${DMOE_PREBUILT:-}" ] && [ -x "$DMOE_PREBUILT/test-cuda-ops" ]; then
   BIN=$DMOE_PREBUILT
   LIB=$DMOE_PREBUILT
@@ -71,21 +79,34 @@ for stage in $STAGES; do
   sanitize)
     start=$(date +%s)
     # every tool over both paths (staged, fused) on the quick grid
-    for spec in memcheck:staged racecheck:staged synccheck:staged memcheck:fused racecheck:fused synccheck:fused; do
+    # tool:path[:test] (test default test-cuda-forward)
+    for spec in memcheck:staged racecheck:staged synccheck:staged memcheck:fused racecheck:fused synccheck:fused \
+                memcheck:staged:test-cuda-expert-cache racecheck:staged:test-cuda-expert-cache; do
       tool=${spec%%:*}
-      path=${spec#*:}
+      rest=${spec#*:}
+      path=${rest%%:*}
+      tst=test-cuda-forward
+      [ "$rest" != "$path" ] && tst=${rest#*:}
       left=$((T_SAN - ($(date +%s) - start)))
       [ $left -lt 10 ] && { SUMMARY="$SUMMARY\nsanitizer $spec: not run (time)"; continue; }
+      log="$LOGS/san-$tool-$path-$tst.log"
       DMOE_PATH=$path DMOE_GPU_TEST_QUICK=1 timeout $left compute-sanitizer --tool $tool --error-exitcode 9 \
-        "$BIN/test-cuda-forward" >"$LOGS/san-$tool-$path.log" 2>&1
+        "$BIN/$tst" >"$log" 2>&1
       rc=$?
-      SUMMARY="$SUMMARY\nsanitizer $tool $path (test-cuda-forward quick): rc=$rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY' "$LOGS/san-$tool-$path.log" | tail -1)"
+      SUMMARY="$SUMMARY\nsanitizer $tool $path ($tst quick): rc=$rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY' "$log" | tail -1)"
     done
     ;;
   bench)
     DMOE_PRINT_CONFIG=1 DMOE_LIB=$LIB/libdmoe.so PYTHONUNBUFFERED=1 timeout $T_BENCH python3 bench/gpu_bench.py \
-      --out "$OUT" --time-limit $((T_BENCH - 25)) 2>&1 | tee "$OUT/bench.txt" | tail -40
+      --out "$OUT" --tokens ${DMOE_BENCH_TOKENS:-1,4,16,128,512,2048,8192} --time-limit $((T_BENCH - 25)) 2>&1 |
+      tee "$OUT/bench.txt" | grep -v "^dmoe" | tail -60
     SUMMARY="$SUMMARY\nbench: rc=${PIPESTATUS[0]}"
+    ;;
+  resident)
+    # resident serving mode beside the graph-replayed fused forward (qwen3-30b-a3b layer)
+    timeout ${DMOE_T_RESIDENT:-60} "$BIN/resident-bench" 2048 768 128 8 --batches 10000 >"$LOGS/resident-bench.txt" 2>&1
+    SUMMARY="$SUMMARY\nresident-bench: rc=$?"
+    tail -8 "$LOGS/resident-bench.txt"
     ;;
   esac
 done

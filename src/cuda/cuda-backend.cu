@@ -540,14 +540,15 @@ static dmoe_status run_experts(dmoe_layer *layer, const void *x, int64_t T, cons
             return st;
     }
     if (L->print_config && L->printed_tokens != T) {
-        char b1[64], b2[64];
+        char b1[64], b2[64], b3[64];
         L->printed_tokens = T;
         dmoe_cuda_router_cfg rc = dmoe__cuda_router_config(T, d->hidden, E, cc->num_sms);
+        snprintf(b3, sizeof b3, "mma logits (%d k splits) + route", (int)rc.k_splits);
         fprintf(stderr,
                 "dmoe cuda: T=%lld H=%lld F=%lld E=%d K=%d: router %s, plan %s, experts %s "
                 "(~%lld rows/expert)%s%s\n",
                 (long long)T, (long long)d->hidden, (long long)d->ffn, (int)E, (int)K,
-                rc.use_mma ? "mma logits + route" : (rc.fused ? "stream split-k, fused route" : "stream split-k + route"),
+                rc.use_mma ? b3 : (rc.fused ? "stream split-k, fused route" : "stream split-k + route"),
                 plan_done ? "fused in router" : (T * K <= DMOE_CUDA_PLAN_SMALL ? "1 block" : "3 kernels"),
                 choice_str(&c, b1, sizeof b1), (long long)dmoe__cuda_rows_estimate(&a1),
                 S > 0 ? ", shared " : "", S > 0 ? choice_str(&cs, b2, sizeof b2) : "");

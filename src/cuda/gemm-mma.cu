@@ -51,6 +51,8 @@ typedef struct mma_params {
     const void *const *w_ptrs; /* (E) per-expert weights, or NULL: w + e * stride */
     const float *topk_w;
     void *out;
+    int32_t k_splits; /* LOGITS: partial sets along K (1 elsewhere) */
+    int64_t k_chunk;  /* LOGITS: K columns per set, a multiple of MMA_BK */
 } mma_params;
 
 template <int BM, int BN, int STAGES>
@@ -83,10 +85,16 @@ static __global__ void __launch_bounds__(WM * WN * 32, MINB) mma_gemm_kernel(mma
     int total_mt;
     if (MODE == MMA_LOGITS) total_mt = (int)((p.m_rows + BM - 1) / BM);
     else total_mt = dmoe_tile_prefix(p.offsets, p.n_experts, BM, s_tp, s_warp);
-    const int64_t n_tiles = (int64_t)total_mt * NTN;
-    const int KT = (int)((K + BK - 1) / BK);
+    const int KS = MODE == MMA_LOGITS ? p.k_splits : 1;
+    const int64_t n_tiles = (int64_t)total_mt * NTN * KS;
 
-    for (int64_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+    for (int64_t tile_ks = blockIdx.x; tile_ks < n_tiles; tile_ks += gridDim.x) {
+        /* LOGITS split along K: this tile sums columns [kbeg, kend) into partial set ks */
+        const int ks_set = (int)(tile_ks % KS);
+        const int64_t tile = tile_ks / KS;
+        const int64_t kbeg = MODE == MMA_LOGITS ? (int64_t)ks_set * p.k_chunk : 0;
+        const int64_t kend = MODE == MMA_LOGITS && kbeg + p.k_chunk < K ? kbeg + p.k_chunk : K;
+        const int KT = (int)((kend - kbeg + BK - 1) / BK);
         const int gmt = (int)(tile / NTN);
         int e = 0, first_mt = 0, mte = total_mt;
         if (MODE != MMA_LOGITS) {
@@ -147,21 +155,21 @@ static __global__ void __launch_bounds__(WM * WN * 32, MINB) mma_gemm_kernel(mma
         __syncthreads();
 
         auto load_stage = [&](int st, int kt) {
-            const int64_t k0 = (int64_t)kt * BK;
+            const int64_t k0 = kbeg + (int64_t)kt * BK;
             T *as = sA + st * BM * PITCH;
             T *bs = sB + st * BN * PITCH;
 #pragma unroll
             for (int i = tid; i < BM * 4; i += NTH) {
                 const int r = i >> 2, ch = i & 3;
                 const int64_t kk = k0 + ch * 8, ro = s_arow[r];
-                const bool ok = ro >= 0 && kk < K;
+                const bool ok = ro >= 0 && kk < kend;
                 dmoe_cp_async16(as + r * PITCH + ch * 8, ok ? (const void *)(A + ro + kk) : (const void *)A, ok);
             }
 #pragma unroll
             for (int i = tid; i < BN * 4; i += NTH) {
                 const int r = i >> 2, ch = i & 3;
                 const int64_t kk = k0 + ch * 8, ro = s_brow[r];
-                const bool ok = ro >= 0 && kk < K;
+                const bool ok = ro >= 0 && kk < kend;
                 dmoe_cp_async16(bs + r * PITCH + ch * 8, ok ? (const void *)(Wt + ro + kk) : (const void *)Wt, ok);
             }
         };
@@ -226,7 +234,7 @@ static __global__ void __launch_bounds__(WM * WN * 32, MINB) mma_gemm_kernel(mma
                     const int col = wn * WTN + ni * 8 + 2 * q;
                     if (MODE == MMA_LOGITS) {
                         const int64_t c = (int64_t)nt * BN + col;
-                        float *o = (float *)p.out + orow * N;
+                        float *o = (float *)p.out + (int64_t)ks_set * p.m_rows * N + orow * N;
                         if (c < N) o[c] = v0;
                         if (c + 1 < N) o[c + 1] = v1;
                     } else if (MODE == MMA_GEMM1) {
@@ -314,7 +322,8 @@ extern "C" dmoe_status dmoe__cuda_gemm2_mma(dmoe_context *ctx, const dmoe_cuda_g
 
 extern "C" dmoe_status dmoe__cuda_logits_mma(dmoe_context *ctx, const void *x, const void *router,
                                              int64_t n_tokens, int64_t hidden, int32_t n_experts,
-                                             dmoe_dtype dtype, float *logits, cudaStream_t stream) {
+                                             int32_t k_splits, int64_t k_chunk, dmoe_dtype dtype,
+                                             float *logits, cudaStream_t stream) {
     const dmoe_cuda_context *cc = dmoe__cuda_ctx(ctx);
     mma_params p;
     memset(&p, 0, sizeof p);
@@ -326,7 +335,10 @@ extern "C" dmoe_status dmoe__cuda_logits_mma(dmoe_context *ctx, const void *x, c
     p.w = router;
     p.out = logits;
     p.n_ntiles = (n_experts + 127) / 128;
-    const int64_t tile_bound = (n_tokens + 127) / 128 * p.n_ntiles;
+    p.k_splits = k_splits > 1 ? k_splits : 1;
+    p.k_chunk = k_splits > 1 ? k_chunk : hidden;
+    DMOE_ASSERT(p.k_chunk % MMA_BK == 0 || p.k_splits == 1);
+    const int64_t tile_bound = (n_tokens + 127) / 128 * p.n_ntiles * p.k_splits;
     cudaError_t err = dtype == DMOE_DTYPE_BF16
                           ? launch_mma<dmoe_bf16, MMA_LOGITS, true>(p, tile_bound, cc->num_sms, stream, cc)
                           : launch_mma<dmoe_f16, MMA_LOGITS, true>(p, tile_bound, cc->num_sms, stream, cc);

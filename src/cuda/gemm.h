@@ -26,10 +26,13 @@ dmoe_status dmoe__cuda_gemm2_mma(dmoe_context *ctx, const dmoe_cuda_grouped_args
                                  const void *act, const void *w2, const float *topk_w, void *part,
                                  cudaStream_t stream);
 
-/* logits (T, E) float32 = x (T, H) . router (E, H)^T, fp32 accumulation. */
+/* logits (T, E) float32 = x (T, H) . router (E, H)^T, fp32 accumulation, split
+ * along H into k_splits partial sets of k_chunk columns (a multiple of 32):
+ * set s, over columns [s*k_chunk, (s+1)*k_chunk), goes to logits + s*T*E. */
 dmoe_status dmoe__cuda_logits_mma(dmoe_context *ctx, const void *x, const void *router,
                                   int64_t n_tokens, int64_t hidden, int32_t n_experts,
-                                  dmoe_dtype dtype, float *logits, cudaStream_t stream);
+                                  int32_t k_splits, int64_t k_chunk, dmoe_dtype dtype,
+                                  float *logits, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

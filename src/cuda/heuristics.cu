@@ -185,8 +185,21 @@ extern "C" dmoe_cuda_router_cfg dmoe__cuda_router_config(int64_t n_tokens, int64
     dmoe_cuda_router_cfg c;
     memset(&c, 0, sizeof c);
     if (n_tokens > 1024) {
+        /* Tiled mma logits, 128 x 128 tiles, two blocks per SM. With few tiles
+         * (T = 2048, E = 128: 16) the GEMM ran on 16 SMs for ~55 us (ncu,
+         * bench/sm90-gemm-notes.md), so H is split until ~2 blocks per SM are
+         * busy: each split writes its own partial logits and the route kernel
+         * sums them in split order (deterministic). Splits keep >= 128 columns. */
         c.use_mma = 1;
-        c.k_splits = 1;
+        const int64_t tiles = (n_tokens + 127) / 128 * ((n_experts + 127) / 128);
+        int64_t splits = 2 * (int64_t)num_sms / tiles;
+        if (splits > hidden / 128) splits = hidden / 128;
+        if (splits > 8) splits = 8;
+        if (splits < 1) splits = 1;
+        int64_t chunk = (hidden + splits - 1) / splits;
+        chunk = (chunk + 31) / 32 * 32;
+        c.k_chunk = chunk;
+        c.k_splits = (int32_t)((hidden + chunk - 1) / chunk);
         return c;
     }
     c.tok_tiles = n_tokens <= 8 ? 1 : (n_tokens <= 16 ? 2 : 4);

@@ -50,8 +50,8 @@ int32_t dmoe__cuda_mma_rows(const dmoe_cuda_grouped_args *a);
 typedef struct dmoe_cuda_router_cfg {
     int32_t use_mma;      /* 0: split-k streaming kernel; 1: tiled mma logits (large T) */
     int32_t tok_tiles;    /* streaming: 8-token tiles per pass (1, 2, 4) */
-    int32_t k_splits;     /* streaming: blocks along H */
-    int64_t k_chunk;      /* streaming: H per block, a multiple of 256 */
+    int32_t k_splits;     /* blocks along H (streaming; mma logits: partial logit sets) */
+    int64_t k_chunk;      /* H per split: a multiple of 256 (streaming) or of 32 (mma) */
     int32_t fused;        /* streaming: the last block also routes (and plans) */
 } dmoe_cuda_router_cfg;
 

@@ -1,36 +1,45 @@
 /*
  * path-choice.c: staged or fused, per (T, H, F, E, K, S).
  *
- * AUTO picks the fused persistent kernel only where a measurement showed it
- * faster than the staged kernels; everywhere else the staged path (it covers
- * every T and was within a few percent at decode, bench/fused-notes.md). The
- * rule is the table below: a row matches a layer when every nonzero shape
- * field equals the layer's and T lies in [t_min, t_max]. Retune it by editing
- * rows (with the measurement in the note); nothing else needs to change.
- * DMOE_PRINT_CONFIG=1 prints the decision and the row's note.
+ * What the two paths cost, from the H100 measurements (graph-replayed, L2
+ * flushed; bench/fused-notes.md versions 05, bench/RESULTS.md):
+ *  - the fused kernel streams the experts' weights at 0.89-1.00 of the copy
+ *    bandwidth, the staged kernels at ~0.85-0.92: a gain proportional to the
+ *    bytes of the experts the batch hits;
+ *  - the fused kernel plans inside every block, and its top-k is a serial
+ *    chain per token (~1-4 us per token): a cost proportional to T.
+ *  So the fused kernel wins where the expert bytes per token are large:
+ *    mixtral-8x7b  T=1 267 vs 290 us, T=16 972 vs 1035 (176 MB/token at T=16)
+ *    deepseek-v3   T=1 273 vs 302 us, T=16 2891 vs 3188 (300 MB/token)
+ *    qwen3-30b-a3b T=1 55.3 vs 56.2 us (75 MB/token), T=16 325.5 vs 309.5 (49 MB/token)
+ *    olmoe-1b-7b   T=1 62.6 vs 64.3 us (100 MB/token), T=16 305.3 vs 297.4 (43 MB/token)
+ *  and the rule is: fused when T <= DMOE_FUSED_MAX_TOKENS and the expected
+ *  bytes of weights per token are at least FUSED_MIN_BYTES_PER_TOKEN, where the
+ *  expected bytes are E * (1 - (1 - K/E)^T) distinct routed experts (uniform
+ *  routing) times one expert's bytes, plus the shared experts. The threshold
+ *  sits between the losing (<= 49 MB) and the winning (>= 75 MB) cells.
+ * DMOE_PRINT_CONFIG=1 prints the decision with its numbers.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "path-choice.h"
 
-typedef struct path_rule {
-    int64_t hidden, ffn;      /* 0 = any */
-    int32_t n_experts, top_k; /* 0 = any */
-    int32_t n_shared;         /* -1 = any */
-    int64_t t_min, t_max;     /* tokens, inclusive */
-    dmoe_path path;
-    const char *note;         /* the measurement behind the row */
-} path_rule;
+#define FUSED_MIN_BYTES_PER_TOKEN (64.0 * 1024 * 1024)
 
-static const path_rule RULES[] = {
-    /* deepseek-v3 layer (H=7168 F=2048 E=256 K=8, 1 shared expert): fused 298.7 us vs staged
-     * 303.9 at T=1 and 3155 vs 3415 us (8% faster) at T=16, graph-replayed, H100,
-     * bench/fused-notes.md 2026-11-23. T between 1 and 16 assumed alike; above 16 unmeasured. */
-    {7168, 2048, 256, 8, 1, 1, 16, DMOE_PATH_FUSED,
-     "deepseek-v3 shape: fused measured 2-8% faster at T=1,16 (bench/fused-notes.md)"},
-};
+/* Expected bytes of weights a forward of T tokens reads per token. */
+static double bytes_per_token(const dmoe_layer_desc *d, int64_t T) {
+    const double es = (double)dmoe_dtype_size(d->weight_dtype);
+    const double E = (double)d->n_experts, K = (double)d->top_k;
+    const double hit = E * (1.0 - pow(1.0 - K / E, (double)T));
+    const double expert = 3.0 * (double)d->hidden * (double)d->ffn * es;
+    const double shared = d->n_shared_experts > 0
+                              ? (double)d->n_shared_experts * 3.0 * (double)d->hidden * (double)d->shared_ffn * es
+                              : 0.0;
+    return (hit * expert + shared) / (double)T;
+}
 
 int dmoe__cuda_path_request(const dmoe_layer_desc *d, dmoe_path *out) {
     const char *env = getenv("DMOE_PATH");
@@ -43,19 +52,6 @@ int dmoe__cuda_path_request(const dmoe_layer_desc *d, dmoe_path *out) {
     }
     *out = d->path;
     return 0;
-}
-
-static const path_rule *find_rule(const dmoe_layer_desc *d, int64_t T) {
-    const int32_t S = d->n_shared_experts;
-    for (size_t i = 0; i < sizeof RULES / sizeof RULES[0]; i++) {
-        const path_rule *r = &RULES[i];
-        if ((r->hidden && r->hidden != d->hidden) || (r->ffn && r->ffn != d->ffn) ||
-            (r->n_experts && r->n_experts != d->n_experts) || (r->top_k && r->top_k != d->top_k) ||
-            (r->n_shared >= 0 && r->n_shared != S) || T < r->t_min || T > r->t_max)
-            continue;
-        return r;
-    }
-    return NULL;
 }
 
 dmoe_path dmoe__cuda_choose_path(const dmoe_layer_desc *d, dmoe_path request, int64_t T, char *why,
@@ -79,15 +75,17 @@ dmoe_path dmoe__cuda_choose_path(const dmoe_layer_desc *d, dmoe_path request, in
         snprintf(why, why_len, "fused: %s=fused", src);
         return DMOE_PATH_FUSED;
     }
-    if (T <= DMOE_FUSED_MAX_TOKENS) {
-        const path_rule *r = find_rule(d, T);
-        if (r) {
-            snprintf(why, why_len, "%s: auto, rule: %s", dmoe_path_name(r->path), r->note);
-            return r->path;
-        }
+    if (T > DMOE_FUSED_MAX_TOKENS) {
+        snprintf(why, why_len, "staged: auto, T=%lld > %d (the fused kernel's limit)", (long long)T,
+                 DMOE_FUSED_MAX_TOKENS);
+        return DMOE_PATH_STAGED;
     }
-    snprintf(why, why_len, "staged: auto, no measured fused win for this shape at T=%lld", (long long)T);
-    return DMOE_PATH_STAGED;
+    const double bpt = bytes_per_token(d, T);
+    const dmoe_path p = bpt >= FUSED_MIN_BYTES_PER_TOKEN ? DMOE_PATH_FUSED : DMOE_PATH_STAGED;
+    snprintf(why, why_len, "%s: auto, ~%.0f MB of weights per token %s %.0f MB (path-choice.c)",
+             dmoe_path_name(p), bpt / 1048576.0, p == DMOE_PATH_FUSED ? ">=" : "<",
+             FUSED_MIN_BYTES_PER_TOKEN / 1048576.0);
+    return p;
 }
 
 int dmoe__cuda_path_may_fuse(const dmoe_layer_desc *d, dmoe_path request) {

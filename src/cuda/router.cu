@@ -289,10 +289,19 @@ router_stream_kernel(router_params p) {
 
 extern "C" size_t dmoe__cuda_router_ws_floats(int64_t max_tokens, int64_t hidden, int32_t n_experts,
                                               int32_t num_sms) {
-    /* The split count depends on (H, E) only, and streaming stops at T = 1024. */
+    /* Streaming (T <= 1024): the split count depends on (H, E) only. Above,
+     * the mma logits split H by a count that falls as T grows: take the
+     * largest splits x T over the token counts a call may pass (the count
+     * changes only at multiples of 128 tokens). */
     const int64_t t_stream = max_tokens < 1024 ? max_tokens : 1024;
     dmoe_cuda_router_cfg c = dmoe__cuda_router_config(t_stream, hidden, n_experts, num_sms);
     size_t need = (size_t)c.k_splits * (size_t)t_stream * (size_t)n_experts;
+    for (int64_t m = 9; 128 * (m - 1) < max_tokens; m++) { /* T in (128(m-1), 128m]: one count */
+        const int64_t tt = 128 * m < max_tokens ? 128 * m : max_tokens;
+        c = dmoe__cuda_router_config(tt, hidden, n_experts, num_sms);
+        const size_t n = (size_t)c.k_splits * (size_t)tt * (size_t)n_experts;
+        if (n > need) need = n;
+    }
     if ((size_t)max_tokens * (size_t)n_experts > need) need = (size_t)max_tokens * (size_t)n_experts;
     return need;
 }
@@ -376,8 +385,9 @@ extern "C" dmoe_status dmoe__cuda_router(dmoe_context *ctx, const dmoe_cuda_rout
         k_splits = c.k_splits;
     } else {
         dmoe_status st = dmoe__cuda_logits_mma(ctx, a->x, a->weight, a->n_tokens, a->hidden, E,
-                                               a->dtype, a->logits_ws, stream);
+                                               c.k_splits, c.k_chunk, a->dtype, a->logits_ws, stream);
         if (st != DMOE_OK) return st;
+        k_splits = c.k_splits;
     }
     static unsigned long long smem_done = 0;
     DMOE_CUDA_CHECK(ctx, dmoe_set_smem(route_kernel, route_smem, cc->device, &smem_done));

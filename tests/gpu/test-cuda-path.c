@@ -2,9 +2,10 @@
  * test-cuda-path: path selection of the cuda backend (desc.path, DMOE_PATH,
  * the AUTO heuristic of path-choice.c).
  *  - dmoe_layer_query_path: STAGED is staged at every T; FUSED is fused up to
- *    64 tokens and staged above; AUTO is staged on shapes without a measured
- *    fused win, and fused at T=1 and 16 on the deepseek-v3 shape (query only:
- *    no weights needed), staged at T=17 there;
+ *    64 tokens and staged above; AUTO follows the bytes-per-token rule: staged
+ *    on the small test shapes, fused at T=1..64 (staged at 65) on the
+ *    deepseek-v3 shape, fused at T=1,4 and staged at 16 on the qwen3 shape
+ *    (query only: no weights needed);
  *  - each forward runs what the query says: with DMOE_PRINT_CONFIG=1 the
  *    fused launch prints "fused kernel:" on stderr (captured here), the staged
  *    path prints its router/plan/experts line; and it agrees with cpu-ref
@@ -171,7 +172,7 @@ int main(int argc, char **argv) {
         ds.routing.topk_group = 4;
         ds.routing.use_correction_bias = 1;
         ds.routing.routed_scaling_factor = 2.5f;
-        ds.max_tokens = 32;
+        ds.max_tokens = 96;
         dmoe_context_desc cd;
         dmoe_context_desc_init(&cd);
         cd.backend = DMOE_BACKEND_CUDA;
@@ -180,9 +181,10 @@ int main(int argc, char **argv) {
         dmoe_layer *layer = NULL;
         if (ctx) TU_CHECK_STATUS(ctx, dmoe_layer_create(ctx, &ds, &layer), DMOE_OK);
         if (layer) {
-            const int64_t Ts[3] = {1, 16, 17};
-            const dmoe_path want[3] = {DMOE_PATH_FUSED, DMOE_PATH_FUSED, DMOE_PATH_STAGED};
-            for (int i = 0; i < 3; i++) {
+            /* ~300 MB of weights per token at T=16: fused up to its 64-token limit */
+            const int64_t Ts[4] = {1, 16, 64, 65};
+            const dmoe_path want[4] = {DMOE_PATH_FUSED, DMOE_PATH_FUSED, DMOE_PATH_FUSED, DMOE_PATH_STAGED};
+            for (int i = 0; i < 4; i++) {
                 dmoe_path p = DMOE_PATH_AUTO;
                 TU_CHECK_STATUS(ctx, dmoe_layer_query_path(layer, Ts[i], &p), DMOE_OK);
                 TU_CHECKF(p == want[i], "deepseek-v3 auto T=%lld: %s, expected %s", (long long)Ts[i],
@@ -190,6 +192,28 @@ int main(int argc, char **argv) {
             }
             dmoe_layer_destroy(layer);
             layer = NULL;
+            /* qwen3-30b-a3b shape (9 MiB experts): fused at T=1 (72 MiB per token), staged at
+             * T=16 (~38 MiB per token), path-choice.c's threshold being 64 MiB */
+            dmoe_layer_desc qw;
+            dmoe_layer_desc_init(&qw);
+            qw.hidden = 2048;
+            qw.ffn = 768;
+            qw.n_experts = 128;
+            qw.top_k = 8;
+            qw.max_tokens = 32;
+            TU_CHECK_STATUS(ctx, dmoe_layer_create(ctx, &qw, &layer), DMOE_OK);
+            if (layer) {
+                const int64_t Tq[3] = {1, 4, 16};
+                const dmoe_path wq[3] = {DMOE_PATH_FUSED, DMOE_PATH_FUSED, DMOE_PATH_STAGED};
+                for (int i = 0; i < 3; i++) {
+                    dmoe_path p = DMOE_PATH_AUTO;
+                    TU_CHECK_STATUS(ctx, dmoe_layer_query_path(layer, Tq[i], &p), DMOE_OK);
+                    TU_CHECKF(p == wq[i], "qwen3 auto T=%lld: %s, expected %s", (long long)Tq[i],
+                              dmoe_path_name(p), dmoe_path_name(wq[i]));
+                }
+                dmoe_layer_destroy(layer);
+                layer = NULL;
+            }
             /* the environment overrides desc.path */
             setenv("DMOE_PATH", "staged", 1);
             TU_CHECK_STATUS(ctx, dmoe_layer_create(ctx, &ds, &layer), DMOE_OK);
@@ -206,7 +230,7 @@ int main(int argc, char **argv) {
             unsetenv("DMOE_PATH");
         }
         dmoe_context_destroy(ctx);
-        printf("deepseek-v3 shape: auto picks fused at T=1,16 and staged at T=17; DMOE_PATH overrides\n");
+        printf("auto: deepseek-v3 shape fused at T=1..64, staged at 65; qwen3 shape fused at T=1,4, staged at 16; DMOE_PATH overrides\n");
     }
     return tu_finish("test-cuda-path");
 }
