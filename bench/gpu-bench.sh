@@ -57,7 +57,8 @@ for stage in $STAGES; do
   tests)
     start=$(date +%s)
     # every GPU test on the default path (DMOE_PATH unset: the heuristic), then
-    # name:path: the forward and graph tests forced through each path
+    # name:path: the forward and graph tests forced through each path (quick grid
+    # unless DMOE_FORCED_QUICK=0)
     for spec in $(cd "$BIN" && ls test-cuda-*) test-cuda-forward:staged test-cuda-graph:staged \
                 test-cuda-forward:fused test-cuda-graph:fused; do
       t=${spec%%:*}
@@ -69,7 +70,7 @@ for stage in $STAGES; do
       if [ $path = default ]; then
         (unset DMOE_PATH; timeout $left "$BIN/$t" >"$log" 2>&1)
       else
-        DMOE_PATH=$path timeout $left "$BIN/$t" >"$log" 2>&1
+        DMOE_PATH=$path DMOE_GPU_TEST_QUICK=${DMOE_FORCED_QUICK:-1} timeout $left "$BIN/$t" >"$log" 2>&1
       fi
       rc=$?
       grep -E "FAIL|FATAL|checks|SKIPPED" "$log" | tail -12
