@@ -79,22 +79,25 @@ for stage in $STAGES; do
     ;;
   sanitize)
     start=$(date +%s)
-    # every tool over both paths (staged, fused) on the quick grid
-    # tool:path[:test] (test default test-cuda-forward)
-    for spec in memcheck:staged racecheck:staged synccheck:staged memcheck:fused racecheck:fused synccheck:fused \
-                memcheck:staged:test-cuda-expert-cache racecheck:staged:test-cuda-expert-cache; do
-      tool=${spec%%:*}
-      rest=${spec#*:}
-      path=${rest%%:*}
-      tst=test-cuda-forward
-      [ "$rest" != "$path" ] && tst=${rest#*:}
+    # tool:path:test[:arg], quick grids; each run capped at DMOE_T_SAN_EACH seconds.
+    # Fused kernel: test-cuda-path --quick runs only fused forwards (T=1, 37; two
+    # shapes). Staged kernels: test-cuda-ops covers router, plan, stream, mma,
+    # swap-AB and 128x256 wgmma GEMMs, combine; test-cuda-forward the whole path.
+    specs=${DMOE_SAN_SPECS:-"racecheck:fused:test-cuda-path:--quick synccheck:fused:test-cuda-path:--quick
+      memcheck:fused:test-cuda-path:--quick memcheck:staged:test-cuda-expert-cache racecheck:staged:test-cuda-expert-cache
+      memcheck:staged:test-cuda-ops racecheck:staged:test-cuda-ops memcheck:staged:test-cuda-forward
+      racecheck:staged:test-cuda-forward synccheck:staged:test-cuda-forward"}
+    for spec in $specs; do
+      IFS=: read -r tool path tst arg <<<"$spec"
       left=$((T_SAN - ($(date +%s) - start)))
-      [ $left -lt 10 ] && { SUMMARY="$SUMMARY\nsanitizer $spec: not run (time)"; continue; }
+      each=${DMOE_T_SAN_EACH:-120}
+      [ $left -lt $each ] && each=$left
+      [ $each -lt 10 ] && { SUMMARY="$SUMMARY\nsanitizer $spec: not run (time)"; continue; }
       log="$LOGS/san-$tool-$path-$tst.log"
-      DMOE_PATH=$path DMOE_GPU_TEST_QUICK=1 timeout $left compute-sanitizer --tool $tool --error-exitcode 9 \
-        "$BIN/$tst" >"$log" 2>&1
+      DMOE_PATH=$path DMOE_GPU_TEST_QUICK=1 timeout $each compute-sanitizer --tool $tool --error-exitcode 9 \
+        "$BIN/$tst" $arg >"$log" 2>&1
       rc=$?
-      SUMMARY="$SUMMARY\nsanitizer $tool $path ($tst quick): rc=$rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY' "$log" | tail -1)"
+      SUMMARY="$SUMMARY\nsanitizer $tool $path ($tst $arg quick): rc=$rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY' "$log" | tail -1)"
     done
     ;;
   bench)

@@ -1,23 +1,23 @@
 /*
  * path-choice.c: staged or fused, per (T, H, F, E, K, S).
  *
- * What the two paths cost, from the H100 measurements (graph-replayed, L2
- * flushed; bench/fused-notes.md versions 05, bench/RESULTS.md):
- *  - the fused kernel streams the experts' weights at 0.89-1.00 of the copy
- *    bandwidth, the staged kernels at ~0.85-0.92: a gain proportional to the
- *    bytes of the experts the batch hits;
- *  - the fused kernel plans inside every block, and its top-k is a serial
- *    chain per token (~1-4 us per token): a cost proportional to T.
- *  So the fused kernel wins where the expert bytes per token are large:
- *    mixtral-8x7b  T=1 267 vs 290 us, T=16 972 vs 1035 (176 MB/token at T=16)
- *    deepseek-v3   T=1 273 vs 302 us, T=16 2891 vs 3188 (300 MB/token)
- *    qwen3-30b-a3b T=1 55.3 vs 56.2 us (75 MB/token), T=16 325.5 vs 309.5 (49 MB/token)
- *    olmoe-1b-7b   T=1 62.6 vs 64.3 us (100 MB/token), T=16 305.3 vs 297.4 (43 MB/token)
- *  and the rule is: fused when T <= DMOE_FUSED_MAX_TOKENS and the expected
- *  bytes of weights per token are at least FUSED_MIN_BYTES_PER_TOKEN, where the
- *  expected bytes are E * (1 - (1 - K/E)^T) distinct routed experts (uniform
- *  routing) times one expert's bytes, plus the shared experts. The threshold
- *  sits between the losing (<= 49 MB) and the winning (>= 75 MB) cells.
+ * Measured on the H100 (bench/gpu-bench.sh, 2026-11-23, graph-replayed, L2
+ * flushed, both paths in the same run; bench/RESULTS.md), staged vs fused us:
+ *                   T=1            T=4            T=16
+ *   mixtral-8x7b    286.7 / 268.3  726.3 / 727.0  947.7 / 969.5
+ *   qwen3-30b-a3b    59.3 /  54.3  131.6 / 129.8  303.5 / 335.7
+ *   deepseek-v3     276.8 / 273.2  916.4 / 909.1  3035 / 3069
+ *   olmoe-1b-7b      64.5 /  61.6  150.9 / 150.9  282.1 / 308.0
+ * The fused kernel saves the staged path's launches and hand-offs (a fixed
+ * gain, largest at T=1), but plans inside every block with a serial top-k
+ * chain per token (a cost that grows with T): it wins at T=1 on every preset,
+ * ties at T=4 and loses at T=16 (where the staged swap-AB wgmma GEMMs stream
+ * better). So AUTO runs fused for T <= FUSED_AUTO_MAX_T on layers whose
+ * weights per token are large enough to have been measured
+ * (>= FUSED_MIN_BYTES_PER_TOKEN: E * (1 - (1 - K/E)^T) distinct experts under
+ * uniform routing times one expert's bytes, plus the shared experts, over T;
+ * 72-352 MiB per token on the presets at T=1), and staged everywhere else
+ * (small layers were not measured: the staged path is the baseline).
  * DMOE_PRINT_CONFIG=1 prints the decision with its numbers.
  */
 #include <math.h>
@@ -27,7 +27,8 @@
 
 #include "path-choice.h"
 
-#define FUSED_MIN_BYTES_PER_TOKEN (64.0 * 1024 * 1024)
+#define FUSED_AUTO_MAX_T 3
+#define FUSED_MIN_BYTES_PER_TOKEN (16.0 * 1024 * 1024)
 
 /* Expected bytes of weights a forward of T tokens reads per token. */
 static double bytes_per_token(const dmoe_layer_desc *d, int64_t T) {
@@ -75,16 +76,16 @@ dmoe_path dmoe__cuda_choose_path(const dmoe_layer_desc *d, dmoe_path request, in
         snprintf(why, why_len, "fused: %s=fused", src);
         return DMOE_PATH_FUSED;
     }
-    if (T > DMOE_FUSED_MAX_TOKENS) {
-        snprintf(why, why_len, "staged: auto, T=%lld > %d (the fused kernel's limit)", (long long)T,
-                 DMOE_FUSED_MAX_TOKENS);
+    if (T > FUSED_AUTO_MAX_T) {
+        snprintf(why, why_len, "staged: auto, T=%lld > %d (the fused kernel wins only at the smallest T)",
+                 (long long)T, FUSED_AUTO_MAX_T);
         return DMOE_PATH_STAGED;
     }
     const double bpt = bytes_per_token(d, T);
     const dmoe_path p = bpt >= FUSED_MIN_BYTES_PER_TOKEN ? DMOE_PATH_FUSED : DMOE_PATH_STAGED;
-    snprintf(why, why_len, "%s: auto, ~%.0f MB of weights per token %s %.0f MB (path-choice.c)",
-             dmoe_path_name(p), bpt / 1048576.0, p == DMOE_PATH_FUSED ? ">=" : "<",
-             FUSED_MIN_BYTES_PER_TOKEN / 1048576.0);
+    snprintf(why, why_len, "%s: auto, T=%lld <= %d and ~%.0f MiB of weights per token %s %.0f MiB (path-choice.c)",
+             dmoe_path_name(p), (long long)T, FUSED_AUTO_MAX_T, bpt / 1048576.0,
+             p == DMOE_PATH_FUSED ? ">=" : "<", FUSED_MIN_BYTES_PER_TOKEN / 1048576.0);
     return p;
 }
 
