@@ -282,7 +282,7 @@ static void bench_help(FILE *f) {
             "  --preset NAME        a model's layer; shape options given as well override it\n"
             "  --model DIR          a Hugging Face model directory (dmoe info DIR lists its\n"
             "                       MoE layers; dmoe synth DIR writes one): its real weights\n"
-            "                       and routing; host backends only for now\n"
+            "                       and routing (cuda: the layer is copied to the GPU)\n"
             "  --layer N            the decoder layer of --model (default: the first MoE one)\n"
             "  --scale S            shrink the layer about S times to fit a small machine:\n"
             "                       E is divided by S (kept >= K and valid for grouped top-k);\n"
