@@ -59,7 +59,9 @@ extern "C" {
 #endif
 
 /* Limits. Backends may document tighter ones (the CUDA backend: K <= 32,
- * H and F multiples of 8). */
+ * E and S <= 1024, H, F and Fs multiples of 8, bf16 or f16; its fused kernel
+ * also needs its shared memory per block to fit the device, else the forward
+ * runs staged). */
 #define DMOE_MAX_EXPERTS 4096       /* E and S */
 #define DMOE_MAX_DIM (1 << 20)      /* H and F */
 #define DMOE_MAX_TOKENS (1 << 24)   /* max_tokens */
@@ -265,8 +267,9 @@ DMOE_API dmoe_status dmoe_experts(dmoe_layer *layer, const dmoe_tensor *x,
                                   dmoe_tensor *y, void *stream);
 
 /* ---- device memory (cuda) ----
- * The cuda backend takes all its device memory (layer workspaces, weight
- * copies made by dmoe_model_load_layer, expert-cache slots) from one pool per
+ * The cuda backend takes its device memory (layer workspaces, weight
+ * copies made by dmoe_model_load_layer, expert-cache slots; not the resident
+ * mode's buffers, which are allocated directly) from one pool per
  * context, with size classes (four per power of two, at most 25% rounding
  * loss). Freed blocks stay cached for the next request of their class; when
  * cudaMalloc fails the pool gives its cached blocks back (a trim) and retries
@@ -307,8 +310,13 @@ DMOE_API dmoe_status dmoe_context_trim_memory(dmoe_context *ctx);
  * weights through a per-expert pointer table, so the forward stays
  * asynchronous and can be captured in a CUDA graph. Cached layers run the
  * staged path with the streaming / mma.sync GEMMs.
- * Calling dmoe_layer_set_weights later turns the cache off. Host backends
- * return DMOE_ERR_UNSUPPORTED. */
+ * Calling dmoe_layer_set_weights later turns the cache off; enabling it again
+ * rebuilds it from its own host copy. A layer loaded by dmoe_model_load_layer
+ * keeps its full device copy of the weights next to the cache (the cache then
+ * adds memory instead of saving it: loading a model layer straight into an
+ * offloaded layer is not there yet). While a resident kernel occupies the
+ * device, the cache calls that synchronise it (enable, stats, table) are
+ * refused. Host backends return DMOE_ERR_UNSUPPORTED. */
 #define DMOE_EXPERT_CACHE_FLAGS_NONE 0u
 
 typedef struct dmoe_expert_cache_stats {
@@ -417,9 +425,11 @@ DMOE_API dmoe_status dmoe_resident_query(const dmoe_resident *r, dmoe_resident_i
 /* Sends the stop command and waits (at most shutdown_timeout_ms) for the
  * kernel to exit, a batch in flight first. DMOE_OK, or DMOE_ERR_TIMEOUT when
  * the kernel did not exit: then its buffers are deliberately leaked (freeing
- * memory a running kernel uses would synchronise with it, i.e. hang). The
- * object is gone either way. NULL is a no-op. Messages go to the layer's
- * context. */
+ * memory a running kernel uses would synchronise with it, i.e. hang), and
+ * the layer refuses every call but dmoe_layer_destroy from then on (the kernel
+ * may still read its weights). The object is gone either way. NULL is a
+ * no-op. Messages go to the layer's context. dmoe_layer_destroy of a layer
+ * with a resident object destroys that object first (do not use it after). */
 DMOE_API dmoe_status dmoe_resident_destroy(dmoe_resident *r);
 
 /* ---- safetensors files (src/store) ----
@@ -485,7 +495,7 @@ DMOE_API dmoe_status dmoe_model_moe_layer(const dmoe_model *model, int32_t i, in
                                           dmoe_layer_desc *desc);
 /* Creates a layer for decoder layer layer_idx with its weights loaded. desc
  * must be the one dmoe_model_moe_layer gave, where only act_dtype,
- * weight_dtype and max_tokens may be changed. With a cuda context the weights
+ * weight_dtype, max_tokens and path may be changed. With a cuda context the weights
  * are copied to device memory owned by the layer (from the context's pool) and
  * freed with it; host backends keep them in a host arena owned by the layer. */
 DMOE_API dmoe_status dmoe_model_load_layer(dmoe_model *model, dmoe_context *ctx, int32_t layer_idx,

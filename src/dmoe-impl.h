@@ -56,6 +56,8 @@ struct dmoe_layer {
     void *backend_data; /* owned by the backend: workspace sized for max_tokens */
     void *owned_weights; /* (optional) host arena behind w, freed with the layer */
     dmoe_resident *resident; /* a resident kernel runs on this layer (compute calls refused) */
+    int resident_stuck;      /* a resident kernel of this layer did not stop when destroyed: it may
+                              * still read the weights, so compute and weight calls stay refused */
 };
 
 /* A resident serving kernel (src/resident.c validates, the backend runs it). */

@@ -36,6 +36,19 @@ static int is_float_dtype(dmoe_dtype dt) {
     return dt == DMOE_DTYPE_F32 || dt == DMOE_DTYPE_BF16 || dt == DMOE_DTYPE_F16;
 }
 
+/* Compute, weight and cache calls are refused while a resident kernel owns
+ * the layer (src/resident.c), and for good when one did not stop. */
+static dmoe_status resident_busy(dmoe_layer *layer) {
+    if (layer->resident)
+        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "the layer runs a resident kernel (dmoe_resident_*): destroy it first");
+    if (layer->resident_stuck)
+        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "a resident kernel of this layer did not stop when destroyed and may still read "
+                           "its weights: the layer can only be destroyed");
+    return DMOE_OK;
+}
+
 static dmoe_status validate_desc(dmoe_context *ctx, const dmoe_layer_desc *d) {
     const dmoe_backend_iface *be = ctx->backend;
     if (d->hidden < 1 || d->hidden > DMOE_MAX_DIM)
@@ -141,6 +154,8 @@ dmoe_status dmoe_layer_create(dmoe_context *ctx, const dmoe_layer_desc *desc, dm
 void dmoe_layer_destroy(dmoe_layer *layer) {
     if (!layer) return;
     dmoe_context *ctx = layer->ctx;
+    /* its resident kernel first (it reads the layer's weights and workspace) */
+    if (layer->resident) (void)dmoe_resident_destroy(layer->resident);
     if (ctx->backend->layer_fini) ctx->backend->layer_fini(layer);
     dmoe__free(ctx, layer->owned_weights);
     dmoe__free(ctx, layer);
@@ -186,9 +201,7 @@ dmoe_status dmoe_layer_set_weights(dmoe_layer *layer, const dmoe_weights *w) {
     const dmoe_layer_desc *d = &layer->desc;
     const dmoe_dtype wt = d->weight_dtype;
     dmoe_status st;
-    if (layer->resident)
-        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
-                           "the layer's weights are in use by a resident kernel: destroy it first");
+    if ((st = resident_busy(layer)) != DMOE_OK) return st;
     if ((st = check_weight_ptr(ctx, w->router, "router", wt)) != DMOE_OK) return st;
     if ((st = check_weight_ptr(ctx, w->w13, "w13", wt)) != DMOE_OK) return st;
     if ((st = check_weight_ptr(ctx, w->w2, "w2", wt)) != DMOE_OK) return st;
@@ -276,9 +289,8 @@ static dmoe_status begin_call(dmoe_layer *layer, const dmoe_tensor *x) {
     dmoe__clear_error(layer->ctx);
     if (!layer->has_weights)
         return dmoe__error(layer->ctx, DMOE_ERR_NO_WEIGHTS, "call dmoe_layer_set_weights first");
-    if (layer->resident)
-        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
-                           "the layer runs a resident kernel (dmoe_resident_*): destroy it first");
+    dmoe_status busy = resident_busy(layer);
+    if (busy != DMOE_OK) return busy;
     return check_tensor(layer, x, "x", layer->desc.act_dtype, -1, layer->desc.hidden);
 }
 
@@ -347,9 +359,8 @@ static dmoe_status cache_begin(dmoe_layer *layer, int need_enabled) {
     if (!be->cache_enable)
         return dmoe__error(layer->ctx, DMOE_ERR_UNSUPPORTED, "backend '%s' has no expert cache",
                            be->name);
-    if (layer->resident)
-        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
-                           "the layer runs a resident kernel (dmoe_resident_*): destroy it first");
+    dmoe_status busy = resident_busy(layer);
+    if (busy != DMOE_OK) return busy;
     if (need_enabled && be->cache_slots(layer) == 0)
         return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
                            "the layer has no expert cache (call dmoe_layer_enable_expert_cache)");

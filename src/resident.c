@@ -38,6 +38,10 @@ dmoe_status dmoe_resident_create(dmoe_layer *layer, const dmoe_resident_desc *de
         return dmoe__error(ctx, DMOE_ERR_NO_WEIGHTS, "call dmoe_layer_set_weights first");
     if (layer->resident)
         return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "the layer already has a resident kernel");
+    if (layer->resident_stuck)
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "a resident kernel of this layer did not stop when destroyed: the layer can only be "
+                           "destroyed");
     if (ctx->backend->cache_slots && ctx->backend->cache_slots(layer) > 0)
         return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
                            "the layer has an expert cache: resident mode runs the fused kernel, which reads "
@@ -116,6 +120,7 @@ dmoe_status dmoe_resident_destroy(dmoe_resident *r) {
     dmoe__clear_error(ctx);
     dmoe_status st = ctx->backend->resident->destroy(r);
     layer->resident = NULL;
+    if (st == DMOE_ERR_TIMEOUT) layer->resident_stuck = 1; /* the kernel may still read the weights */
     dmoe__free(ctx, r);
     return st;
 }

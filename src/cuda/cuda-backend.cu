@@ -173,7 +173,11 @@ static dmoe_status cuda_context_init(dmoe_context *ctx) {
 
 static void cuda_context_fini(dmoe_context *ctx) {
     dmoe_cuda_context *cc = dmoe__cuda_ctx(ctx);
-    if (cc && cc->pool) {
+    if (cc && cc->pool && dmoe__cuda_resident_active(cc->device)) {
+        /* cudaFree would wait for the resident kernel, which does not end on its own */
+        fprintf(stderr, "dmoe cuda: a context was destroyed while a resident kernel occupies device %d: its "
+                        "memory pool is leaked (destroy the resident kernel first)\n", (int)cc->device);
+    } else if (cc && cc->pool) {
         int cur = -1;
         if (cudaGetDevice(&cur) == cudaSuccess && cur != cc->device) cudaSetDevice(cc->device);
         dmoe__pool_fini(cc->pool);
@@ -353,11 +357,23 @@ static dmoe_status check_device_ptr(dmoe_context *ctx, const void *p, const char
     return DMOE_OK;
 }
 
+/* Calls that synchronise the whole device would wait forever for a resident
+ * kernel (resident.cu) that occupies it: refused while one runs. */
+static dmoe_status refuse_if_resident(dmoe_context *ctx, const char *what) {
+    if (!dmoe__cuda_resident_active(ctx->desc.device)) return DMOE_OK;
+    return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
+                       "%s synchronises device %d, which a resident kernel occupies: destroy it first", what,
+                       (int)ctx->desc.device);
+}
+
 static dmoe_status cuda_layer_weights_changed(dmoe_layer *layer) {
     dmoe_context *ctx = layer->ctx;
     const dmoe_weights *w = &layer->w;
     cuda_layer *L = (cuda_layer *)layer->backend_data;
-    dmoe_status st;
+    dmoe_status st = use_device(ctx);
+    if (st != DMOE_OK) return st;
+    if (L->cache && (st = refuse_if_resident(ctx, "replacing the weights of a cached layer")) != DMOE_OK)
+        return st;
     if ((st = check_device_ptr(ctx, w->router, "router"))) return st;
     if ((st = check_device_ptr(ctx, w->w13, "w13"))) return st;
     if ((st = check_device_ptr(ctx, w->w2, "w2"))) return st;
@@ -419,6 +435,8 @@ static dmoe_status cuda_memory_stats(dmoe_context *ctx, dmoe_memory_stats *out) 
 }
 
 static void cuda_memory_trim(dmoe_context *ctx) {
+    /* cudaFree waits for a resident kernel on the device: then the trim does nothing */
+    if (dmoe__cuda_resident_active(ctx->desc.device)) return;
     if (use_device(ctx) == DMOE_OK) dmoe__pool_trim(dmoe__cuda_ctx(ctx)->pool);
 }
 
@@ -429,12 +447,17 @@ static dmoe_status cuda_cache_enable(dmoe_layer *layer, int32_t n_slots, uint32_
     cuda_layer *L = (cuda_layer *)layer->backend_data;
     dmoe_status st = use_device(ctx);
     if (st != DMOE_OK) return st;
-    if (L->cache) {
-        dmoe__cuda_cache_destroy(L->cache);
-        L->cache = NULL;
-    }
-    return dmoe__cuda_cache_create(ctx, dmoe__cuda_ctx(ctx)->pool, &layer->desc, layer->w.w13,
-                                   layer->w.w2, n_slots, &L->cache);
+    if ((st = refuse_if_resident(ctx, "enabling an expert cache")) != DMOE_OK) return st;
+    /* Rebuilding: the experts come from the old cache's host copy (the caller may have freed
+     * weights.w13/w2 since the first enable), and the old cache goes only once the new exists. */
+    const void *w13 = layer->w.w13, *w2 = layer->w.w2;
+    if (L->cache) dmoe__cuda_cache_host_weights(L->cache, &w13, &w2);
+    dmoe_cuda_cache *fresh = NULL;
+    st = dmoe__cuda_cache_create(ctx, dmoe__cuda_ctx(ctx)->pool, &layer->desc, w13, w2, n_slots, &fresh);
+    if (st != DMOE_OK) return st;
+    dmoe__cuda_cache_destroy(L->cache);
+    L->cache = fresh;
+    return DMOE_OK;
 }
 
 static dmoe_status cuda_cache_prefetch(dmoe_layer *layer, const int32_t *ids, int32_t n_ids,
@@ -449,12 +472,14 @@ static dmoe_status cuda_cache_prefetch(dmoe_layer *layer, const int32_t *ids, in
 static dmoe_status cuda_cache_stats(dmoe_layer *layer, dmoe_expert_cache_stats *out) {
     dmoe_status st = use_device(layer->ctx);
     if (st != DMOE_OK) return st;
+    if ((st = refuse_if_resident(layer->ctx, "reading the cache counters")) != DMOE_OK) return st;
     return dmoe__cuda_cache_stats(layer->ctx, ((cuda_layer *)layer->backend_data)->cache, out);
 }
 
 static dmoe_status cuda_cache_table(dmoe_layer *layer, int32_t *slot_of_expert) {
     dmoe_status st = use_device(layer->ctx);
     if (st != DMOE_OK) return st;
+    if ((st = refuse_if_resident(layer->ctx, "reading the cache table")) != DMOE_OK) return st;
     return dmoe__cuda_cache_table(layer->ctx, ((cuda_layer *)layer->backend_data)->cache, slot_of_expert);
 }
 
@@ -605,6 +630,14 @@ static dmoe_status run_fused(dmoe_layer *layer, const void *x, int64_t T, int32_
 }
 
 /* The path of a forward of T tokens; prints it (and why) once per new T. */
+/* 1 when a fused forward of T tokens needs more shared memory per block than
+ * the device offers (large E, K or S at larger T): it then runs staged. */
+static int fused_smem_too_big(const dmoe_layer *layer, int64_t T) {
+    const dmoe_layer_desc *d = &layer->desc;
+    return dmoe__fused_smem_bytes((int32_t)T, d->n_experts, d->top_k, d->n_shared_experts) >
+           dmoe__cuda_ctx(layer->ctx)->smem_optin;
+}
+
 static dmoe_path layer_path(const dmoe_layer *layer, int64_t T) {
     cuda_layer *L = (cuda_layer *)layer->backend_data;
     char why[256];
@@ -613,6 +646,10 @@ static dmoe_path layer_path(const dmoe_layer *layer, int64_t T) {
     if (p == DMOE_PATH_FUSED && L->cache) { /* the fused kernel reads w13/w2 at fixed strides */
         p = DMOE_PATH_STAGED;
         snprintf(why, sizeof why, "staged: the layer has an expert cache (the fused kernel cannot read through it)");
+    }
+    if (p == DMOE_PATH_FUSED && fused_smem_too_big(layer, T)) {
+        p = DMOE_PATH_STAGED;
+        snprintf(why, sizeof why, "staged: the fused kernel would need more shared memory per block than the device has");
     }
     if (L->print_config && L->printed_tokens != T) {
         if (p == DMOE_PATH_FUSED) L->printed_tokens = T; /* the staged print marks it itself */
@@ -626,7 +663,8 @@ static int fused_fits(const dmoe_layer *layer, int64_t T) { return layer_path(la
 static dmoe_status cuda_query_path(const dmoe_layer *layer, int64_t n_tokens, dmoe_path *out) {
     cuda_layer *L = (cuda_layer *)layer->backend_data;
     dmoe_path p = dmoe__cuda_choose_path(&layer->desc, L->request, n_tokens, NULL, 0);
-    if (p == DMOE_PATH_FUSED && (n_tokens > L->fused_max_t || L->cache)) p = DMOE_PATH_STAGED;
+    if (p == DMOE_PATH_FUSED && (n_tokens > L->fused_max_t || L->cache || fused_smem_too_big(layer, n_tokens)))
+        p = DMOE_PATH_STAGED;
     *out = p;
     return DMOE_OK;
 }

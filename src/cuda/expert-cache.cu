@@ -321,6 +321,11 @@ extern "C" dmoe_status dmoe__cuda_cache_prefetch(dmoe_context *ctx, dmoe_cuda_ca
     return DMOE_OK;
 }
 
+extern "C" void dmoe__cuda_cache_host_weights(const dmoe_cuda_cache *c, const void **w13, const void **w2) {
+    *w13 = c->host;
+    *w2 = (const char *)c->host + (size_t)c->n_experts * c->w13_bytes;
+}
+
 extern "C" int32_t dmoe__cuda_cache_n_slots(const dmoe_cuda_cache *c) { return c->n_slots; }
 extern "C" const int32_t *dmoe__cuda_cache_wait(const dmoe_cuda_cache *c) {
     return c->stream_install ? NULL : c->wait;

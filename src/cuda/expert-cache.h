@@ -47,6 +47,8 @@ void *const *dmoe__cuda_cache_w13_dst(const dmoe_cuda_cache *c);
 const int32_t *dmoe__cuda_cache_wait(const dmoe_cuda_cache *c);
 void *const *dmoe__cuda_cache_w2_dst(const dmoe_cuda_cache *c);
 int32_t dmoe__cuda_cache_n_slots(const dmoe_cuda_cache *c);
+/* The cache's pinned host copy of every routed expert: (E, 2F, H) and (E, H, F). */
+void dmoe__cuda_cache_host_weights(const dmoe_cuda_cache *c, const void **w13, const void **w2);
 const void *const *dmoe__cuda_cache_w13_ptrs(const dmoe_cuda_cache *c);
 const void *const *dmoe__cuda_cache_w2_ptrs(const dmoe_cuda_cache *c);
 

@@ -64,6 +64,7 @@
 #include <float.h>
 
 #include "cuda-common.cuh"
+#include "cuda-context.h"
 #include "fused-moe.h"
 #include "heuristics.h"
 
@@ -89,7 +90,7 @@
 #define FM_THREADS (32 * FM_WARPS)
 #define FM_RS (2 * FM_KC + 64) /* bytes between ring rows: 64 mod 128, no bank conflicts */
 #define FM_STAGE (16 * FM_RS)
-#define FM_SPLIT_MAX 32 /* k splits of the router (the staged router uses <= ceil(H/256), capped by its heuristics) */
+#define FM_SPLIT_MAX DMOE_CUDA_ROUTER_MAX_SPLITS /* k splits of the router: the staged router's, capped alike (heuristics.h) */
 static_assert(FM_KC % 64 == 0, "FM_KC must be a multiple of 64");
 
 /* Counter block at the start of the workspace (uint32 each). */
@@ -1098,7 +1099,15 @@ template <typename DT>
 static dmoe_status launch(dmoe_context *ctx, const dmoe_fused_args *a, int32_t num_sms, cudaStream_t stream) {
     const size_t smem = fm_smem_bytes(a->n_tokens, a->n_experts, a->top_k, a->n_shared);
     auto kernel = fused_moe_kernel<DT>;
-    DMOE_CUDA_CHECK(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    const dmoe_cuda_context *cc = dmoe__cuda_ctx(ctx);
+    if (smem > cc->smem_optin)
+        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
+                           "fused kernel: %zu B of shared memory per block needed at T=%d, the device has %zu",
+                           smem, a->n_tokens, cc->smem_optin);
+    /* The limit is raised once per device to the opt-in maximum (not per launch: two
+     * threads launching with different T must not lower it under each other). */
+    static unsigned long long smem_done = 0;
+    DMOE_CUDA_CHECK(ctx, dmoe_set_smem(kernel, cc->smem_optin, cc->device, &smem_done));
     int per_sm = 0;
     DMOE_CUDA_CHECK(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, FM_THREADS, smem));
     if (per_sm < 1) return dmoe__error(ctx, DMOE_ERR_CUDA, "fused kernel: no block fits on a multiprocessor");

@@ -4,7 +4,8 @@
  * the router's logits GEMM at large T.
  *   GEMM1   act  (T*K, F) row s = silu(x[t] . W1_e) * (x[t] . W3_e), t = pairs[s]/K
  *   GEMM2   part (T*K, H) row s = topk_w[pairs[s]] * (act[s] . W2_e)
- *   LOGITS  logits (T, E) float32 = x . router^T
+ *   LOGITS  logits (k_splits, T, E) float32: split s = x . router^T over the
+ *           columns [s*k_chunk, (s+1)*k_chunk) (route_kernel sums the splits)
  * Both operands are K-contiguous rows (token or act rows on the A side,
  * weight rows on the B side), which is exactly mma's row.col form.
  *

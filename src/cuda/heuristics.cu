@@ -26,7 +26,9 @@
  * DMOE_CUDA_SWAP_N=16|32|64|128 forces the swap kernels' rows per item.
  * Router. Up to T = 1024 a split-k streaming kernel: 16 experts x k_chunk per
  * block, with k_splits chosen so that ~2 blocks per SM read the router
- * weights; T <= 16 routes inside that launch (fused). Beyond, tiled mma logits.
+ * weights (at most DMOE_CUDA_ROUTER_MAX_SPLITS); T <= 16 routes inside that
+ * launch (fused). Beyond, tiled mma logits split along H into up to 8 partial
+ * sets so that ~2 blocks per SM are busy.
  */
 #include <math.h>
 #include <stdio.h>
@@ -207,6 +209,7 @@ extern "C" dmoe_cuda_router_cfg dmoe__cuda_router_config(int64_t n_tokens, int64
     const int64_t max_splits = (hidden + 255) / 256;
     int64_t splits = (2 * (int64_t)num_sms + row_tiles - 1) / row_tiles;
     if (splits > max_splits) splits = max_splits;
+    if (splits > DMOE_CUDA_ROUTER_MAX_SPLITS) splits = DMOE_CUDA_ROUTER_MAX_SPLITS;
     if (splits < 1) splits = 1;
     int64_t chunk = (hidden + splits - 1) / splits;
     chunk = (chunk + 255) / 256 * 256;

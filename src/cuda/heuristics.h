@@ -58,6 +58,10 @@ typedef struct dmoe_cuda_router_cfg {
 dmoe_cuda_router_cfg dmoe__cuda_router_config(int64_t n_tokens, int64_t hidden, int32_t n_experts,
                                               int32_t num_sms);
 
+/* Most k splits of the streaming router (the fused kernel sizes its partial
+ * logits for this many, since it routes with the same split). */
+#define DMOE_CUDA_ROUTER_MAX_SPLITS 32
+
 #ifdef __cplusplus
 }
 #endif

@@ -370,8 +370,21 @@ static dmoe_status rs_create_locked(dmoe_resident *r) {
      * up to 1024 tokens), so every batch routes bitwise like the ordinary launch */
     a.route_kchunk = (int32_t)dmoe__cuda_router_config(T, d->hidden, d->n_experts, dmoe__cuda_ctx(ctx)->num_sms).k_chunk;
 
-    /* sized for the largest batch; fused_body lays out its shared memory for each batch's T */
-    const size_t smem = dmoe__fused_smem_bytes((int32_t)T, d->n_experts, d->top_k, d->n_shared_experts);
+    /* fused_body lays out its shared memory for each batch's T, and a smaller T can need
+     * more (its logits may fit in shared memory where the largest T's do not): the block
+     * gets the most any batch size needs */
+    size_t smem = 0;
+    for (int64_t t = 1; t <= T; t++) {
+        const size_t b = dmoe__fused_smem_bytes((int32_t)t, d->n_experts, d->top_k, d->n_shared_experts);
+        if (b > smem) smem = b;
+    }
+    if (smem > dmoe__cuda_ctx(ctx)->smem_optin) {
+        rs_free(r, s);
+        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
+                           "resident mode: the fused kernel needs %zu B of shared memory per block for batches of up "
+                           "to %lld tokens, the device has %zu (lower max_tokens)",
+                           smem, (long long)T, dmoe__cuda_ctx(ctx)->smem_optin);
+    }
     void (*kernel)(dmoe_fused_args, rs_ctrl *, rs_mailbox *, const uint4 *, uint4 *, uint4 *, int, int) =
         a.is_bf16 ? resident_kernel<dmoe_bf16> : resident_kernel<dmoe_f16>;
     int per_sm = 0;
@@ -478,14 +491,19 @@ static dmoe_status rs_wait(dmoe_resident *r, int32_t timeout_ms) {
                                        : "NaN or inf in the input");
             return DMOE_OK;
         }
-        if ((spin & 1023) == 1023) {
+        const int timed_out = (spin & 63) == 0 && now_ms() >= deadline;
+        if ((spin & 1023) == 1023 || timed_out) {
+            /* a dead kernel is reported, never a timeout that repeats forever (also
+             * for timeout 0); the batch counts as failed for later waits */
             dmoe_status st = rs_check_alive(r, s);
             if (st != DMOE_OK) {
                 s->in_flight = 0;
+                s->has_last = 1;
+                s->last_status = st;
                 return st;
             }
         }
-        if ((spin & 63) == 0 && now_ms() >= deadline) {
+        if (timed_out) {
             /* one last look, so a batch that completed during the check is not reported late */
             if ((uint32_t)__atomic_load_n(&s->mb->done, __ATOMIC_ACQUIRE) == s->seq) continue;
             return dmoe__error(ctx, DMOE_ERR_TIMEOUT,

@@ -17,7 +17,8 @@
  *    partial logits to part (k_splits, T, E). For T <= 16 the last block to
  *    finish (an atomic counter that it resets) sums the partials, routes every
  *    token and, in a forward, builds the plan too: one launch in all.
- *  - T > 1024: the tiled mma.sync GEMM of gemm-mma.cu writes logits (T, E).
+ *  - T > 1024: the tiled mma.sync GEMM of gemm-mma.cu writes the partial
+ *    logits (k_splits, T, E), H split until ~2 blocks per SM are busy.
  * route_kernel then sums the partials (in k-split order: deterministic) and
  * routes, one warp per token, with the token's scores and choices in shared
  * memory: a top-k is K rounds of a warp argmax that marks each winner NaN.

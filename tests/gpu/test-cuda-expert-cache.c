@@ -416,6 +416,41 @@ static void test_bad_args(tu_rng *rng) {
     rig_close(&r);
 }
 
+/* dmoe.h: once the cache is on, the caller may free weights.w13/w2; enabling
+ * the cache again rebuilds it from its own host copy. The views the cached layer
+ * was given are overwritten (as freed and reused memory would be) before the
+ * rebuild: the outputs must still equal the uncached layer's bit for bit. */
+static void test_reenable_after_free(tu_rng *rng) {
+    rig r;
+    if (!rig_open(&r, rng, "stream")) {
+        TU_CHECK(0);
+        return;
+    }
+    printf("  re-enable after the weights were freed\n");
+    const size_t es = 2, E = (size_t)r.d.n_experts, H = (size_t)r.d.hidden, F = (size_t)r.d.ffn;
+    void *w13 = gpu_alloc(E * 2 * F * H * es), *w2 = gpu_alloc(E * H * F * es);
+    GPU_CHECK(cudaMemcpy(w13, r.g.w13, E * 2 * F * H * es, cudaMemcpyDeviceToDevice));
+    GPU_CHECK(cudaMemcpy(w2, r.g.w2, E * H * F * es, cudaMemcpyDeviceToDevice));
+    dmoe_weights w = r.g.weights;
+    w.w13 = w13;
+    w.w2 = w2;
+    TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_set_weights(r.cached.layer, &w), DMOE_OK);
+    TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_enable_expert_cache(r.cached.layer, N_SLOTS, 0), DMOE_OK);
+    gpu_poison(w13, E * 2 * F * H * es);
+    gpu_poison(w2, E * H * F * es);
+    GPU_CHECK(cudaDeviceSynchronize());
+    TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_enable_expert_cache(r.cached.layer, N_SLOTS - 1, 0), DMOE_OK);
+    const int64_t T = 6, K = r.d.top_k;
+    int32_t ids[12];
+    for (int64_t i = 0; i < T * K; i++) ids[i] = (int32_t)((i * 5 + i / K) % r.d.n_experts);
+    for (int64_t t = 0; t < T; t++)
+        if (ids[t * K] == ids[t * K + 1]) ids[t * K + 1] = (ids[t * K + 1] + 1) % r.d.n_experts;
+    rig_step(&r, rng, T, ids, "rebuilt cache, source weights overwritten");
+    gpu_free(w13);
+    gpu_free(w2);
+    rig_close(&r);
+}
+
 int main(void) {
     if (gpu_skip("test-cuda-expert-cache")) return TU_SKIP;
     tu_rng rng;
@@ -425,6 +460,7 @@ int main(void) {
     test_lru_random(&rng, "stream");
     test_lru_random(&rng, "mma");
     test_graph(&rng);
+    test_reenable_after_free(&rng);
     test_bad_args(&rng);
     return tu_finish("test-cuda-expert-cache");
 }
