@@ -86,6 +86,19 @@ static __device__ __forceinline__ uint4 dmoe_ld_cached16_if(const void *p, bool 
     return v;
 }
 
+/* The same through L2 only (ld.global.cg): for data that is rewritten between
+ * uses by the same long-running kernel (the resident kernel's input). */
+static __device__ __forceinline__ uint4 dmoe_ld_l2_16_if(const void *p, bool pred) {
+    uint4 v;
+    asm volatile("{\n .reg .pred q;\n setp.ne.b32 q, %5, 0;\n"
+                 " mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n mov.b32 %3, 0;\n"
+                 " @q ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];\n}\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p), "r"((int)pred)
+                 : "memory");
+    return v;
+}
+
 /* ---- cp.async (16 bytes, zero-filled when pred is false) ---- */
 static __device__ __forceinline__ void dmoe_cp_async16(void *smem, const void *gmem, bool pred) {
     const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);

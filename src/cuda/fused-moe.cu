@@ -132,6 +132,18 @@ static __host__ __device__ size_t fm_carve(void *base, int64_t T, int32_t H, int
     return off;
 }
 
+/* Loads of x. The ordinary launch reads it through the read-only path; the
+ * resident kernel (resident.cu, FM_X_COHERENT) gets a new x behind the same
+ * address for every batch within one launch, which the non-coherent path does
+ * not promise to see, so it reads x through L2 (ld.global.cg). */
+#ifdef FM_X_COHERENT
+#define FM_LD_X(p) __ldcg((const uint4 *)(p))
+#define FM_LD_X_IF(p, pred) dmoe_ld_l2_16_if((p), (pred))
+#else
+#define FM_LD_X(p) __ldg((const uint4 *)(p))
+#define FM_LD_X_IF(p, pred) dmoe_ld_cached16_if((p), (pred))
+#endif
+
 /* Router columns per k split: the staged router's choice (route_kchunk, set
  * by dmoe__fused_forward), or one split when a caller left it 0. */
 static __host__ __device__ int fm_route_kr(int kchunk, int H) {
@@ -620,7 +632,7 @@ static __device__ void route_pass(const dmoe_fused_args &a, const fm_layout &L, 
                 va[w] = dmoe_ld_cached16_if(ra + kk, ok && ra);
                 vb[w] = dmoe_ld_cached16_if(rb + kk, ok && rb);
 #pragma unroll
-                for (int j = 0; j < NT; j++) vx[w][j] = dmoe_ld_cached16_if(xr[j] + kk, ok && xr[j]);
+                for (int j = 0; j < NT; j++) vx[w][j] = FM_LD_X_IF(xr[j] + kk, ok && xr[j]);
             }
 #pragma unroll
             for (int w = 0; w < WB; w++)
@@ -794,7 +806,7 @@ static __device__ __forceinline__ void ring_mma(const char *stage, int kk0, int 
             ks[u] = k < kk1 ? k : kk0;
 #pragma unroll
             for (int j = 0; j < NTT; j++)
-                b[u][j] = B_L2 ? ld_l2(brow[j] + kg + ks[u]) : __ldg((const uint4 *)(brow[j] + kg + ks[u]));
+                b[u][j] = B_L2 ? ld_l2(brow[j] + kg + ks[u]) : FM_LD_X(brow[j] + kg + ks[u]);
         }
         if (wait) {
             mbar_wait(bar, parity);

@@ -32,14 +32,15 @@
  * monotonic clock and also asks the stream whether the kernel is still
  * running, so a dead or stuck kernel gives a status, never a hang.
  *
- * NOTE: fused_body reads x through the non-coherent (read-only) path. That is
- * safe here because x changes only between batches, across a grid barrier
- * whose gpu-scope acquire invalidates the SM's L1; the 10,000-batch test
- * (tests/gpu/test-cuda-resident.c) checks every batch bitwise against the
- * ordinary launch. A change of fused_body that caches x elsewhere must keep
- * that property.
+ * x changes between batches within this one launch, so fused_body is compiled
+ * here with FM_X_COHERENT: it reads x through L2 (ld.global.cg) instead of the
+ * read-only path, whose coherence with writes of the same kernel PTX does not
+ * promise; the batches are ordered by the grid barrier (gpu-scope acquire).
+ * The 10,000-batch test (tests/gpu/test-cuda-resident.c) checks every batch
+ * bitwise against the ordinary launch.
  */
 #define DMOE_FUSED_BODY_ONLY 1
+#define FM_X_COHERENT 1 /* x is rewritten between batches: read it through L2 */
 #include "fused-moe.cu" /* fused_body<DT> and its helpers; the ordinary launch stays in fused-moe.cu's own object */
 #undef DMOE_FUSED_BODY_ONLY
 
