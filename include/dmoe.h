@@ -313,8 +313,8 @@ DMOE_API dmoe_status dmoe_context_trim_memory(dmoe_context *ctx);
  * Calling dmoe_layer_set_weights later turns the cache off; enabling it again
  * rebuilds it from its own host copy. A layer loaded by dmoe_model_load_layer
  * keeps its full device copy of the weights next to the cache (the cache then
- * adds memory instead of saving it: loading a model layer straight into an
- * offloaded layer is not there yet). While a resident kernel occupies the
+ * adds memory instead of saving it): for models whose experts do not fit, use
+ * dmoe_model_load_layer_offloaded or dmoe_layer_set_weights_offloaded. While a resident kernel occupies the
  * device, the cache calls that synchronise it (enable, stats, table) are
  * refused. Host backends return DMOE_ERR_UNSUPPORTED. */
 #define DMOE_EXPERT_CACHE_FLAGS_NONE 0u
@@ -350,6 +350,16 @@ DMOE_API dmoe_status dmoe_layer_expert_cache_stats(dmoe_layer *layer, dmoe_exper
 /* slot_of_expert (E) host array: the slot of each expert, -1 when not resident.
  * Synchronises the device. */
 DMOE_API dmoe_status dmoe_layer_expert_cache_table(dmoe_layer *layer, int32_t *slot_of_expert);
+/* Sets weights whose routed experts (w13, w2) are HOST memory, for layers whose
+ * experts do not fit on the GPU (cuda only): the experts are copied once into
+ * dmoe's pinned, mapped host memory (the caller may free w13/w2 when the call
+ * returns) and the expert cache is enabled with n_slots slots, as above; the
+ * router, correction_bias and shared-expert views are device memory, as for
+ * dmoe_layer_set_weights. The device never holds all the experts. Synchronises
+ * the device. Host backends: DMOE_ERR_UNSUPPORTED (they read host memory
+ * directly: dmoe_layer_set_weights). */
+DMOE_API dmoe_status dmoe_layer_set_weights_offloaded(dmoe_layer *layer, const dmoe_weights *weights,
+                                                      int32_t n_slots);
 
 
 /* ---- resident serving mode (cuda) ----
@@ -500,6 +510,13 @@ DMOE_API dmoe_status dmoe_model_moe_layer(const dmoe_model *model, int32_t i, in
  * freed with it; host backends keep them in a host arena owned by the layer. */
 DMOE_API dmoe_status dmoe_model_load_layer(dmoe_model *model, dmoe_context *ctx, int32_t layer_idx,
                                            const dmoe_layer_desc *desc, dmoe_layer **out);
+/* The same for a model whose experts do not fit on the GPU (cuda only): the
+ * router, bias and shared experts are copied to the device, the routed experts
+ * stay in pinned host memory with n_slots of them cached on the GPU
+ * (dmoe_layer_set_weights_offloaded). Host backends: DMOE_ERR_UNSUPPORTED. */
+DMOE_API dmoe_status dmoe_model_load_layer_offloaded(dmoe_model *model, dmoe_context *ctx,
+                                                     int32_t layer_idx, const dmoe_layer_desc *desc,
+                                                     int32_t n_slots, dmoe_layer **out);
 
 /* Writes a synthetic model directory (config.json + model.safetensors) of
  * architecture arch ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe",

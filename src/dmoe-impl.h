@@ -110,6 +110,11 @@ struct dmoe_backend_iface {
      * keeps the host arena (host backends). */
     dmoe_status (*layer_load_arena)(dmoe_layer *layer, const void *arena, size_t bytes,
                                     const dmoe_weights *host, dmoe_weights *out);
+    /* (optional) Weights whose routed experts w13/w2 are host memory (the rest validated
+     * as for set_weights by src/layer.c, the locations by the backend): the experts go to
+     * the expert cache with n_slots slots; *out receives the views the layer keeps. */
+    dmoe_status (*weights_offloaded)(dmoe_layer *layer, const dmoe_weights *w, int32_t n_slots,
+                                     dmoe_weights *out);
     /* (optional) NULL: no pool, statistics are zero and trim does nothing. */
     dmoe_status (*memory_stats)(dmoe_context *ctx, dmoe_memory_stats *out);
     void (*memory_trim)(dmoe_context *ctx);
@@ -130,6 +135,12 @@ extern const dmoe_backend_iface dmoe__backend_cuda; /* only when DMOE_HAVE_CUDA 
  * host backends keep it, the cuda backend copies it to device memory. On
  * success the layer owns the arena; on failure the caller still does. */
 dmoe_status dmoe__layer_adopt_arena(dmoe_layer *layer, void *arena, size_t bytes, const dmoe_weights *w);
+/* The same for an offloaded layer: the first bytes of the arena (router, bias,
+ * shared experts; w's w13/w2 lie beyond them) go to the backend's memory, the
+ * routed experts w->w13/w2 to the expert cache (n_slots). The arena is freed on
+ * success (the cache holds its own copy of the experts). */
+dmoe_status dmoe__layer_adopt_arena_offloaded(dmoe_layer *layer, void *arena, size_t bytes,
+                                              const dmoe_weights *w, int32_t n_slots);
 
 /* ---- errors ---- */
 /* Records a printf-style message on ctx (or the thread's context-less slot

@@ -193,15 +193,13 @@ static dmoe_status check_weight_ptr(dmoe_context *ctx, const void *p, const char
     return DMOE_OK;
 }
 
-dmoe_status dmoe_layer_set_weights(dmoe_layer *layer, const dmoe_weights *w) {
-    if (!layer) return dmoe__error(NULL, DMOE_ERR_NULL_POINTER, "layer is NULL");
+/* Every view of w against the layer's description (presence, alignment, and
+ * the optional views given only when the description asks for them). */
+static dmoe_status check_weights(dmoe_layer *layer, const dmoe_weights *w) {
     dmoe_context *ctx = layer->ctx;
-    dmoe__clear_error(ctx);
-    if (!w) return dmoe__error(ctx, DMOE_ERR_NULL_POINTER, "weights is NULL");
     const dmoe_layer_desc *d = &layer->desc;
     const dmoe_dtype wt = d->weight_dtype;
     dmoe_status st;
-    if ((st = resident_busy(layer)) != DMOE_OK) return st;
     if ((st = check_weight_ptr(ctx, w->router, "router", wt)) != DMOE_OK) return st;
     if ((st = check_weight_ptr(ctx, w->w13, "w13", wt)) != DMOE_OK) return st;
     if ((st = check_weight_ptr(ctx, w->w2, "w2", wt)) != DMOE_OK) return st;
@@ -225,6 +223,17 @@ dmoe_status dmoe_layer_set_weights(dmoe_layer *layer, const dmoe_weights *w) {
         return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
                            "weights.shared_gate given but shared_gate is NONE");
     }
+    return DMOE_OK;
+}
+
+dmoe_status dmoe_layer_set_weights(dmoe_layer *layer, const dmoe_weights *w) {
+    if (!layer) return dmoe__error(NULL, DMOE_ERR_NULL_POINTER, "layer is NULL");
+    dmoe_context *ctx = layer->ctx;
+    dmoe__clear_error(ctx);
+    if (!w) return dmoe__error(ctx, DMOE_ERR_NULL_POINTER, "weights is NULL");
+    dmoe_status st;
+    if ((st = resident_busy(layer)) != DMOE_OK) return st;
+    if ((st = check_weights(layer, w)) != DMOE_OK) return st;
     dmoe_weights old = layer->w;
     int had = layer->has_weights;
     layer->w = *w;
@@ -237,6 +246,31 @@ dmoe_status dmoe_layer_set_weights(dmoe_layer *layer, const dmoe_weights *w) {
             return st;
         }
     }
+    return DMOE_OK;
+}
+
+dmoe_status dmoe_layer_set_weights_offloaded(dmoe_layer *layer, const dmoe_weights *w, int32_t n_slots) {
+    if (!layer) return dmoe__error(NULL, DMOE_ERR_NULL_POINTER, "layer is NULL");
+    dmoe_context *ctx = layer->ctx;
+    dmoe__clear_error(ctx);
+    if (!w) return dmoe__error(ctx, DMOE_ERR_NULL_POINTER, "weights is NULL");
+    const dmoe_backend_iface *be = ctx->backend;
+    if (!be->weights_offloaded)
+        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
+                           "backend '%s' has no offloaded experts (cuda only; host backends read host memory "
+                           "directly: use dmoe_layer_set_weights)",
+                           be->name);
+    dmoe_status st;
+    if ((st = resident_busy(layer)) != DMOE_OK) return st;
+    if (n_slots < 1 || n_slots > layer->desc.n_experts)
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "n_slots must be in [1, E=%d], got %d",
+                           (int)layer->desc.n_experts, (int)n_slots);
+    if ((st = check_weights(layer, w)) != DMOE_OK) return st;
+    dmoe_weights kept;
+    memset(&kept, 0, sizeof kept);
+    if ((st = be->weights_offloaded(layer, w, n_slots, &kept)) != DMOE_OK) return st;
+    layer->w = kept;
+    layer->has_weights = 1;
     return DMOE_OK;
 }
 
@@ -423,6 +457,24 @@ dmoe_status dmoe_layer_expert_cache_table(dmoe_layer *layer, int32_t *slot_of_ex
 /* Used by the model loader: moves a host arena into memory the backend owns
  * (device memory for cuda), or keeps it on the host. On success the layer owns
  * the arena either way (it frees it, or its copy, when destroyed). */
+dmoe_status dmoe__layer_adopt_arena_offloaded(dmoe_layer *layer, void *arena, size_t bytes,
+                                              const dmoe_weights *w, int32_t n_slots) {
+    const dmoe_backend_iface *be = layer->ctx->backend;
+    if (!be->layer_load_arena || !be->weights_offloaded)
+        return dmoe__error(layer->ctx, DMOE_ERR_UNSUPPORTED,
+                           "backend '%s' has no offloaded experts (cuda only)", be->name);
+    dmoe_weights small = *w, dev;
+    small.w13 = small.w2 = NULL; /* they lie beyond the first bytes: not copied */
+    memset(&dev, 0, sizeof dev);
+    dmoe_status st = be->layer_load_arena(layer, arena, bytes, &small, &dev);
+    if (st != DMOE_OK) return st;
+    dev.w13 = w->w13;
+    dev.w2 = w->w2;
+    st = dmoe_layer_set_weights_offloaded(layer, &dev, n_slots);
+    if (st == DMOE_OK) dmoe__free(layer->ctx, arena);
+    return st;
+}
+
 dmoe_status dmoe__layer_adopt_arena(dmoe_layer *layer, void *arena, size_t bytes, const dmoe_weights *w) {
     const dmoe_backend_iface *be = layer->ctx->backend;
     if (!be->layer_load_arena) {

@@ -54,6 +54,11 @@ int main(void) {
         TU_CHECK_STATUS(NULL, dmoe_layer_prefetch_experts(NULL, ids, 2, NULL), DMOE_ERR_NULL_POINTER);
         TU_CHECK_STATUS(NULL, dmoe_layer_expert_cache_stats(NULL, &cs), DMOE_ERR_NULL_POINTER);
         TU_CHECK_STATUS(NULL, dmoe_layer_expert_cache_table(NULL, table), DMOE_ERR_NULL_POINTER);
+        /* offloaded experts are a cuda feature: host backends refuse, with a message */
+        TU_CHECK_STATUS(l.ctx, dmoe_layer_set_weights_offloaded(l.layer, &m.weights, 2), DMOE_ERR_UNSUPPORTED);
+        TU_CHECK(strstr(dmoe_context_last_error(l.ctx), "cuda only") != NULL);
+        TU_CHECK_STATUS(l.ctx, dmoe_layer_set_weights_offloaded(l.layer, NULL, 2), DMOE_ERR_NULL_POINTER);
+        TU_CHECK_STATUS(NULL, dmoe_layer_set_weights_offloaded(NULL, &m.weights, 2), DMOE_ERR_NULL_POINTER);
         tu_layer_close(&l);
     }
     tu_model_free(&m);

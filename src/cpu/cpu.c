@@ -668,6 +668,7 @@ const dmoe_backend_iface dmoe__backend_cpu = {
     /* .query_path            = */ NULL,
     /* .resident              = */ NULL,
     /* .layer_load_arena      = */ NULL,
+    /* .weights_offloaded     = */ NULL,
     /* .memory_stats          = */ NULL,
     /* .memory_trim           = */ NULL,
     /* .cache_enable          = */ NULL,

@@ -357,6 +357,16 @@ static dmoe_status check_device_ptr(dmoe_context *ctx, const void *p, const char
     return DMOE_OK;
 }
 
+/* Every view but the routed experts (w13, w2) must be device memory. */
+static dmoe_status check_dense_views(dmoe_context *ctx, const dmoe_weights *w) {
+    dmoe_status st;
+    if ((st = check_device_ptr(ctx, w->router, "router"))) return st;
+    if ((st = check_device_ptr(ctx, w->correction_bias, "correction_bias"))) return st;
+    if ((st = check_device_ptr(ctx, w->shared_w13, "shared_w13"))) return st;
+    if ((st = check_device_ptr(ctx, w->shared_w2, "shared_w2"))) return st;
+    return check_device_ptr(ctx, w->shared_gate, "shared_gate");
+}
+
 /* Calls that synchronise the whole device would wait forever for a resident
  * kernel (resident.cu) that occupies it: refused while one runs. */
 static dmoe_status refuse_if_resident(dmoe_context *ctx, const char *what) {
@@ -374,13 +384,9 @@ static dmoe_status cuda_layer_weights_changed(dmoe_layer *layer) {
     if (st != DMOE_OK) return st;
     if (L->cache && (st = refuse_if_resident(ctx, "replacing the weights of a cached layer")) != DMOE_OK)
         return st;
-    if ((st = check_device_ptr(ctx, w->router, "router"))) return st;
+    if ((st = check_dense_views(ctx, w))) return st;
     if ((st = check_device_ptr(ctx, w->w13, "w13"))) return st;
     if ((st = check_device_ptr(ctx, w->w2, "w2"))) return st;
-    if ((st = check_device_ptr(ctx, w->correction_bias, "correction_bias"))) return st;
-    if ((st = check_device_ptr(ctx, w->shared_w13, "shared_w13"))) return st;
-    if ((st = check_device_ptr(ctx, w->shared_w2, "shared_w2"))) return st;
-    if ((st = check_device_ptr(ctx, w->shared_gate, "shared_gate"))) return st;
     if (L->cache) { /* new weights: the cache's host copy is stale (dmoe.h: set_weights turns it off) */
         dmoe__cuda_cache_destroy(L->cache);
         L->cache = NULL;
@@ -416,6 +422,44 @@ static dmoe_status cuda_layer_load_arena(dmoe_layer *layer, const void *arena, s
     DMOE_MOVE(shared_w2, const void *);
     DMOE_MOVE(shared_gate, const void *);
 #undef DMOE_MOVE
+    return DMOE_OK;
+}
+
+/* ---- weights with the routed experts in host memory (dmoe_layer_set_weights_offloaded) ---- */
+static dmoe_status check_host_ptr(dmoe_context *ctx, const void *p, const char *name) {
+    cudaPointerAttributes attr;
+    cudaError_t err = cudaPointerGetAttributes(&attr, p);
+    if (err != cudaSuccess) { /* older runtimes: plain host memory is an error here */
+        (void)cudaGetLastError();
+        return DMOE_OK;
+    }
+    if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged)
+        return dmoe__error(ctx, DMOE_ERR_WRONG_DEVICE,
+                           "weights.%s is device memory; an offloaded layer takes its routed experts from host "
+                           "memory (dmoe_layer_set_weights takes device memory)",
+                           name);
+    return DMOE_OK;
+}
+
+static dmoe_status cuda_weights_offloaded(dmoe_layer *layer, const dmoe_weights *w, int32_t n_slots,
+                                          dmoe_weights *out) {
+    dmoe_context *ctx = layer->ctx;
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    dmoe_status st = use_device(ctx);
+    if (st != DMOE_OK) return st;
+    if ((st = refuse_if_resident(ctx, "setting offloaded weights")) != DMOE_OK) return st;
+    if ((st = check_dense_views(ctx, w))) return st;
+    if ((st = check_host_ptr(ctx, w->w13, "w13"))) return st;
+    if ((st = check_host_ptr(ctx, w->w2, "w2"))) return st;
+    /* the cache copies the experts into its pinned, mapped host memory (cudaMemcpyDefault) */
+    dmoe_cuda_cache *fresh = NULL;
+    st = dmoe__cuda_cache_create(ctx, dmoe__cuda_ctx(ctx)->pool, &layer->desc, w->w13, w->w2, n_slots, &fresh);
+    if (st != DMOE_OK) return st;
+    dmoe__cuda_cache_destroy(L->cache);
+    L->cache = fresh;
+    *out = *w;
+    /* the layer keeps views of the cache's copy (mapped: valid on the device too) */
+    dmoe__cuda_cache_host_weights(L->cache, &out->w13, &out->w2);
     return DMOE_OK;
 }
 
@@ -746,6 +790,7 @@ extern "C" const dmoe_backend_iface dmoe__backend_cuda = {
     /* .query_path            = */ cuda_query_path,
     /* .resident              = */ &dmoe__cuda_resident_iface,
     /* .layer_load_arena      = */ cuda_layer_load_arena,
+    /* .weights_offloaded     = */ cuda_weights_offloaded,
     /* .memory_stats          = */ cuda_memory_stats,
     /* .memory_trim           = */ cuda_memory_trim,
     /* .cache_enable          = */ cuda_cache_enable,

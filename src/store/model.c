@@ -355,8 +355,10 @@ static int same_model_shape(const dmoe_layer_desc *a, const dmoe_layer_desc *b) 
            memcmp(&a->routing, &b->routing, sizeof a->routing) == 0;
 }
 
-dmoe_status dmoe_model_load_layer(dmoe_model *m, dmoe_context *ctx, int32_t layer_idx,
-                                  const dmoe_layer_desc *desc, dmoe_layer **out) {
+/* Loads one layer; n_slots > 0: offloaded (routed experts in host memory, a
+ * GPU cache of n_slots), else every weight where the backend keeps them. */
+static dmoe_status load_layer(dmoe_model *m, dmoe_context *ctx, int32_t layer_idx,
+                              const dmoe_layer_desc *desc, int32_t n_slots, dmoe_layer **out) {
     if (!ctx) return dmoe__error(NULL, DMOE_ERR_NULL_POINTER, "ctx is NULL");
     dmoe__clear_error(ctx);
     if (!m || !desc || !out) return dmoe__error(ctx, DMOE_ERR_NULL_POINTER, "model, desc and out are required");
@@ -373,17 +375,32 @@ dmoe_status dmoe_model_load_layer(dmoe_model *m, dmoe_context *ctx, int32_t laye
     const int64_t H = desc->hidden, F = desc->ffn, E = desc->n_experts, Fs = desc->shared_ffn;
     const size_t es = dmoe_dtype_size(desc->weight_dtype);
     const int S = desc->n_shared_experts;
-    /* arena: router | w13 | w2 | bias | shared_w13 | shared_w2 | shared_gate, each 64-byte aligned */
+    /* arena: router | w13 | w2 | bias | shared_w13 | shared_w2 | shared_gate (v[0..6]), each
+     * 64-byte aligned, laid out with the routed experts (w13, w2) LAST, so that everything
+     * else is one prefix of small_bytes (what an offloaded layer copies to the device) */
     arena_view v[7];
     size_t sizes[7] = {(size_t)(E * H) * es,       (size_t)(E * 2 * F * H) * es, (size_t)(E * H * F) * es,
                        desc->routing.use_correction_bias ? (size_t)E * 4 : 0,
                        (size_t)(S * 2 * Fs * H) * es, (size_t)(S * H * Fs) * es,
                        desc->shared_gate == DMOE_SHARED_GATE_SIGMOID ? (size_t)H * es : 0};
-    size_t total = 0;
-    for (int i = 0; i < 7; i++) {
+    static const int order[7] = {0, 3, 4, 5, 6, 1, 2};
+    size_t total = 0, small_bytes = 0;
+    for (int j = 0; j < 7; j++) {
+        const int i = order[j];
+        if (i == 1) small_bytes = total;
         v[i].offset = total;
         v[i].bytes = sizes[i];
         total += (sizes[i] + 63) / 64 * 64;
+    }
+    if (n_slots > 0) {
+        if (!ctx->backend->weights_offloaded)
+            return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
+                               "backend '%s' has no offloaded experts (cuda only; host backends keep every "
+                               "weight in host memory anyway: dmoe_model_load_layer)",
+                               ctx->backend->name);
+        if (n_slots > desc->n_experts)
+            return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "n_slots must be in [1, E=%d], got %d",
+                               (int)desc->n_experts, (int)n_slots);
     }
     dmoe_layer *layer = NULL;
     dmoe_status st = dmoe_layer_create(ctx, desc, &layer);
@@ -443,9 +460,11 @@ dmoe_status dmoe_model_load_layer(dmoe_model *m, dmoe_context *ctx, int32_t laye
             w.shared_w2 = arena + v[5].offset;
         }
         if (desc->shared_gate == DMOE_SHARED_GATE_SIGMOID) w.shared_gate = arena + v[6].offset;
-        /* host backends keep the arena; cuda copies it to device memory and frees it */
+        /* host backends keep the arena; cuda copies it to device memory and frees it
+         * (offloaded: only the prefix before the experts; the experts go to the cache) */
         layer->owned_weights = NULL;
-        st = dmoe__layer_adopt_arena(layer, arena, total, &w);
+        st = n_slots > 0 ? dmoe__layer_adopt_arena_offloaded(layer, arena, small_bytes, &w, n_slots)
+                         : dmoe__layer_adopt_arena(layer, arena, total, &w);
         if (st != DMOE_OK) dmoe__free(ctx, arena);
     }
     if (st != DMOE_OK) {
@@ -454,4 +473,18 @@ dmoe_status dmoe_model_load_layer(dmoe_model *m, dmoe_context *ctx, int32_t laye
     }
     *out = layer;
     return DMOE_OK;
+}
+
+dmoe_status dmoe_model_load_layer(dmoe_model *m, dmoe_context *ctx, int32_t layer_idx,
+                                  const dmoe_layer_desc *desc, dmoe_layer **out) {
+    return load_layer(m, ctx, layer_idx, desc, 0, out);
+}
+
+dmoe_status dmoe_model_load_layer_offloaded(dmoe_model *m, dmoe_context *ctx, int32_t layer_idx,
+                                            const dmoe_layer_desc *desc, int32_t n_slots, dmoe_layer **out) {
+    if (ctx && n_slots < 1) {
+        dmoe__clear_error(ctx);
+        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "n_slots must be >= 1, got %d", (int)n_slots);
+    }
+    return load_layer(m, ctx, layer_idx, desc, n_slots, out);
 }

@@ -74,6 +74,12 @@ dmoe_status dmoe_model_load_layer(dmoe_model *model, dmoe_context *ctx, int32_t 
     return no_store();
 }
 
+dmoe_status dmoe_model_load_layer_offloaded(dmoe_model *model, dmoe_context *ctx, int32_t layer_idx,
+                                            const dmoe_layer_desc *desc, int32_t n_slots, dmoe_layer **out) {
+    (void)n_slots;
+    return dmoe_model_load_layer(model, ctx, layer_idx, desc, out);
+}
+
 dmoe_status dmoe_model_write_synthetic(const char *dir, const char *arch, const dmoe_layer_desc *desc,
                                        int32_t n_layers, uint64_t seed) {
     (void)dir;

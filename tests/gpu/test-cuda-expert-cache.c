@@ -416,6 +416,37 @@ static void test_bad_args(tu_rng *rng) {
     rig_close(&r);
 }
 
+/* dmoe_layer_set_weights_offloaded: the routed experts from HOST arrays (the
+ * model's own), the rest on the device; outputs equal the uncached layer's bit
+ * for bit and the cache starts empty. Device memory for w13 is refused. */
+static void test_offloaded_from_host(tu_rng *rng) {
+    rig r;
+    if (!rig_open(&r, rng, "stream")) {
+        TU_CHECK(0);
+        return;
+    }
+    printf("  offloaded weights from host memory\n");
+    dmoe_weights w = r.g.weights;
+    TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_set_weights_offloaded(r.cached.layer, &w, N_SLOTS),
+                    DMOE_ERR_WRONG_DEVICE); /* device w13: that is dmoe_layer_set_weights */
+    w.w13 = r.m.w13;
+    w.w2 = r.m.w2;
+    TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_set_weights_offloaded(r.cached.layer, &w, 0), DMOE_ERR_INVALID_ARGUMENT);
+    TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_set_weights_offloaded(r.cached.layer, &w, N_SLOTS), DMOE_OK);
+    const int32_t none[16] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+    check_table(&r, none, "offloaded, before any forward");
+    const int64_t T = 5, K = r.d.top_k;
+    int32_t ids[10];
+    for (int step = 0; step < 3; step++) {
+        for (int64_t t = 0; t < T; t++) {
+            ids[t * K] = (int32_t)((3 * t + step) % r.d.n_experts);
+            ids[t * K + 1] = (int32_t)((3 * t + step + 7) % r.d.n_experts);
+        }
+        rig_step(&r, rng, T, ids, "offloaded from host memory");
+    }
+    rig_close(&r);
+}
+
 /* dmoe.h: once the cache is on, the caller may free weights.w13/w2; enabling
  * the cache again rebuilds it from its own host copy. The views the cached layer
  * was given are overwritten (as freed and reused memory would be) before the
@@ -461,6 +492,7 @@ int main(void) {
     test_lru_random(&rng, "mma");
     test_graph(&rng);
     test_reenable_after_free(&rng);
+    test_offloaded_from_host(&rng);
     test_bad_args(&rng);
     return tu_finish("test-cuda-expert-cache");
 }

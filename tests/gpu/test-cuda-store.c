@@ -1,7 +1,8 @@
 /*
  * test-cuda-store: model layers loaded straight into the cuda backend, and the
  * device memory pool behind it.
- *  - dmoe_model_load_layer with a cuda context on synthetic directories
+ *  - dmoe_model_load_layer with a cuda context on synthetic directories, and
+ *    dmoe_model_load_layer_offloaded (experts in host memory, E/4 cached)
  *    (qwen3_moe; qwen2_moe with its gated shared expert; deepseek_v3 with
  *    bias, groups, sigmoid scoring and a shared expert) gives a layer whose
  *    forward matches the same layer loaded into cpu-ref (bf16, 1e-2 rel L2),
@@ -55,6 +56,17 @@ static void test_load(tu_rng *rng, const char *root, const char *arch, const dmo
     TU_CHECKF(s1.bytes_in_use >= s0.bytes_in_use + E * 3 * H * F * es,
               "pool in use %zu after loading (before %zu): the weights are not in the pool",
               s1.bytes_in_use, s0.bytes_in_use);
+    /* the same layer offloaded: routed experts in pinned host memory, a quarter of them
+     * cached on the GPU; it must take less device memory than the full layer */
+    dmoe_layer *lo = NULL;
+    const int32_t n_slots = d.n_experts / 4 > 0 ? d.n_experts / 4 : 1;
+    dmoe_memory_stats so0, so1;
+    TU_CHECK_STATUS(cg, dmoe_context_memory_stats(cg, &so0), DMOE_OK);
+    TU_CHECK_STATUS(cg, dmoe_model_load_layer_offloaded(m, cg, L, &d, n_slots, &lo), DMOE_OK);
+    TU_CHECK_STATUS(cg, dmoe_context_memory_stats(cg, &so1), DMOE_OK);
+    TU_CHECKF(so1.bytes_in_use - so0.bytes_in_use < s1.bytes_in_use - s0.bytes_in_use,
+              "%s: the offloaded layer takes %zu B of device memory, the full one %zu", arch,
+              so1.bytes_in_use - so0.bytes_in_use, s1.bytes_in_use - s0.bytes_in_use);
     if (lg && lr) {
         for (int rep = 0; rep < 3; rep++) {
             const int64_t T = rep == 0 ? 1 : (rep == 1 ? 7 : 64);
@@ -98,10 +110,23 @@ static void test_load(tu_rng *rng, const char *root, const char *arch, const dmo
             char what[96];
             snprintf(what, sizeof what, "%s loaded into cuda vs cpu-ref, T=%lld", arch, (long long)T);
             TU_CHECK(tu_compare(what, y, DMOE_DTYPE_BF16, yr, DMOE_DTYPE_BF16, T, (int64_t)H, NULL, 1e-2));
+            if (lo) { /* same router and weights, so the same routing as lg: same oracle */
+                void *dy2 = gpu_alloc(xb), *y2 = tu_malloc(xb);
+                gpu_poison(dy2, xb);
+                dmoe_tensor ty2 = dmoe_tensor_2d(dy2, DMOE_DTYPE_BF16, T, (int64_t)H, 0);
+                TU_CHECK_STATUS(cg, dmoe_forward(lo, &tx, &ty2, NULL), DMOE_OK);
+                gpu_download(y2, dy2, xb);
+                snprintf(what, sizeof what, "%s offloaded (%d slots) vs cpu-ref, T=%lld", arch, (int)n_slots,
+                         (long long)T);
+                TU_CHECK(tu_compare(what, y2, DMOE_DTYPE_BF16, yr, DMOE_DTYPE_BF16, T, (int64_t)H, NULL, 1e-2));
+                gpu_free(dy2);
+                tu_free(y2);
+            }
             gpu_free(dx); gpu_free(dy); gpu_free(dids); gpu_free(dw);
             tu_free(x); tu_free(y); tu_free(yr); tu_free(ids); tu_free(w); tu_free(ids_r); tu_free(w_r);
         }
     }
+    dmoe_layer_destroy(lo);
     dmoe_layer_destroy(lg);
     dmoe_layer_destroy(lr);
     if (cg) {

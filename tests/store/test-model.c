@@ -168,6 +168,12 @@ static void test_arch(const char *arch, const dmoe_layer_desc *want, int use_ind
     bad.top_k = 1;
     CHECK(dmoe_model_load_layer(m, ctx, 1, &bad, &layer) == DMOE_ERR_INVALID_ARGUMENT, "mismatched desc");
     CHECK(dmoe_model_load_layer(m, ctx, 7, &d, &layer) == DMOE_ERR_INVALID_ARGUMENT, "not an MoE layer");
+    /* offloaded loading: a cuda feature (host backends refuse); bad slot counts first */
+    dmoe_layer *sentinel = (dmoe_layer *)&d, *off = sentinel;
+    CHECK(dmoe_model_load_layer_offloaded(m, ctx, 1, &d, 2, &off) == DMOE_ERR_UNSUPPORTED && off == sentinel,
+          "%s: offloaded load on a host backend", arch);
+    CHECK(dmoe_model_load_layer_offloaded(m, ctx, 1, &d, 0, &off) == DMOE_ERR_INVALID_ARGUMENT && off == sentinel,
+          "%s: offloaded load with 0 slots", arch);
     dmoe_context_destroy(ctx);
     dmoe_model_close(m);
 }
