@@ -46,6 +46,7 @@ typedef struct bench_opts {
     uint64_t seed;
     const char *model_dir; /* --model: weights from a Hugging Face model directory */
     int32_t model_layer;   /* --layer: decoder layer index; -1 = the first MoE layer */
+    int32_t offload_slots; /* --offload N: experts in host memory, N of them cached on the GPU */
     int dtype_given;
 } bench_opts;
 
@@ -284,6 +285,8 @@ static void bench_help(FILE *f) {
             "                       MoE layers; dmoe synth DIR writes one): its real weights\n"
             "                       and routing (cuda: the layer is copied to the GPU)\n"
             "  --layer N            the decoder layer of --model (default: the first MoE one)\n"
+            "  --offload N          with --model on cuda: the routed experts stay in pinned host\n"
+            "                       memory, N of them cached on the GPU (expert cache)\n"
             "  --scale S            shrink the layer about S times to fit a small machine:\n"
             "                       E is divided by S (kept >= K and valid for grouped top-k);\n"
             "                       what E cannot absorb divides F (and the shared FFN). H, K\n"
@@ -352,6 +355,8 @@ static void parse(int argc, char **argv, bench_opts *o) {
             o->model_dir = cli_value(&a);
         } else if (cli_is(&a, "--layer")) {
             o->model_layer = (int32_t)cli_value_double(&a, 0, 1e6);
+        } else if (cli_is(&a, "--offload")) {
+            o->offload_slots = (int32_t)cli_value_double(&a, 1, 1e6);
         } else if (cli_is(&a, "--scale")) {
             o->scale = cli_value_double(&a, 1.0, 1e6);
         } else if (cli_is(&a, "--tokens")) {
@@ -397,6 +402,8 @@ static void parse(int argc, char **argv, bench_opts *o) {
     o->shape.dtype = dtype;
     if (cli_shape_scale(&o->shape, o->scale, o->scale_note, sizeof o->scale_note) != 0)
         cli_usage_error("bench", "%s", o->scale_note);
+    if (o->offload_slots > 0 && !o->model_dir)
+        cli_usage_error("bench", "--offload needs --model (the experts of a model directory)");
     if (!o->n_tokens) {
         static const int64_t def[] = {1, 16, 128};
         memcpy(o->tokens, def, sizeof def);
@@ -542,7 +549,11 @@ int cli_cmd_bench(int argc, char **argv) {
         /* the model's layer, weights loaded (copied into dmoe's layout) */
         model_desc.max_tokens = max_t;
         fprintf(stderr, "dmoe bench: loading layer %d of %s\n", (int)model_layer, o.model_dir);
-        if (dmoe_model_load_layer(model, env.ctx, model_layer, &model_desc, &env.layer) != DMOE_OK) {
+        const dmoe_status ls =
+            o.offload_slots > 0
+                ? dmoe_model_load_layer_offloaded(model, env.ctx, model_layer, &model_desc, o.offload_slots, &env.layer)
+                : dmoe_model_load_layer(model, env.ctx, model_layer, &model_desc, &env.layer);
+        if (ls != DMOE_OK) {
             fprintf(stderr, "dmoe bench: %s\n", dmoe_context_last_error(env.ctx));
             return 1;
         }
