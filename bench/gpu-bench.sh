@@ -2,7 +2,12 @@
 # gpu-bench.sh: one device call for the cuda backend: GPU tests, a
 # compute-sanitizer pass on small shapes, and the benchmark against PyTorch.
 #
-#   bench/gpu-bench.sh [tests] [bench] [resident] [sanitize]   (default: all four, in that order)
+#   bench/gpu-bench.sh [tests] [bench] [resident] [sanitize] [offload] [model]
+#                                    (default: the first four, in that order)
+#     offload: bench/offload-bench.c (GPU expert cache, Zipf routing, 25/50% of
+#              the experts cached; DMOE_OFFLOAD_STEPS steps, default 100)
+#     model:   dmoe synth of a small qwen3_moe directory, then dmoe bench --model
+#              on it, whole and offloaded (--offload 8)
 #   bench/gpu-bench.sh pack [DIR]    here, before the call: build, then copy the
 #                                    GPU tests, libdmoe.so* and the shared
 #                                    libraries they need (cudart, cjson) into
@@ -18,8 +23,9 @@ if [ "${1:-}" = pack ]; then
   DIR=${2:-.cudadev}
   cmake -S . -B build-cuda -G Ninja >/dev/null && cmake --build build-cuda | tail -1 || exit 1
   rm -rf "$DIR" && mkdir -p "$DIR"
-  cp build-cuda/bin/test-cuda-* build-cuda/bin/resident-bench "$DIR"/ && cp -P build-cuda/lib/libdmoe.so* "$DIR"/
-  strip -g "$DIR"/test-cuda-* "$DIR"/resident-bench "$DIR"/libdmoe.so.* 2>/dev/null
+  cp build-cuda/bin/test-cuda-* build-cuda/bin/resident-bench build-cuda/bin/offload-bench build-cuda/bin/dmoe "$DIR"/ &&
+    cp -P build-cuda/lib/libdmoe.so* "$DIR"/
+  strip -g "$DIR"/test-cuda-* "$DIR"/resident-bench "$DIR"/offload-bench "$DIR"/dmoe "$DIR"/libdmoe.so.* 2>/dev/null
   for lib in $(ldd build-cuda/lib/libdmoe.so | awk '/=> \// && /cudart|cjson/ {print $3}'); do cp -L "$lib" "$DIR"/; done
   # statically linked tests are ~7 MB each: carry them compressed (the device's
   # working-tree limit is 64 MiB); the run unpacks bin.tgz when it finds one
@@ -105,6 +111,22 @@ for stage in $STAGES; do
       --out "$OUT" --tokens ${DMOE_BENCH_TOKENS:-1,4,16,128,512,2048,8192} --time-limit $((T_BENCH - 25)) 2>&1 |
       tee "$OUT/bench.txt" | grep -v "^dmoe" | tail -60
     SUMMARY="$SUMMARY\nbench: rc=${PIPESTATUS[0]}"
+    ;;
+  offload)
+    timeout ${DMOE_T_OFFLOAD:-200} "$BIN/offload-bench" ${DMOE_OFFLOAD_STEPS:-100} >"$LOGS/offload-bench.txt" 2>&1
+    SUMMARY="$SUMMARY\noffload-bench: rc=$?"
+    grep -v "^dmoe" "$LOGS/offload-bench.txt" | tail -30
+    ;;
+  model)
+    m=/tmp/dmoe-synth-qwen3
+    rm -rf $m && "$BIN/dmoe" synth $m --arch qwen3_moe >"$LOGS/model.txt" 2>&1
+    for off in 0 8; do
+      args=""
+      [ $off -gt 0 ] && args="--offload $off"
+      timeout 120 "$BIN/dmoe" bench --backend cuda --model $m --tokens 1,16 --reps 5 $args >>"$LOGS/model.txt" 2>&1
+      SUMMARY="$SUMMARY\ndmoe bench --model (offload $off): rc=$?"
+    done
+    tail -20 "$LOGS/model.txt"
     ;;
   resident)
     # resident serving mode beside the graph-replayed fused forward (qwen3-30b-a3b layer)
