@@ -287,7 +287,8 @@ typedef struct dmoe_memory_stats {
 } dmoe_memory_stats;
 
 DMOE_API dmoe_status dmoe_context_memory_stats(dmoe_context *ctx, dmoe_memory_stats *out);
-/* Gives every cached (freed) block back to the device. */
+/* Gives every cached (freed) block back to the device. While a resident kernel
+ * occupies the device it does nothing (freeing would wait for that kernel). */
 DMOE_API dmoe_status dmoe_context_trim_memory(dmoe_context *ctx);
 
 /* ---- GPU expert cache (cuda) ----

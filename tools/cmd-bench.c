@@ -429,8 +429,8 @@ static void print_json(const bench_opts *o, const bench_env *env, const char *bw
     printf("{\n  \"version\": \"%s\",\n  \"backend\": \"%s\",\n  \"threads\": %d,\n",
            dmoe_version_string(), dmoe_backend_name(o->backend),
            (int)dmoe_context_n_threads(env->ctx));
-    printf("  \"preset\": %s%s%s,\n  \"scale\": %g,\n", o->preset ? "\"" : "",
-           o->preset ? o->preset : "null", o->preset ? "\"" : "", o->scale);
+    printf("  \"preset\": %s%s%s,\n  \"scale\": %g,\n  \"offload_slots\": %d,\n", o->preset ? "\"" : "",
+           o->preset ? o->preset : "null", o->preset ? "\"" : "", o->scale, (int)o->offload_slots);
     printf("  \"shape\": {\"hidden\": %lld, \"ffn\": %lld, \"experts\": %d, \"topk\": %d, "
            "\"shared\": %d, \"shared_ffn\": %lld, \"shared_gate\": %s, \"scoring\": \"%s\", "
            "\"renormalize\": %s, \"groups\": %d, \"topk_groups\": %d, \"scale_factor\": %g, "
@@ -493,8 +493,9 @@ static int model_shape(bench_opts *o, dmoe_model **model, int32_t *layer_idx, dm
     s->bias = d->routing.use_correction_bias;
     if (!o->dtype_given) s->dtype = d->weight_dtype;
     d->act_dtype = d->weight_dtype = s->dtype;
-    snprintf(o->scale_note, sizeof o->scale_note, "%s layer %d (%s)", o->model_dir, (int)*layer_idx,
-             dmoe_model_arch(*model));
+    snprintf(o->scale_note, sizeof o->scale_note, "%s layer %d (%s)%s", o->model_dir, (int)*layer_idx,
+             dmoe_model_arch(*model),
+             o->offload_slots > 0 ? ", experts offloaded to host memory (the floor ignores PCIe)" : "");
     o->preset = "model";
     return 0;
 }
@@ -518,11 +519,13 @@ int cli_cmd_bench(int argc, char **argv) {
     const size_t xbytes = (size_t)(max_t * s->hidden) * dmoe_dtype_size(s->dtype);
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     double phys = pages > 0 && page > 0 ? (double)pages * (double)page : 0.0;
-    if (phys > 0 && (double)(wbytes + xbytes * (size_t)(o.n_inputs + 1)) > 0.8 * phys) {
+    /* an offloaded load holds the loader's copy and the cache's pinned copy of the experts */
+    const size_t wneed = o.offload_slots > 0 ? 2 * wbytes : wbytes;
+    if (phys > 0 && (double)(wneed + xbytes * (size_t)(o.n_inputs + 1)) > 0.8 * phys) {
         fprintf(stderr,
-                "dmoe bench: this layer needs %.1f GB of weights, more than 80%% of the "
-                "%.1f GB of memory here; shrink it with --scale\n",
-                (double)wbytes / 1e9, phys / 1e9);
+                "dmoe bench: this layer needs %.1f GB of host memory for its weights%s, more than 80%% "
+                "of the %.1f GB here; shrink it with --scale\n",
+                (double)wneed / 1e9, o.offload_slots > 0 ? " (two copies while offloading)" : "", phys / 1e9);
         return 1;
     }
 

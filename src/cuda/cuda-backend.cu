@@ -683,7 +683,7 @@ static dmoe_status run_fused(dmoe_layer *layer, const void *x, int64_t T, int32_
 static int fused_smem_too_big(const dmoe_layer *layer, int64_t T) {
     const dmoe_layer_desc *d = &layer->desc;
     return dmoe__fused_smem_bytes((int32_t)T, d->n_experts, d->top_k, d->n_shared_experts) >
-           dmoe__cuda_ctx(layer->ctx)->smem_optin;
+           dmoe__fused_smem_limit(dmoe__cuda_ctx(layer->ctx)->device);
 }
 
 static dmoe_path layer_path(const dmoe_layer *layer, int64_t T) {

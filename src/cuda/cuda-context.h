@@ -57,17 +57,35 @@ static inline cudaError_t dmoe_launch(void (*kernel)(KArgs...), dim3 grid, dim3 
     return cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
 }
 
-/* Raises a kernel's dynamic shared memory limit once per device (the attribute
- * is per device; it is set outside any stream work, so capture is safe). */
+/* The most dynamic shared memory a block of kernel may ask for on device:
+ * the opt-in maximum minus the kernel's static shared memory. */
+template <typename... KArgs>
+static inline cudaError_t dmoe_smem_most(void (*kernel)(KArgs...), int device, size_t *most) {
+    int optin = 0;
+    cudaFuncAttributes fa;
+    cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err == cudaSuccess) err = cudaFuncGetAttributes(&fa, (const void *)kernel);
+    if (err != cudaSuccess) return err;
+    *most = (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
+    return cudaSuccess;
+}
+
+/* Raises a kernel's dynamic shared memory limit, once per device, to the most
+ * it can have (dmoe_smem_most): a later, larger request (a layer with more
+ * experts, a larger T) then needs no new call, and two threads never lower it
+ * under each other. bytes above that most: cudaErrorInvalidValue. The
+ * attribute is per device and set outside any stream work, so capture is safe. */
 template <typename... KArgs>
 static inline cudaError_t dmoe_set_smem(void (*kernel)(KArgs...), size_t bytes, int device,
                                         unsigned long long *done_mask) {
     if (bytes <= 48 * 1024) return cudaSuccess;
     unsigned long long bit = device < 64 ? 1ull << device : 0;
     if (bit && (*done_mask & bit)) return cudaSuccess;
-    cudaError_t err =
-        cudaFuncSetAttribute((const void *)kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)bytes);
+    size_t most = 0;
+    cudaError_t err = dmoe_smem_most(kernel, device, &most);
+    if (err != cudaSuccess) return err;
+    if (bytes > most) return cudaErrorInvalidValue;
+    err = cudaFuncSetAttribute((const void *)kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)most);
     if (err == cudaSuccess) *done_mask |= bit;
     return err;
 }

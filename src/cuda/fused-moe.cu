@@ -1103,6 +1103,18 @@ static size_t fm_smem_bytes(int32_t max_tokens, int32_t E, int32_t K, int32_t S)
     return fm_smem_layout(max_tokens, E, K, S).total;
 }
 
+extern "C" size_t dmoe__fused_smem_limit(int32_t device) {
+    static size_t cache[64];
+    if (device >= 0 && device < 64 && cache[device]) return cache[device];
+    size_t most = 0;
+    if (dmoe_smem_most(fused_moe_kernel<dmoe_bf16>, device, &most) != cudaSuccess) { /* the f16 one is alike */
+        (void)cudaGetLastError();
+        return 0;
+    }
+    if (device >= 0 && device < 64) cache[device] = most;
+    return most;
+}
+
 extern "C" size_t dmoe__fused_smem_bytes(int32_t max_tokens, int32_t n_experts, int32_t top_k, int32_t n_shared) {
     return fm_smem_bytes(max_tokens, n_experts, top_k, n_shared);
 }
@@ -1112,14 +1124,14 @@ static dmoe_status launch(dmoe_context *ctx, const dmoe_fused_args *a, int32_t n
     const size_t smem = fm_smem_bytes(a->n_tokens, a->n_experts, a->top_k, a->n_shared);
     auto kernel = fused_moe_kernel<DT>;
     const dmoe_cuda_context *cc = dmoe__cuda_ctx(ctx);
-    if (smem > cc->smem_optin)
+    const size_t most = dmoe__fused_smem_limit(cc->device);
+    if (smem > most)
         return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
-                           "fused kernel: %zu B of shared memory per block needed at T=%d, the device has %zu",
-                           smem, a->n_tokens, cc->smem_optin);
-    /* The limit is raised once per device to the opt-in maximum (not per launch: two
-     * threads launching with different T must not lower it under each other). */
+                           "fused kernel: %zu B of shared memory per block needed at T=%d, the device allows %zu",
+                           smem, a->n_tokens, most);
+    /* raised once per device to the most the kernel can have (cuda-context.h) */
     static unsigned long long smem_done = 0;
-    DMOE_CUDA_CHECK(ctx, dmoe_set_smem(kernel, cc->smem_optin, cc->device, &smem_done));
+    DMOE_CUDA_CHECK(ctx, dmoe_set_smem(kernel, smem, cc->device, &smem_done));
     int per_sm = 0;
     DMOE_CUDA_CHECK(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, FM_THREADS, smem));
     if (per_sm < 1) return dmoe__error(ctx, DMOE_ERR_CUDA, "fused kernel: no block fits on a multiprocessor");

@@ -379,17 +379,19 @@ static dmoe_status rs_create_locked(dmoe_resident *r) {
         const size_t b = dmoe__fused_smem_bytes((int32_t)t, d->n_experts, d->top_k, d->n_shared_experts);
         if (b > smem) smem = b;
     }
-    if (smem > dmoe__cuda_ctx(ctx)->smem_optin) {
+    void (*kernel)(dmoe_fused_args, rs_ctrl *, rs_mailbox *, const uint4 *, uint4 *, uint4 *, int, int) =
+        a.is_bf16 ? resident_kernel<dmoe_bf16> : resident_kernel<dmoe_f16>;
+    size_t most = 0; /* the opt-in maximum minus the kernel's static shared memory */
+    err = dmoe_smem_most(kernel, cc->device, &most);
+    if (err == cudaSuccess && smem > most) {
         rs_free(r, s);
         return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
                            "resident mode: the fused kernel needs %zu B of shared memory per block for batches of up "
-                           "to %lld tokens, the device has %zu (lower max_tokens)",
-                           smem, (long long)T, dmoe__cuda_ctx(ctx)->smem_optin);
+                           "to %lld tokens, the device allows %zu (lower max_tokens)",
+                           smem, (long long)T, most);
     }
-    void (*kernel)(dmoe_fused_args, rs_ctrl *, rs_mailbox *, const uint4 *, uint4 *, uint4 *, int, int) =
-        a.is_bf16 ? resident_kernel<dmoe_bf16> : resident_kernel<dmoe_f16>;
     int per_sm = 0;
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, FM_THREADS, smem);
     if (err == cudaSuccess && per_sm < 1) {
         rs_free(r, s);

@@ -429,21 +429,38 @@ static void test_offloaded_from_host(tu_rng *rng) {
     dmoe_weights w = r.g.weights;
     TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_set_weights_offloaded(r.cached.layer, &w, N_SLOTS),
                     DMOE_ERR_WRONG_DEVICE); /* device w13: that is dmoe_layer_set_weights */
-    w.w13 = r.m.w13;
-    w.w2 = r.m.w2;
+    /* plain host copies that are overwritten right after the call (dmoe.h: the caller may
+     * free them), so a layer that kept the caller's pointers would compute garbage */
+    const size_t b13 = (size_t)(r.d.n_experts * 2 * r.d.ffn * r.d.hidden) * 2;
+    const size_t b2 = (size_t)(r.d.n_experts * r.d.hidden * r.d.ffn) * 2;
+    void *h13 = tu_malloc(b13), *h2 = tu_malloc(b2);
+    memcpy(h13, r.m.w13, b13);
+    memcpy(h2, r.m.w2, b2);
+    w.w13 = h13;
+    w.w2 = h2;
     TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_set_weights_offloaded(r.cached.layer, &w, 0), DMOE_ERR_INVALID_ARGUMENT);
     TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_set_weights_offloaded(r.cached.layer, &w, N_SLOTS), DMOE_OK);
+    memset(h13, 0xff, b13);
+    memset(h2, 0xff, b2);
     const int32_t none[16] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
     check_table(&r, none, "offloaded, before any forward");
     const int64_t T = 5, K = r.d.top_k;
     int32_t ids[10];
-    for (int step = 0; step < 3; step++) {
-        for (int64_t t = 0; t < T; t++) {
-            ids[t * K] = (int32_t)((3 * t + step) % r.d.n_experts);
-            ids[t * K + 1] = (int32_t)((3 * t + step + 7) % r.d.n_experts);
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) { /* a rebuilt cache (its own host copy; the layer's views move with it) */
+            TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_enable_expert_cache(r.cached.layer, N_SLOTS - 1, 0), DMOE_OK);
+            check_table(&r, none, "offloaded, rebuilt cache");
         }
-        rig_step(&r, rng, T, ids, "offloaded from host memory");
+        for (int step = 0; step < 3; step++) {
+            for (int64_t t = 0; t < T; t++) {
+                ids[t * K] = (int32_t)((3 * t + step) % r.d.n_experts);
+                ids[t * K + 1] = (int32_t)((3 * t + step + 7) % r.d.n_experts);
+            }
+            rig_step(&r, rng, T, ids, round ? "offloaded, rebuilt cache" : "offloaded from host memory");
+        }
     }
+    tu_free(h13);
+    tu_free(h2);
     rig_close(&r);
 }
 
