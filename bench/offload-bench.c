@@ -22,7 +22,15 @@
  * step's distinct experts are copied from pinned memory with cudaMemcpyAsync
  * (w13 and w2 of each), then the uncached forward runs.
  *
+ * Hybrid (the llama.cpp / ktransformers placement): the n_slots most popular
+ * experts (ranks 0..n_slots-1) stay on the GPU, every other pair runs on the
+ * CPU backend (all cores) from the same host weights, concurrently with the
+ * GPU part; the CPU partial is added on the host and y uploaded again. Timed
+ * with the host clock per step (it synchronises: not graph-capturable);
+ * hyb_l2 = rel L2 of its output against the all-GPU forward (same routing).
+ *
  *   offload-bench [steps]   timed steps per qwen3 cell (default 100; mixtral a quarter)
+ *   DMOE_OFFLOAD_HYBRID=0   skips the hybrid strategy
  */
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -30,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "dmoe.h"
 
@@ -97,6 +106,147 @@ typedef struct shape {
 
 /* Random bf16 values: a block of 2^20 fresh values, then copies of it at
  * shifting offsets (GBs of weights; the kernels' speed does not depend on them). */
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+static float bf16_f(uint16_t h) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+static uint16_t f_bf16(float f) { /* round to nearest even (finite inputs) */
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+/* The hybrid strategy's result of one cell. */
+typedef struct hybrid_res {
+    double us_per_step, gpu_pair_frac, cpu_pairs_per_step, rel_l2;
+} hybrid_res;
+
+/* Runs n_steps steps (the first warm untimed): pairs whose expert is resident[] run on the GPU
+ * layer (others get id -1, which the cuda backend skips), the rest on the CPU layer; the CPU
+ * partial is added on the host. Last step's y is compared with the all-GPU forward. */
+static hybrid_res run_hybrid(dmoe_context *gctx, dmoe_layer *plain, dmoe_context *cctx, dmoe_layer *cpu,
+                             const unsigned char *resident, const int32_t *ids, const float *wts, int n_steps,
+                             int warm, int T, int64_t H, int64_t K, const uint16_t *hx, void *d_x, void *d_y,
+                             cudaStream_t s) {
+    hybrid_res r;
+    memset(&r, 0, sizeof r);
+    const size_t yb = (size_t)(T * H) * 2;
+    int32_t *g_ids, *c_ids;
+    float *g_w, *c_w;
+    uint16_t *hy, *cx, *cy, *ref;
+    CK(cudaHostAlloc((void **)&g_ids, sizeof(int32_t) * (size_t)(T * K), cudaHostAllocDefault));
+    CK(cudaHostAlloc((void **)&g_w, sizeof(float) * (size_t)(T * K), cudaHostAllocDefault));
+    CK(cudaHostAlloc((void **)&hy, yb, cudaHostAllocDefault));
+    c_ids = (int32_t *)malloc(sizeof(int32_t) * (size_t)(T * K));
+    c_w = (float *)malloc(sizeof(float) * (size_t)(T * K));
+    cx = (uint16_t *)malloc(yb);
+    cy = (uint16_t *)malloc(yb);
+    ref = (uint16_t *)malloc(yb);
+    int32_t *d_gids;
+    float *d_gw;
+    CK(cudaMalloc((void **)&d_gids, sizeof(int32_t) * (size_t)(T * K)));
+    CK(cudaMalloc((void **)&d_gw, sizeof(float) * (size_t)(T * K)));
+    int tok_of[16];
+    double t_sum = 0, gpu_pairs = 0, cpu_pairs = 0;
+    for (int st = 0; st < n_steps; st++) {
+        const int32_t *si = ids + (int64_t)st * T * K;
+        const float *sw = wts + (int64_t)st * T * K;
+        const double t0 = now_s();
+        /* split the pairs */
+        int tc = 0;
+        for (int t = 0; t < T; t++) {
+            int first_miss = -1;
+            for (int k = 0; k < K; k++) {
+                const int32_t e = si[t * K + k];
+                const int on_gpu = resident[e];
+                g_ids[t * K + k] = on_gpu ? e : -1;
+                g_w[t * K + k] = on_gpu ? sw[t * K + k] : 0.0f;
+                if (!on_gpu && first_miss < 0) first_miss = e;
+                if (st >= warm) {
+                    gpu_pairs += on_gpu;
+                    cpu_pairs += !on_gpu;
+                }
+            }
+            if (first_miss >= 0) { /* this token has CPU pairs: K slots, the GPU ones weighted 0 */
+                for (int k = 0; k < K; k++) {
+                    const int32_t e = si[t * K + k];
+                    c_ids[tc * K + k] = resident[e] ? first_miss : e;
+                    c_w[tc * K + k] = resident[e] ? 0.0f : sw[t * K + k];
+                }
+                memcpy(cx + (size_t)tc * H, hx + (size_t)t * H, (size_t)H * 2);
+                tok_of[tc++] = t;
+            }
+        }
+        /* GPU part, asynchronous */
+        CK(cudaMemcpyAsync(d_gids, g_ids, sizeof(int32_t) * (size_t)(T * K), cudaMemcpyHostToDevice, s));
+        CK(cudaMemcpyAsync(d_gw, g_w, sizeof(float) * (size_t)(T * K), cudaMemcpyHostToDevice, s));
+        dmoe_tensor tx = dmoe_tensor_2d(d_x, DMOE_DTYPE_BF16, T, H, 0);
+        dmoe_tensor ty = dmoe_tensor_2d(d_y, DMOE_DTYPE_BF16, T, H, 0);
+        dmoe_tensor ti = dmoe_tensor_2d(d_gids, DMOE_DTYPE_I32, T, K, 0);
+        dmoe_tensor tw = dmoe_tensor_2d(d_gw, DMOE_DTYPE_F32, T, K, 0);
+        DK(gctx, dmoe_experts(plain, &tx, &ti, &tw, &ty, s));
+        CK(cudaMemcpyAsync(hy, d_y, yb, cudaMemcpyDeviceToHost, s));
+        /* CPU part meanwhile */
+        if (tc > 0) {
+            dmoe_tensor hx_ = dmoe_tensor_2d(cx, DMOE_DTYPE_BF16, tc, H, DMOE_DEVICE_HOST);
+            dmoe_tensor hy_ = dmoe_tensor_2d(cy, DMOE_DTYPE_BF16, tc, H, DMOE_DEVICE_HOST);
+            dmoe_tensor hi_ = dmoe_tensor_2d(c_ids, DMOE_DTYPE_I32, tc, K, DMOE_DEVICE_HOST);
+            dmoe_tensor hw_ = dmoe_tensor_2d(c_w, DMOE_DTYPE_F32, tc, K, DMOE_DEVICE_HOST);
+            DK(cctx, dmoe_experts(cpu, &hx_, &hi_, &hw_, &hy_, NULL));
+        }
+        CK(cudaStreamSynchronize(s));
+        for (int j = 0; j < tc; j++)
+            for (int64_t h = 0; h < H; h++) {
+                uint16_t *o = hy + (size_t)tok_of[j] * H + h;
+                *o = f_bf16(bf16_f(*o) + bf16_f(cy[(size_t)j * H + h]));
+            }
+        CK(cudaMemcpyAsync(d_y, hy, yb, cudaMemcpyHostToDevice, s)); /* y back where the next layer reads it */
+        CK(cudaStreamSynchronize(s));
+        if (st >= warm) t_sum += now_s() - t0;
+    }
+    /* the last step against the all-GPU forward on the same routing */
+    {
+        const int st = n_steps - 1;
+        CK(cudaMemcpy(d_gids, ids + (int64_t)st * T * K, sizeof(int32_t) * (size_t)(T * K), cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(d_gw, wts + (int64_t)st * T * K, sizeof(float) * (size_t)(T * K), cudaMemcpyHostToDevice));
+        dmoe_tensor tx = dmoe_tensor_2d(d_x, DMOE_DTYPE_BF16, T, H, 0);
+        dmoe_tensor ty = dmoe_tensor_2d(d_y, DMOE_DTYPE_BF16, T, H, 0);
+        dmoe_tensor ti = dmoe_tensor_2d(d_gids, DMOE_DTYPE_I32, T, K, 0);
+        dmoe_tensor tw = dmoe_tensor_2d(d_gw, DMOE_DTYPE_F32, T, K, 0);
+        DK(gctx, dmoe_experts(plain, &tx, &ti, &tw, &ty, s));
+        CK(cudaStreamSynchronize(s));
+        CK(cudaMemcpy(ref, d_y, yb, cudaMemcpyDeviceToHost));
+        double num = 0, den = 0;
+        for (size_t i = 0; i < (size_t)(T * H); i++) {
+            const double a = bf16_f(hy[i]), b = bf16_f(ref[i]);
+            num += (a - b) * (a - b);
+            den += b * b;
+        }
+        r.rel_l2 = den > 0 ? sqrt(num / den) : 0;
+    }
+    const int timed = n_steps - warm;
+    r.us_per_step = t_sum / timed * 1e6;
+    r.gpu_pair_frac = gpu_pairs / (gpu_pairs + cpu_pairs);
+    r.cpu_pairs_per_step = cpu_pairs / timed;
+    cudaFree(d_gids);
+    cudaFree(d_gw);
+    cudaFreeHost(g_ids);
+    cudaFreeHost(g_w);
+    cudaFreeHost(hy);
+    free(c_ids);
+    free(c_w);
+    free(cx);
+    free(cy);
+    free(ref);
+    return r;
+}
+
 static void fill_bf16(uint16_t *p, size_t n, float scale) {
     const size_t blk = (size_t)1 << 20;
     const size_t m = n < blk ? n : blk;
@@ -150,6 +300,16 @@ int main(int argc, char **argv) {
     cd.backend = DMOE_BACKEND_CUDA;
     dmoe_context *ctx = NULL;
     DK(NULL, dmoe_context_create(&cd, &ctx));
+    const char *hyb_env = getenv("DMOE_OFFLOAD_HYBRID");
+    const int hybrid = !(hyb_env && strcmp(hyb_env, "0") == 0);
+    dmoe_context *cctx = NULL; /* the CPU backend, all cores, for the hybrid strategy */
+    if (hybrid) {
+        dmoe_context_desc ccd;
+        dmoe_context_desc_init(&ccd);
+        ccd.backend = DMOE_BACKEND_CPU;
+        DK(NULL, dmoe_context_create(&ccd, &cctx));
+        printf("hybrid strategy: cpu backend, %d threads\n", (int)dmoe_context_n_threads(cctx));
+    }
 
     const shape shapes[2] = {{"qwen3-30b-a3b", 2048, 768, 128, 8}, {"mixtral-8x7b", 4096, 14336, 8, 2}};
     const int Ts[3] = {1, 4, 16};
@@ -194,6 +354,16 @@ int main(int argc, char **argv) {
         dmoe_layer *plain = NULL;
         DK(ctx, dmoe_layer_create(ctx, &d, &plain));
         DK(ctx, dmoe_layer_set_weights(plain, &w));
+        dmoe_layer *cpu = NULL; /* the same weights, read from host memory by the CPU backend */
+        if (hybrid) {
+            dmoe_weights hw;
+            memset(&hw, 0, sizeof hw);
+            hw.router = h_router;
+            hw.w13 = h_w13;
+            hw.w2 = h_w2;
+            DK(cctx, dmoe_layer_create(cctx, &d, &cpu));
+            DK(cctx, dmoe_layer_set_weights(cpu, &hw));
+        }
         /* Zipf(1) over ranks, ranks mapped to experts by a fixed permutation */
         int32_t perm[1024];
         double cdf[1024], z = 0.0;
@@ -246,7 +416,6 @@ int main(int argc, char **argv) {
             uint16_t *hx = (uint16_t *)malloc((size_t)(T * H) * 2);
             fill_bf16(hx, (size_t)(T * H), 1.0f);
             CK(cudaMemcpy(d_x, hx, (size_t)(T * H) * 2, cudaMemcpyHostToDevice));
-            free(hx);
             dmoe_tensor tx = dmoe_tensor_2d(d_x, DMOE_DTYPE_BF16, T, H, 0);
             dmoe_tensor ty = dmoe_tensor_2d(d_y, DMOE_DTYPE_BF16, T, H, 0);
             /* distinct experts per step (host) */
@@ -349,6 +518,16 @@ int main(int argc, char **argv) {
                        misses, (unsigned long long)(c1.installs - c0.installs),
                        (unsigned long long)(c1.direct_reads - c0.direct_reads),
                        (unsigned long long)(c1.evictions - c0.evictions));
+                if (hybrid) {
+                    unsigned char resident[1024] = {0};
+                    for (int i = 0; i < n_slots; i++) resident[perm[i]] = 1; /* the hottest experts */
+                    const hybrid_res hr = run_hybrid(ctx, plain, cctx, cpu, resident, ids, wts, n_steps, WARM, T,
+                                                     H, K, hx, d_x, d_y, s);
+                    printf("    hybrid (hottest %d on the GPU, the rest on the CPU): %.0f tok/s, %.1f us/step "
+                           "(%.2fx the cache), GPU pairs %.1f%%, CPU pairs/step %.1f, rel L2 vs all-GPU %.1e\n",
+                           n_slots, T / (hr.us_per_step * 1e-6), hr.us_per_step, t_s / steps * 1e6 / hr.us_per_step,
+                           100.0 * hr.gpu_pair_frac, hr.cpu_pairs_per_step, hr.rel_l2);
+                }
                 fflush(stdout);
                 dmoe_layer_destroy(cached);
             }
@@ -360,10 +539,12 @@ int main(int argc, char **argv) {
             cudaFree(d_y);
             free(ids);
             free(wts);
+            free(hx);
             free(n_act);
             free(act);
         }
         dmoe_layer_destroy(plain);
+        dmoe_layer_destroy(cpu);
         cudaFree(d_w13);
         cudaFree(d_w2);
         cudaFree(d_router);
@@ -377,6 +558,7 @@ int main(int argc, char **argv) {
            ms.bytes_cached, ms.peak_in_use, (unsigned long long)ms.n_allocs, (unsigned long long)ms.n_reused,
            (unsigned long long)ms.n_trims);
     dmoe_context_destroy(ctx);
+    dmoe_context_destroy(cctx);
     printf("columns: tok/s and us/step of the cached forward; bound_us = (miss bytes / h2d + active expert "
            "bytes / d2d) per step; frac = bound / measured; fill_GBs = the install kernel's rate; naive = "
            "cudaMemcpyAsync of every needed expert before each forward (frac against its own bound: all "
