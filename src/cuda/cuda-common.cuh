@@ -66,38 +66,27 @@ static __device__ __forceinline__ uint4 dmoe_ld_cached16(const void *p) {
 /* Predicated 16-byte loads that give zeros when pred is false. They are
  * volatile asm, like dmoe_mma_swapped below, so the compiler keeps a loop
  * body's loads ahead of its mma instructions: all of them are in flight at
- * once (plain loads behind a ?: were interleaved with the mma, one at a time). */
-static __device__ __forceinline__ uint4 dmoe_ld_stream16_if(const void *p, bool pred) {
-    uint4 v;
-    asm volatile("{\n .reg .pred q;\n setp.ne.b32 q, %5, 0;\n"
-                 " mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n mov.b32 %3, 0;\n"
-                 " @q ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n}\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p), "r"((int)pred));
-    return v;
-}
-static __device__ __forceinline__ uint4 dmoe_ld_cached16_if(const void *p, bool pred) {
-    uint4 v;
-    asm volatile("{\n .reg .pred q;\n setp.ne.b32 q, %5, 0;\n"
-                 " mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n mov.b32 %3, 0;\n"
-                 " @q ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];\n}\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p), "r"((int)pred));
-    return v;
-}
-
-/* The same through L2 only (ld.global.cg): for data that is rewritten between
- * uses by the same long-running kernel (the resident kernel's input). */
-static __device__ __forceinline__ uint4 dmoe_ld_l2_16_if(const void *p, bool pred) {
-    uint4 v;
-    asm volatile("{\n .reg .pred q;\n setp.ne.b32 q, %5, 0;\n"
-                 " mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n mov.b32 %3, 0;\n"
-                 " @q ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];\n}\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p), "r"((int)pred)
-                 : "memory");
-    return v;
-}
+ * once (plain loads behind a ?: were interleaved with the mma, one at a time).
+ * One body, three cache behaviours (OP: the load instruction; CLOBBER: ": \"memory\""
+ * to order it against the kernel's other memory accesses, or nothing). */
+#define DMOE_LD16_IF(name, OP, CLOBBER)                                                           \
+    static __device__ __forceinline__ uint4 name(const void *p, bool pred) {                      \
+        uint4 v;                                                                                  \
+        asm volatile("{\n .reg .pred q;\n setp.ne.b32 q, %5, 0;\n"                                \
+                     " mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n mov.b32 %3, 0;\n"          \
+                     " @q " OP " {%0,%1,%2,%3}, [%4];\n}\n"                                         \
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)                                 \
+                     : "l"(p), "r"((int)pred) CLOBBER);                                           \
+        return v;                                                                                 \
+    }
+/* streamed once (weights): no L1 allocation */
+DMOE_LD16_IF(dmoe_ld_stream16_if, "ld.global.nc.L1::no_allocate.v4.u32", )
+/* read by other warps of the block too (activations) */
+DMOE_LD16_IF(dmoe_ld_cached16_if, "ld.global.nc.v4.u32", )
+/* through L2 only (ld.global.cg): data rewritten between uses by the same
+ * long-running kernel (the resident kernel's input) */
+DMOE_LD16_IF(dmoe_ld_l2_16_if, "ld.global.cg.v4.u32", : "memory")
+#undef DMOE_LD16_IF
 
 /* ---- cp.async (16 bytes, zero-filled when pred is false) ---- */
 static __device__ __forceinline__ void dmoe_cp_async16(void *smem, const void *gmem, bool pred) {
