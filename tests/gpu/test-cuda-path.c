@@ -127,6 +127,17 @@ static void run_shape(const char *name, dmoe_layer_desc base, tu_rng *rng) {
     tu_model_free(&m);
 }
 
+/* AUTO on a large layer (query only): fused for T <= 3, staged above (path-choice.c). */
+static void check_auto(dmoe_context *ctx, dmoe_layer *layer, const char *name, const int64_t *Ts, int n) {
+    for (int i = 0; i < n; i++) {
+        const dmoe_path want = Ts[i] <= 3 ? DMOE_PATH_FUSED : DMOE_PATH_STAGED;
+        dmoe_path p = DMOE_PATH_AUTO;
+        TU_CHECK_STATUS(ctx, dmoe_layer_query_path(layer, Ts[i], &p), DMOE_OK);
+        TU_CHECKF(p == want, "%s auto T=%lld: %s, expected %s", name, (long long)Ts[i], dmoe_path_name(p),
+                  dmoe_path_name(want));
+    }
+}
+
 int main(int argc, char **argv) {
     if (gpu_skip("test-cuda-path")) return TU_SKIP;
     quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
@@ -182,13 +193,7 @@ int main(int argc, char **argv) {
         if (layer) {
             /* path-choice.c: fused for T <= 3 on layers this large, staged above */
             const int64_t Ts[4] = {1, 3, 4, 65};
-            const dmoe_path want[4] = {DMOE_PATH_FUSED, DMOE_PATH_FUSED, DMOE_PATH_STAGED, DMOE_PATH_STAGED};
-            for (int i = 0; i < 4; i++) {
-                dmoe_path p = DMOE_PATH_AUTO;
-                TU_CHECK_STATUS(ctx, dmoe_layer_query_path(layer, Ts[i], &p), DMOE_OK);
-                TU_CHECKF(p == want[i], "deepseek-v3 auto T=%lld: %s, expected %s", (long long)Ts[i],
-                          dmoe_path_name(p), dmoe_path_name(want[i]));
-            }
+            check_auto(ctx, layer, "deepseek-v3", Ts, 4);
             dmoe_layer_destroy(layer);
             layer = NULL;
             /* qwen3-30b-a3b shape: fused at T=1 and 3, staged at 4 and 16 */
@@ -202,13 +207,7 @@ int main(int argc, char **argv) {
             TU_CHECK_STATUS(ctx, dmoe_layer_create(ctx, &qw, &layer), DMOE_OK);
             if (layer) {
                 const int64_t Tq[4] = {1, 3, 4, 16};
-                const dmoe_path wq[4] = {DMOE_PATH_FUSED, DMOE_PATH_FUSED, DMOE_PATH_STAGED, DMOE_PATH_STAGED};
-                for (int i = 0; i < 4; i++) {
-                    dmoe_path p = DMOE_PATH_AUTO;
-                    TU_CHECK_STATUS(ctx, dmoe_layer_query_path(layer, Tq[i], &p), DMOE_OK);
-                    TU_CHECKF(p == wq[i], "qwen3 auto T=%lld: %s, expected %s", (long long)Tq[i],
-                              dmoe_path_name(p), dmoe_path_name(wq[i]));
-                }
+                check_auto(ctx, layer, "qwen3", Tq, 4);
                 dmoe_layer_destroy(layer);
                 layer = NULL;
             }
