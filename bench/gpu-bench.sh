@@ -100,7 +100,10 @@ for stage in $STAGES; do
       [ $left -lt $each ] && each=$left
       [ $each -lt 10 ] && { SUMMARY="$SUMMARY\nsanitizer $spec: not run (time)"; continue; }
       log="$LOGS/san-$tool-$path-$tst.log"
-      DMOE_PATH=$path DMOE_GPU_TEST_QUICK=1 timeout $each compute-sanitizer --tool $tool --error-exitcode 9 \
+      # racecheck's cost grows with the blocks launched: persistent grids sized for 8 SMs
+      sms=""
+      [ $tool = racecheck ] && sms=${DMOE_SAN_SMS:-8}
+      DMOE_CUDA_SMS=$sms DMOE_PATH=$path DMOE_GPU_TEST_QUICK=1 timeout $each compute-sanitizer --tool $tool --error-exitcode 9 \
         "$BIN/$tst" $arg >"$log" 2>&1
       rc=$?
       SUMMARY="$SUMMARY\nsanitizer $tool $path ($tst $arg quick): rc=$rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY' "$log" | tail -1)"

@@ -514,10 +514,12 @@ int main(int argc, char **argv) {
                        t_s / steps * 1e6, bound_s / steps * 1e6, fill, bound_s / t_s,
                        steps * T / (naive_ms * 1e-3), naive_ms * 1e3 / steps,
                        naive_bound_s / (naive_ms * 1e-3), resident_ms * 1e3 / steps);
-                printf("    counters: hits %.0f misses %.0f installs %llu direct %llu evictions %llu\n", hits,
+                printf("    counters: hits %.0f misses %.0f installs %llu direct %llu evictions %llu, "
+                       "GEMM stalled on installs %.1f us/step\n", hits,
                        misses, (unsigned long long)(c1.installs - c0.installs),
                        (unsigned long long)(c1.direct_reads - c0.direct_reads),
-                       (unsigned long long)(c1.evictions - c0.evictions));
+                       (unsigned long long)(c1.evictions - c0.evictions),
+                       (double)(c1.stall_ns - c0.stall_ns) * 1e-3 / steps);
                 if (hybrid) {
                     unsigned char resident[1024] = {0};
                     for (int i = 0; i < n_slots; i++) resident[perm[i]] = 1; /* the hottest experts */

@@ -331,6 +331,11 @@ typedef struct dmoe_expert_cache_stats {
     uint64_t direct_reads;     /* misses read by the GEMMs from host memory (no free slot) */
     uint64_t prefetch_installs; /* experts copied in by dmoe_layer_prefetch_experts */
     uint64_t bytes_h2d;        /* bytes read over PCIe: installs, prefetches and direct reads */
+    uint64_t stall_ns;         /* time the expert GEMM sat idle waiting for installs to land:
+                                * per forward, the mean over the GEMM's blocks of their wait
+                                * for the install copy, summed over forwards (device clock,
+                                * ns). Direct reads and DMOE_CACHE_INSTALL=stream installs are
+                                * done by the GEMM itself and show up in its run time instead. */
 } dmoe_expert_cache_stats;
 
 /* n_slots in [1, E]; flags must be DMOE_EXPERT_CACHE_FLAGS_NONE. Weights must be

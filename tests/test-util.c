@@ -533,3 +533,9 @@ void tu_router_logits(const tu_model *m, const void *x, int64_t n_tokens, double
     tu_free(xd);
     tu_free(wd);
 }
+
+double tu_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}

@@ -69,6 +69,7 @@ uint64_t tu_seed(void);
 void tu_rng_init(tu_rng *rng, uint64_t seed);
 uint64_t tu_rand_u64(tu_rng *rng);
 double tu_rand_unit(tu_rng *rng);                         /* [0, 1) */
+double tu_now_s(void);                                    /* monotonic clock, seconds */
 double tu_rand_range(tu_rng *rng, double lo, double hi);  /* [lo, hi) */
 int64_t tu_rand_int(tu_rng *rng, int64_t lo, int64_t hi); /* [lo, hi] */
 

@@ -136,6 +136,11 @@ static dmoe_status cuda_context_init(dmoe_context *ctx) {
     if (!cc) return dmoe__error(ctx, DMOE_ERR_OUT_OF_MEMORY, "cuda: context state");
     cc->device = ctx->desc.device;
     cc->num_sms = prop.multiProcessorCount;
+    /* DMOE_CUDA_SMS=n (testing): size the persistent grids for n SMs, n < the device's. Under
+     * compute-sanitizer racecheck the cost grows with the blocks launched; grid-stride loops
+     * then take many turns, which the tests want to see too. */
+    const char *sms = getenv("DMOE_CUDA_SMS");
+    if (sms && atoi(sms) > 0 && atoi(sms) < cc->num_sms) cc->num_sms = atoi(sms);
     cc->cc_major = prop.major;
     cc->cc_minor = prop.minor;
     cc->smem_optin = prop.sharedMemPerBlockOptin;
@@ -583,7 +588,9 @@ static dmoe_status run_experts(dmoe_layer *layer, const void *x, int64_t T, cons
     if (L->cache) {
         /* resolve the batch's experts (hits, LRU installs, pointer tables) on the device; the
          * streaming and mma.sync GEMMs then read each expert through its pointer */
-        if (c.kind != DMOE_CUDA_GEMM_STREAM && c.kind != DMOE_CUDA_GEMM_MMA)
+        if (c.kind == DMOE_CUDA_GEMM_SWAP) /* the decode regime: the streaming GEMM overlaps installs */
+            c = dmoe__cuda_choose_gemm(DMOE_CUDA_GEMM_STREAM, &a1, cc->cc_major, cc->cc_minor);
+        else if (c.kind != DMOE_CUDA_GEMM_STREAM && c.kind != DMOE_CUDA_GEMM_MMA)
             c = dmoe__cuda_choose_gemm(DMOE_CUDA_GEMM_MMA, &a1, cc->cc_major, cc->cc_minor);
         const int stream_gemm = c.kind == DMOE_CUDA_GEMM_STREAM;
         if ((st = dmoe__cuda_cache_resolve(ctx, L->cache, L->offsets, stream_gemm, stream))) return st;
@@ -593,6 +600,7 @@ static dmoe_status run_experts(dmoe_layer *layer, const void *x, int64_t T, cons
             a1.w_install = dmoe__cuda_cache_w13_dst(L->cache);
             a2.w_install = dmoe__cuda_cache_w2_dst(L->cache);
             a1.w_wait = dmoe__cuda_cache_wait(L->cache); /* GEMM1 overlaps the copy kernel */
+            a1.w_stall_ns = dmoe__cuda_cache_stall_counter(L->cache);
         }
     }
     if ((st = c.gemm1(ctx, &a1, x, layer->w.w13, L->act, stream))) return st;

@@ -162,6 +162,13 @@ static __device__ __forceinline__ void dmoe_mma_swapped(float c[4], const uint4 
     dmoe_mma16816_ordered<T>(c, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
 }
 
+/* the device's nanosecond clock (%globaltimer) */
+static __device__ __forceinline__ unsigned long long dmoe_globaltimer(void) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
 /* ---- programmatic dependent launch (no-ops when launched without it) ---- */
 static __device__ __forceinline__ void dmoe_griddep_wait(void) {
     asm volatile("griddepcontrol.wait;\n" ::: "memory");

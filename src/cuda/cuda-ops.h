@@ -63,6 +63,9 @@ typedef struct dmoe_cuda_grouped_args {
      * experts first and waits (griddepcontrol) only before these: the copy and the GEMM of the
      * resident experts overlap under programmatic dependent launch. */
     const int32_t *w_wait;
+    /* device counter or NULL (with w_wait): each block adds its wait for the copy kernel, in
+     * ns * 1024 divided by the grid size (the expert cache's stall time, 10 fraction bits) */
+    unsigned long long *w_stall_ns;
 } dmoe_cuda_grouped_args;
 
 /* act (T*K, F) = SwiGLU over w13 (E, 2F, H) of the gathered rows of x (T, H). */

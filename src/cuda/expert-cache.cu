@@ -43,6 +43,7 @@ enum {
     CTR_DIRECT,
     CTR_PREFETCH,
     CTR_BYTES,
+    CTR_STALL_NS, /* added by the streaming GEMM1 (w_stall_ns), ns with 10 fraction bits */
     CTR_COUNT
 };
 
@@ -326,6 +327,10 @@ extern "C" void dmoe__cuda_cache_host_weights(const dmoe_cuda_cache *c, const vo
     *w2 = (const char *)c->host + (size_t)c->n_experts * c->w13_bytes;
 }
 
+extern "C" unsigned long long *dmoe__cuda_cache_stall_counter(const dmoe_cuda_cache *c) {
+    return c->stream_install ? NULL : c->counters + CTR_STALL_NS;
+}
+
 extern "C" int32_t dmoe__cuda_cache_n_slots(const dmoe_cuda_cache *c) { return c->n_slots; }
 extern "C" const int32_t *dmoe__cuda_cache_wait(const dmoe_cuda_cache *c) {
     return c->stream_install ? NULL : c->wait;
@@ -465,6 +470,7 @@ extern "C" dmoe_status dmoe__cuda_cache_stats(dmoe_context *ctx, dmoe_cuda_cache
     s.direct_reads = ctr[CTR_DIRECT];
     s.prefetch_installs = ctr[CTR_PREFETCH];
     s.bytes_h2d = ctr[CTR_BYTES];
+    s.stall_ns = ctr[CTR_STALL_NS] >> 10;
     *out = s;
     return DMOE_OK;
 }

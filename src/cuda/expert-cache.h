@@ -45,6 +45,8 @@ dmoe_status dmoe__cuda_cache_resolve(dmoe_context *ctx, dmoe_cuda_cache *c, cons
 void *const *dmoe__cuda_cache_w13_dst(const dmoe_cuda_cache *c);
 /* (E) flags for the streaming GEMM1 (w_wait), or NULL when installs ride on the GEMMs. */
 const int32_t *dmoe__cuda_cache_wait(const dmoe_cuda_cache *c);
+/* The device counter the streaming GEMM1 adds its install wait to (w_stall_ns), or NULL. */
+unsigned long long *dmoe__cuda_cache_stall_counter(const dmoe_cuda_cache *c);
 void *const *dmoe__cuda_cache_w2_dst(const dmoe_cuda_cache *c);
 int32_t dmoe__cuda_cache_n_slots(const dmoe_cuda_cache *c);
 /* The cache's pinned host copy of every routed expert: (E, 2F, H) and (E, H, F). */

@@ -48,6 +48,7 @@ typedef struct stream_params {
     const void *const *w_ptrs; /* (E) per-expert weights, or NULL: w + e * stride */
     void *const *w_install;    /* (E) slot to copy expert e into while streaming it, or NULL */
     const int32_t *w_wait;     /* (E) experts to leave until after the grid dependency wait, or NULL */
+    unsigned long long *w_stall_ns; /* with w_wait: += 1024 * this block's wait / gridDim.x, or NULL */
     const float *topk_w;
     void *out;       /* GEMM1: act; GEMM2: part */
 } stream_params;
@@ -72,7 +73,12 @@ stream_gemm_kernel(stream_params p) {
     const int64_t n_items = (int64_t)n_active * p.n_tiles;
 
     for (int phase = split ? 0 : 1; phase < 2; phase++) {
-    if (split && phase == 1) dmoe_griddep_wait();
+    if (split && phase == 1) {
+        const unsigned long long t0 = dmoe_globaltimer();
+        dmoe_griddep_wait();
+        /* fixed point, 10 fraction bits: short waits of many blocks do not round to 0 */
+        if (p.w_stall_ns && tid == 0) atomicAdd(p.w_stall_ns, ((dmoe_globaltimer() - t0) << 10) / gridDim.x);
+    }
     for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
         const int e = s_active[item / p.n_tiles];
         if (split && (p.w_wait[e] != 0) != (phase == 1)) continue; /* uniform in the block */
@@ -222,6 +228,7 @@ static stream_params stream_params_of(const dmoe_cuda_grouped_args *a, const voi
     p.w_ptrs = a->w_ptrs;
     p.w_install = a->w_install;
     p.w_wait = a->w_wait;
+    p.w_stall_ns = a->w_stall_ns;
     p.topk_w = topk_w;
     p.out = out;
     return p;

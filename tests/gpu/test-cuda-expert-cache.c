@@ -270,6 +270,7 @@ static void test_lru_random(tu_rng *rng, const char *gemm) {
     sim_init(&s, E, N_SLOTS);
     /* DMOE_GPU_TEST_QUICK (under compute-sanitizer): a shorter sequence */
     const int n_steps = getenv("DMOE_GPU_TEST_QUICK") ? 12 : 40;
+    const double t_enable = tu_now_s();
     for (int step = 0; step < n_steps; step++) {
         const int64_t T = tu_rand_int(rng, 1, 16);
         int32_t ids[32 * 2];
@@ -307,6 +308,18 @@ static void test_lru_random(tu_rng *rng, const char *gemm) {
         check_table(&r, s.slot_of, what);
         check_counters(&r, s.hits, s.misses, s.installs, s.evictions, s.direct, s.prefetch, what);
     }
+    /* stall time: only the streaming GEMM1 waits for the copy kernel (the mma path has no
+     * overlap, nothing to count); never more than the host time since the cache was enabled */
+    dmoe_expert_cache_stats st;
+    TU_CHECK_STATUS(r.cached.ctx, dmoe_layer_expert_cache_stats(r.cached.layer, &st), DMOE_OK);
+    const double elapsed_ns = (tu_now_s() - t_enable) * 1e9;
+    printf("    stall %.1f us over %d steps (%.1f ms of host time)\n", (double)st.stall_ns * 1e-3, n_steps,
+           elapsed_ns * 1e-6);
+    if (strcmp(gemm, "stream") == 0)
+        TU_CHECKF((double)st.stall_ns <= elapsed_ns, "stall_ns %llu above the %.0f ns elapsed",
+                  (unsigned long long)st.stall_ns, elapsed_ns);
+    else
+        TU_CHECKF(st.stall_ns == 0, "%s GEMM: stall_ns %llu, expected 0", gemm, (unsigned long long)st.stall_ns);
     rig_close(&r);
 }
 
@@ -409,7 +422,7 @@ static void test_bad_args(tu_rng *rng) {
     TU_CHECK_STATUS(c, dmoe_layer_expert_cache_table(L, NULL), DMOE_ERR_NULL_POINTER);
     /* nothing above touched the table */
     TU_CHECK_STATUS(c, dmoe_layer_expert_cache_stats(L, &s), DMOE_OK);
-    TU_CHECK(s.n_resident == 0 && s.prefetch_installs == 0 && s.hits == 0 && s.misses == 0);
+    TU_CHECK(s.n_resident == 0 && s.prefetch_installs == 0 && s.hits == 0 && s.misses == 0 && s.stall_ns == 0);
     /* new weights turn the cache off */
     TU_CHECK_STATUS(c, dmoe_layer_set_weights(L, &r.g.weights), DMOE_OK);
     TU_CHECK_STATUS(c, dmoe_layer_expert_cache_stats(L, &s), DMOE_ERR_INVALID_ARGUMENT);

@@ -9,7 +9,10 @@
  *    float64 on a skewed routing (one expert with most rows, one with a single
  *    row, one with none) and odd sizes (H = 520: a K tail of 8; F = 200:
  *    partial feature tiles; H = 520 rows: a partial 16-row and 128-row tile);
- *    outputs poisoned with NaN first, rows past the segments never looked at.
+ *    outputs poisoned with NaN first, rows past the segments never looked at;
+ *    on sm_90 also the 128x256 wgmma kernels (the staged path's large-T GEMMs).
+ * DMOE_GPU_TEST_QUICK=1 keeps small sizes (for compute-sanitizer): plan sizes
+ * up to 2049 pairs, GEMMs at T = 40 (bf16) and 12 (f16), every kernel still run.
  */
 #include <math.h>
 
@@ -84,10 +87,14 @@ static void check_plan(dmoe_context *ctx, const char *what, const int32_t *ids, 
     tu_free(gc); tu_free(go); tu_free(gp); tu_free(gs);
 }
 
+static int quick;
+
 static void test_plan(dmoe_context *ctx, tu_rng *rng) {
     const int64_t sizes[] = {1, 6, 37, 1000, 2048, 2049, 65536, 300001};
     const int experts[] = {1, 60, 1024};
-    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+    const size_t n_sizes = quick ? 6 : sizeof sizes / sizeof *sizes;
+    for (size_t i = 0; i < n_sizes; i++) {
+        if (quick && (sizes[i] == 6 || sizes[i] == 1000)) continue;
         for (size_t j = 0; j < sizeof experts / sizeof *experts; j++) {
             const int64_t n = sizes[i];
             const int E = experts[j];
@@ -219,15 +226,19 @@ static void test_gemms(dmoe_context *ctx, tu_rng *rng, dmoe_dtype dt, int64_t T)
         {"sm90-swap", dmoe__cuda_gemm1_sm90_swap, dmoe__cuda_gemm2_sm90_swap, 32},
         {"sm90-swap", dmoe__cuda_gemm1_sm90_swap, dmoe__cuda_gemm2_sm90_swap, 64},
         {"sm90-swap", dmoe__cuda_gemm1_sm90_swap, dmoe__cuda_gemm2_sm90_swap, 100000},
+        {"sm90-128x256", dmoe__cuda_gemm1_sm90, dmoe__cuda_gemm2_sm90, 100000},
     };
     int num_sms = 0, cc_major = 0, cc_minor = 0;
     GPU_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
+    /* quick (sanitizers): persistent grids of 8 SMs' worth of blocks, every grid-stride loop turning */
+    if (quick && num_sms > 8) num_sms = 8;
     GPU_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, 0));
     GPU_CHECK(cudaDeviceGetAttribute(&cc_minor, cudaDevAttrComputeCapabilityMinor, 0));
     const int sm90 = dmoe__cuda_sm90_available(cc_major, cc_minor);
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         const int is_swap = cases[c].g1 == dmoe__cuda_gemm1_sm90_swap;
-        if (is_swap && !sm90) continue;
+        const int is_sm90 = is_swap || cases[c].g1 == dmoe__cuda_gemm1_sm90;
+        if (is_sm90 && !sm90) continue;
         dmoe_cuda_grouped_args a;
         memset(&a, 0, sizeof a);
         a.n_rows = n;
@@ -240,6 +251,7 @@ static void test_gemms(dmoe_context *ctx, tu_rng *rng, dmoe_dtype dt, int64_t T)
         a.num_sms = num_sms;
         const int tile = cases[c].g1 == dmoe__cuda_gemm1_stream ? dmoe__cuda_stream_tokens(&a)
                          : is_swap                              ? dmoe__cuda_swap_tokens(&a)
+                         : is_sm90                              ? 128
                                                                 : dmoe__cuda_mma_rows(&a);
         char what[96];
         a.k_dim = H;
@@ -281,11 +293,13 @@ int main(void) {
         printf("cuda context: %s\n", dmoe_context_last_error(NULL));
         return 1;
     }
+    const char *q = getenv("DMOE_GPU_TEST_QUICK");
+    quick = q && *q && strcmp(q, "0") != 0;
     printf("plan:\n");
     test_plan(ctx, &rng);
     printf("grouped GEMMs:\n");
-    test_gemms(ctx, &rng, DMOE_DTYPE_BF16, 300);
-    test_gemms(ctx, &rng, DMOE_DTYPE_F16, 70);
+    test_gemms(ctx, &rng, DMOE_DTYPE_BF16, quick ? 40 : 300);
+    test_gemms(ctx, &rng, DMOE_DTYPE_F16, quick ? 12 : 70);
     dmoe_context_destroy(ctx);
     return tu_finish("test-cuda-ops");
 }
