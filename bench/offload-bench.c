@@ -530,6 +530,41 @@ int main(int argc, char **argv) {
                            n_slots, T / (hr.us_per_step * 1e-6), hr.us_per_step, t_s / steps * 1e6 / hr.us_per_step,
                            100.0 * hr.gpu_pair_frac, hr.cpu_pairs_per_step, hr.rel_l2);
                 }
+                if (hybrid) {
+                    /* the library's own policy (dmoe_layer_set_miss_policy): AUTO's decision from the
+                     * bandwidths it measures, then CPU forced, on the same steps; the cache as the GPU
+                     * policy left it, slots adapted by the hotness refresh */
+                    for (int pol = 0; pol < 2; pol++) {
+                    const dmoe_miss_policy policy = pol == 0 ? DMOE_MISS_CPU : DMOE_MISS_AUTO;
+                    dmoe_miss_info m0, m1;
+                    DK(ctx, dmoe_layer_set_miss_policy(cached, policy, 0));
+                    double tp0 = now_s();
+                    memset(&m0, 0, sizeof m0);
+                    for (int st = 0; st < n_steps; st++) {
+                        if (st == WARM) {
+                            CK(cudaStreamSynchronize(s));
+                            DK(ctx, dmoe_layer_miss_info(cached, &m0));
+                            tp0 = now_s();
+                        }
+                        dmoe_tensor ti_ = dmoe_tensor_2d(d_ids + (int64_t)st * SS, DMOE_DTYPE_I32, T, K, 0);
+                        dmoe_tensor tw_ = dmoe_tensor_2d(d_wts + (int64_t)st * SS, DMOE_DTYPE_F32, T, K, 0);
+                        DK(ctx, dmoe_experts(cached, &tx, &ti_, &tw_, &ty, s));
+                    }
+                    CK(cudaStreamSynchronize(s));
+                    const double tp = now_s() - tp0;
+                    DK(ctx, dmoe_layer_miss_info(cached, &m1));
+                    printf("    library miss policy %s: %.0f tok/s, %.1f us/step (%.2fx the GPU policy), forwards "
+                           "with misses on the cpu %llu / gpu %llu, CPU experts/step %.1f, refresh installs %llu "
+                           "(measured: h2d %.1f GB/s, cpu %.1f GB/s + %.0f us, %d threads)\n",
+                           pol == 0 ? "cpu " : "auto", steps * T / tp, tp / steps * 1e6, t_s / tp,
+                           (unsigned long long)(m1.cpu_forwards - m0.cpu_forwards),
+                           (unsigned long long)(m1.gpu_forwards - m0.gpu_forwards),
+                           (double)(m1.cpu_experts - m0.cpu_experts) / steps,
+                           (unsigned long long)(m1.refresh_installs - m0.refresh_installs), m1.h2d_gbs, m1.cpu_gbs,
+                           m1.cpu_fixed_us, (int)m1.n_threads);
+                    }
+                    DK(ctx, dmoe_layer_set_miss_policy(cached, DMOE_MISS_GPU, 0));
+                }
                 fflush(stdout);
                 dmoe_layer_destroy(cached);
             }

@@ -367,6 +367,57 @@ DMOE_API dmoe_status dmoe_layer_expert_cache_table(dmoe_layer *layer, int32_t *s
 DMOE_API dmoe_status dmoe_layer_set_weights_offloaded(dmoe_layer *layer, const dmoe_weights *weights,
                                                       int32_t n_slots);
 
+/* What a decode forward (T <= DMOE_MISS_CPU_MAX_TOKENS) of a cached layer does
+ * with an expert its cache does not hold (cuda):
+ *  - DMOE_MISS_GPU (default): copy it into a slot over PCIe (or read it from
+ *    host memory), as above; asynchronous and capturable.
+ *  - DMOE_MISS_CPU: run its (token, expert) pairs on the host CPU, reading the
+ *    weights in host memory where they are (the cache's pinned copy; a cpu
+ *    backend context of n_threads threads, 0 = all cores). The forward copies
+ *    the routing, x and the slot table back (a host synchronisation on the
+ *    stream), runs the resident pairs on the GPU and the missed pairs on the
+ *    CPU at the same time, and adds the CPU part into y on the stream. It
+ *    cannot be captured in a CUDA graph (DMOE_ERR_UNSUPPORTED while the stream
+ *    captures). Forwards install no missed expert; instead the layer counts
+ *    how often each expert is used and every 16 forwards prefetches the
+ *    hottest experts it lacks: empty slots at once, replacing resident ones
+ *    only within a PCIe budget of 10% of the forwards' time.
+ *  - DMOE_MISS_AUTO: decided per decode forward from bandwidths this call
+ *    measures: the pinned host-to-device copy (h2d) and the cpu backend's time
+ *    for n experts, fitted as cpu_fixed + n * expert_bytes / cpu_gbs (from
+ *    runs of K and 4K experts). A forward whose n missed experts take less
+ *    time on the CPU than n * expert_bytes / h2d runs them there; otherwise it
+ *    runs as DMOE_MISS_GPU (every decode forward reads the routing back).
+ * Batches with more tokens always run on the GPU (their missed experts do
+ * enough work per byte to be worth the copy). Needs an expert cache; a new
+ * cache (enable, set_weights_offloaded) keeps the policy, dmoe_layer_set_weights
+ * drops both. Synchronises the device (AUTO measures for tens of ms). */
+typedef enum dmoe_miss_policy {
+    DMOE_MISS_GPU = 0,
+    DMOE_MISS_CPU = 1,
+    DMOE_MISS_AUTO = 2
+} dmoe_miss_policy;
+#define DMOE_MISS_CPU_MAX_TOKENS 16
+
+typedef struct dmoe_miss_info {
+    dmoe_miss_policy policy;    /* as set */
+    dmoe_miss_policy effective; /* GPU or CPU: what a decode forward with K missed experts does */
+    int32_t n_threads;          /* of the cpu context (0 while the policy is GPU) */
+    double h2d_gbs;             /* measured pinned host-to-device copy, GB/s (0 while GPU) */
+    double cpu_gbs;             /* measured: expert weight bytes per second of the cpu backend for
+                                 * each further expert, GB/s (0 while GPU) */
+    double cpu_fixed_us;        /* measured: the cpu backend's time beyond n experts' bytes */
+    uint64_t cpu_forwards;      /* decode forwards that ran missed experts on the CPU */
+    uint64_t gpu_forwards;      /* decode forwards AUTO left to the GPU */
+    uint64_t cpu_pairs;         /* (token, expert) pairs run on the CPU since the policy was set */
+    uint64_t cpu_experts;       /* (forward, expert) pairs run on the CPU */
+    uint64_t refresh_installs;  /* experts the hotness refresh prefetched */
+} dmoe_miss_info;
+
+DMOE_API dmoe_status dmoe_layer_set_miss_policy(dmoe_layer *layer, dmoe_miss_policy policy,
+                                                int32_t n_threads);
+DMOE_API dmoe_status dmoe_layer_miss_info(dmoe_layer *layer, dmoe_miss_info *out);
+
 
 /* ---- resident serving mode (cuda) ----
  * The fused persistent kernel launched ONCE on its own stream, then fed

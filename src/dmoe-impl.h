@@ -125,6 +125,9 @@ struct dmoe_backend_iface {
     dmoe_status (*cache_table)(dmoe_layer *layer, int32_t *slot_of_expert);
     /* (optional) The layer's cache slots, 0 when it has no expert cache. Never synchronises. */
     int32_t (*cache_slots)(const dmoe_layer *layer);
+    /* (optional, with the cache) The miss policy (dmoe.h); arguments validated by src/layer.c. */
+    dmoe_status (*miss_policy)(dmoe_layer *layer, dmoe_miss_policy policy, int32_t n_threads);
+    dmoe_status (*miss_info)(dmoe_layer *layer, dmoe_miss_info *out);
 };
 
 extern const dmoe_backend_iface dmoe__backend_cpu_ref;

@@ -454,6 +454,31 @@ dmoe_status dmoe_layer_expert_cache_table(dmoe_layer *layer, int32_t *slot_of_ex
     return layer->ctx->backend->cache_table(layer, slot_of_expert);
 }
 
+dmoe_status dmoe_layer_set_miss_policy(dmoe_layer *layer, dmoe_miss_policy policy, int32_t n_threads) {
+    dmoe_status st = cache_begin(layer, 1);
+    if (st != DMOE_OK) return st;
+    if (policy != DMOE_MISS_GPU && policy != DMOE_MISS_CPU && policy != DMOE_MISS_AUTO)
+        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT,
+                           "unknown miss policy %d (DMOE_MISS_GPU, _CPU or _AUTO)", (int)policy);
+    if (n_threads < 0 || n_threads > 4096)
+        return dmoe__error(layer->ctx, DMOE_ERR_INVALID_ARGUMENT, "n_threads must be in [0, 4096], got %d",
+                           (int)n_threads);
+    if (!layer->ctx->backend->miss_policy)
+        return dmoe__error(layer->ctx, DMOE_ERR_UNSUPPORTED, "backend '%s' has no miss policy",
+                           layer->ctx->backend->name);
+    return layer->ctx->backend->miss_policy(layer, policy, n_threads);
+}
+
+dmoe_status dmoe_layer_miss_info(dmoe_layer *layer, dmoe_miss_info *out) {
+    dmoe_status st = cache_begin(layer, 1);
+    if (st != DMOE_OK) return st;
+    if (!out) return dmoe__error(layer->ctx, DMOE_ERR_NULL_POINTER, "out is NULL");
+    if (!layer->ctx->backend->miss_info)
+        return dmoe__error(layer->ctx, DMOE_ERR_UNSUPPORTED, "backend '%s' has no miss policy",
+                           layer->ctx->backend->name);
+    return layer->ctx->backend->miss_info(layer, out);
+}
+
 /* Used by the model loader: moves a host arena into memory the backend owns
  * (device memory for cuda), or keeps it on the host. On success the layer owns
  * the arena either way (it frees it, or its copy, when destroyed). */

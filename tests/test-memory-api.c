@@ -54,6 +54,15 @@ int main(void) {
         TU_CHECK_STATUS(NULL, dmoe_layer_prefetch_experts(NULL, ids, 2, NULL), DMOE_ERR_NULL_POINTER);
         TU_CHECK_STATUS(NULL, dmoe_layer_expert_cache_stats(NULL, &cs), DMOE_ERR_NULL_POINTER);
         TU_CHECK_STATUS(NULL, dmoe_layer_expert_cache_table(NULL, table), DMOE_ERR_NULL_POINTER);
+        /* the miss policy needs an expert cache: host backends refuse, info untouched */
+        TU_CHECK_STATUS(l.ctx, dmoe_layer_set_miss_policy(l.layer, DMOE_MISS_CPU, 0), DMOE_ERR_UNSUPPORTED);
+        dmoe_miss_info mi, mi0;
+        memset(&mi, 0x5a, sizeof mi);
+        mi0 = mi;
+        TU_CHECK_STATUS(l.ctx, dmoe_layer_miss_info(l.layer, &mi), DMOE_ERR_UNSUPPORTED);
+        TU_CHECK(memcmp(&mi, &mi0, sizeof mi) == 0);
+        TU_CHECK_STATUS(NULL, dmoe_layer_set_miss_policy(NULL, DMOE_MISS_CPU, 0), DMOE_ERR_NULL_POINTER);
+        TU_CHECK_STATUS(NULL, dmoe_layer_miss_info(NULL, &mi), DMOE_ERR_NULL_POINTER);
         /* offloaded experts are a cuda feature: host backends refuse, with a message */
         TU_CHECK_STATUS(l.ctx, dmoe_layer_set_weights_offloaded(l.layer, &m.weights, 2), DMOE_ERR_UNSUPPORTED);
         TU_CHECK(strstr(dmoe_context_last_error(l.ctx), "cuda only") != NULL);

@@ -676,4 +676,6 @@ const dmoe_backend_iface dmoe__backend_cpu = {
     /* .cache_stats           = */ NULL,
     /* .cache_table           = */ NULL,
     /* .cache_slots           = */ NULL,
+    /* .miss_policy           = */ NULL,
+    /* .miss_info             = */ NULL,
 };

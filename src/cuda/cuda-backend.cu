@@ -33,6 +33,7 @@
 #include "combine.h"
 #include "cuda-context.h"
 #include "expert-cache.h"
+#include "cpu-misses.h"
 #include "fused-moe.h"
 #include "cuda-ops.h"
 #include "gemm.h"
@@ -51,6 +52,7 @@ typedef struct cuda_layer {
     void *weights_dev;      /* (optional) device copy of a model loader's weight arena */
     size_t weights_bytes;
     dmoe_cuda_cache *cache; /* (optional) expert cache (expert-cache.cu) */
+    dmoe_cuda_misses *misses; /* (optional, with the cache) miss policy state (cpu-misses.cu) */
     float *logits;          /* router partial logits */
     unsigned *counter;      /* router's last-block counter (1) */
     int32_t *ids;           /* (maxT, K) */
@@ -229,6 +231,11 @@ static size_t carve(cuda_layer *L, const dmoe_layer_desc *d, int num_sms, char *
 static void cuda_layer_fini(dmoe_layer *layer) {
     cuda_layer *L = (cuda_layer *)layer->backend_data;
     if (!L) return;
+    if (L->misses) {
+        (void)cudaDeviceSynchronize(); /* its staging buffers may still be read by queued copies */
+        dmoe__cuda_misses_destroy(L->misses);
+        L->misses = NULL;
+    }
     if ((L->arena || L->fused_ws || L->weights_dev || L->cache) &&
         dmoe__cuda_resident_active(layer->ctx->desc.device)) {
         /* cudaFree would wait for the resident kernel, which does not end on its own. */
@@ -393,6 +400,9 @@ static dmoe_status cuda_layer_weights_changed(dmoe_layer *layer) {
     if ((st = check_device_ptr(ctx, w->w13, "w13"))) return st;
     if ((st = check_device_ptr(ctx, w->w2, "w2"))) return st;
     if (L->cache) { /* new weights: the cache's host copy is stale (dmoe.h: set_weights turns it off) */
+        (void)cudaDeviceSynchronize();
+        dmoe__cuda_misses_destroy(L->misses); /* and the miss policy with it */
+        L->misses = NULL;
         dmoe__cuda_cache_destroy(L->cache);
         L->cache = NULL;
     }
@@ -460,6 +470,10 @@ static dmoe_status cuda_weights_offloaded(dmoe_layer *layer, const dmoe_weights 
     dmoe_cuda_cache *fresh = NULL;
     st = dmoe__cuda_cache_create(ctx, dmoe__cuda_ctx(ctx)->pool, &layer->desc, w->w13, w->w2, n_slots, &fresh);
     if (st != DMOE_OK) return st;
+    if (L->misses && (st = dmoe__cuda_misses_rebind(ctx, L->misses, fresh)) != DMOE_OK) {
+        dmoe__cuda_cache_destroy(fresh);
+        return st;
+    }
     dmoe__cuda_cache_destroy(L->cache);
     L->cache = fresh;
     *out = *w;
@@ -508,6 +522,10 @@ static dmoe_status cuda_cache_enable(dmoe_layer *layer, int32_t n_slots, uint32_
         /* an offloaded layer's views point into the old cache's host copy: move them */
         dmoe__cuda_cache_host_weights(fresh, &layer->w.w13, &layer->w.w2);
     }
+    if (L->misses && (st = dmoe__cuda_misses_rebind(ctx, L->misses, fresh)) != DMOE_OK) {
+        dmoe__cuda_cache_destroy(fresh);
+        return st;
+    }
     dmoe__cuda_cache_destroy(L->cache);
     L->cache = fresh;
     return DMOE_OK;
@@ -534,6 +552,25 @@ static dmoe_status cuda_cache_table(dmoe_layer *layer, int32_t *slot_of_expert) 
     if (st != DMOE_OK) return st;
     if ((st = refuse_if_resident(layer->ctx, "reading the cache table")) != DMOE_OK) return st;
     return dmoe__cuda_cache_table(layer->ctx, ((cuda_layer *)layer->backend_data)->cache, slot_of_expert);
+}
+
+static dmoe_status cuda_miss_policy(dmoe_layer *layer, dmoe_miss_policy policy, int32_t n_threads) {
+    dmoe_context *ctx = layer->ctx;
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    dmoe_status st = use_device(ctx);
+    if (st != DMOE_OK) return st;
+    if ((st = refuse_if_resident(ctx, "setting the miss policy")) != DMOE_OK) return st;
+    DMOE_CUDA_CHECK(ctx, cudaDeviceSynchronize()); /* forwards in flight may use the old state */
+    dmoe__cuda_misses_destroy(L->misses);
+    L->misses = NULL;
+    if (policy == DMOE_MISS_GPU) return DMOE_OK;
+    return dmoe__cuda_misses_create(ctx, dmoe__cuda_ctx(ctx)->pool, &layer->desc, L->cache, policy, n_threads,
+                                    &L->misses);
+}
+
+static dmoe_status cuda_miss_info(dmoe_layer *layer, dmoe_miss_info *out) {
+    dmoe__cuda_misses_info(((cuda_layer *)layer->backend_data)->misses, out);
+    return DMOE_OK;
 }
 
 static int32_t cuda_cache_slots(const dmoe_layer *layer) {
@@ -757,6 +794,12 @@ static dmoe_status cuda_route(dmoe_layer *layer, const void *x, int64_t n_tokens
     return dmoe__cuda_router(layer->ctx, &r, &plan_done, (cudaStream_t)stream);
 }
 
+/* The GPU half of a miss-policy forward (cpu-misses.cu): the staged experts on caller ids. */
+static dmoe_status gpu_experts(dmoe_layer *layer, const void *x, int64_t n_tokens, const int32_t *ids,
+                               const float *wts, void *y, cudaStream_t stream) {
+    return run_experts(layer, x, n_tokens, ids, wts, y, 0, stream);
+}
+
 static dmoe_status cuda_experts(dmoe_layer *layer, const void *x, int64_t n_tokens,
                                 const int32_t *topk_ids, const float *topk_weights, void *y,
                                 void *stream) {
@@ -765,6 +808,10 @@ static dmoe_status cuda_experts(dmoe_layer *layer, const void *x, int64_t n_toke
     (void)cudaGetLastError();
     if (fused_fits(layer, n_tokens))
         return run_fused(layer, x, n_tokens, (int32_t *)topk_ids, (float *)topk_weights, 1, y, (cudaStream_t)stream);
+    cuda_layer *L = (cuda_layer *)layer->backend_data;
+    if (dmoe__cuda_misses_take(L->misses, n_tokens))
+        return dmoe__cuda_misses_experts(layer, L->misses, L->cache, x, n_tokens, topk_ids, topk_weights, y,
+                                         (cudaStream_t)stream, gpu_experts);
     return run_experts(layer, x, n_tokens, topk_ids, topk_weights, y, 0, (cudaStream_t)stream);
 }
 
@@ -781,6 +828,17 @@ static dmoe_status cuda_forward(dmoe_layer *layer, const void *x, int64_t n_toke
     r.pairs = L->pairs;
     r.slot_of = L->slot_of;
     int plan_done = 0;
+    if (dmoe__cuda_misses_take(L->misses, n_tokens)) { /* routing only: the plan is of the masked ids */
+        if ((st = dmoe__cuda_misses_check_stream(layer->ctx, (cudaStream_t)stream)) != DMOE_OK) return st;
+        r.counts = NULL;
+        r.offsets = NULL;
+        r.pairs = NULL;
+        r.slot_of = NULL;
+        st = dmoe__cuda_router(layer->ctx, &r, &plan_done, (cudaStream_t)stream);
+        if (st != DMOE_OK) return st;
+        return dmoe__cuda_misses_experts(layer, L->misses, L->cache, x, n_tokens, L->ids, L->wts, y,
+                                         (cudaStream_t)stream, gpu_experts);
+    }
     st = dmoe__cuda_router(layer->ctx, &r, &plan_done, (cudaStream_t)stream);
     if (st != DMOE_OK) return st;
     return run_experts(layer, x, n_tokens, L->ids, L->wts, y, plan_done, (cudaStream_t)stream);
@@ -810,4 +868,6 @@ extern "C" const dmoe_backend_iface dmoe__backend_cuda = {
     /* .cache_stats           = */ cuda_cache_stats,
     /* .cache_table           = */ cuda_cache_table,
     /* .cache_slots           = */ cuda_cache_slots,
+    /* .miss_policy           = */ cuda_miss_policy,
+    /* .miss_info             = */ cuda_miss_info,
 };

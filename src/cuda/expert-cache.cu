@@ -331,6 +331,8 @@ extern "C" unsigned long long *dmoe__cuda_cache_stall_counter(const dmoe_cuda_ca
     return c->stream_install ? NULL : c->counters + CTR_STALL_NS;
 }
 
+extern "C" const int32_t *dmoe__cuda_cache_slot_table(const dmoe_cuda_cache *c) { return c->slot_of_expert; }
+
 extern "C" int32_t dmoe__cuda_cache_n_slots(const dmoe_cuda_cache *c) { return c->n_slots; }
 extern "C" const int32_t *dmoe__cuda_cache_wait(const dmoe_cuda_cache *c) {
     return c->stream_install ? NULL : c->wait;

@@ -43,6 +43,8 @@ dmoe_status dmoe__cuda_cache_resolve(dmoe_context *ctx, dmoe_cuda_cache *c, cons
 /* With stream_gemm (the forward's GEMMs are the streaming kernels) the misses
  * are installed by the GEMMs through these tables (gemm-stream.cu). */
 void *const *dmoe__cuda_cache_w13_dst(const dmoe_cuda_cache *c);
+/* (E) device array: the slot of each expert, -1 when not resident (stream-ordered state). */
+const int32_t *dmoe__cuda_cache_slot_table(const dmoe_cuda_cache *c);
 /* (E) flags for the streaming GEMM1 (w_wait), or NULL when installs ride on the GEMMs. */
 const int32_t *dmoe__cuda_cache_wait(const dmoe_cuda_cache *c);
 /* The device counter the streaming GEMM1 adds its install wait to (w_stall_ns), or NULL. */

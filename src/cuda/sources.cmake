@@ -10,6 +10,7 @@ set(DMOE_CUDA_SOURCES
   src/cuda/shared.cu
   src/cuda/combine.cu
   src/cuda/expert-cache.cu
+  src/cuda/cpu-misses.cu
   src/cuda/fused-moe.cu
   src/cuda/resident.cu
 )

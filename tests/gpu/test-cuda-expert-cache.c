@@ -135,7 +135,7 @@ static void rig_close(rig *r) {
 
 /* One step: T tokens with ids (T*K), random x and weights; the cached output
  * must equal the uncached one bit for bit and cpu-ref within tolerance. */
-static void rig_step(rig *r, tu_rng *rng, int64_t T, const int32_t *ids, const char *what) {
+static void rig_step_ex(rig *r, tu_rng *rng, int64_t T, const int32_t *ids, const char *what, int bitwise) {
     const int64_t H = r->d.hidden, K = r->d.top_k;
     const size_t xb = (size_t)(T * H) * 2;
     void *x = tu_malloc(xb), *y = tu_malloc(xb), *y0 = tu_malloc(xb), *yref = tu_malloc(xb);
@@ -157,10 +157,15 @@ static void rig_step(rig *r, tu_rng *rng, int64_t T, const int32_t *ids, const c
     TU_CHECK_STATUS(r->plain.ctx, dmoe_experts(r->plain.layer, &tx, &ti, &tw, &ty0, r->s), DMOE_OK);
     gpu_download(y, r->d_y, xb);
     gpu_download(y0, r->d_y0, xb);
-    TU_CHECKF(memcmp(y, y0, xb) == 0, "%s: cached output differs from the uncached one", what);
+    if (bitwise) TU_CHECKF(memcmp(y, y0, xb) == 0, "%s: cached output differs from the uncached one", what);
+    else TU_CHECK(tu_compare(what, y, DMOE_DTYPE_BF16, y0, DMOE_DTYPE_BF16, T, H, NULL, 1e-2));
     TU_CHECK(tu_reference_experts(&r->m, x, T, ids, w, yref) == DMOE_OK);
     TU_CHECK(tu_compare(what, y, DMOE_DTYPE_BF16, yref, DMOE_DTYPE_BF16, T, H, NULL, 1e-2));
     tu_free(x); tu_free(y); tu_free(y0); tu_free(yref); tu_free(w);
+}
+
+static void rig_step(rig *r, tu_rng *rng, int64_t T, const int32_t *ids, const char *what) {
+    rig_step_ex(r, rng, T, ids, what, 1);
 }
 
 static void check_table(rig *r, const int32_t *want_slot, const char *what) {
@@ -512,6 +517,188 @@ static void test_reenable_after_free(tu_rng *rng) {
     rig_close(&r);
 }
 
+static dmoe_miss_info miss_info(rig *r) {
+    dmoe_miss_info mi;
+    memset(&mi, 0x5a, sizeof mi);
+    TU_CHECK_STATUS(r->cached.ctx, dmoe_layer_miss_info(r->cached.layer, &mi), DMOE_OK);
+    return mi;
+}
+
+/* DMOE_MISS_CPU: pairs of experts without a slot run on the CPU. Per step the
+ * table is read first: the CPU counters must grow by exactly the pairs and the
+ * experts that lacked a slot, the GPU cache counters must see no miss, and the
+ * output must match the uncached layer (bitwise when every expert had a slot)
+ * and float64. The hotness refresh fills empty slots after 16 forwards. */
+static void test_miss_policy_cpu(tu_rng *rng) {
+    rig r;
+    if (!rig_open(&r, rng, "stream")) {
+        TU_CHECK(0);
+        return;
+    }
+    printf("  miss policy cpu\n");
+    dmoe_context *c = r.cached.ctx;
+    dmoe_layer *L = r.cached.layer;
+    const int32_t E = r.d.n_experts, K = r.d.top_k;
+    /* refusals: no cache yet, bad policy, bad thread count, NULL out */
+    TU_CHECK_STATUS(c, dmoe_layer_set_miss_policy(L, DMOE_MISS_CPU, 2), DMOE_ERR_INVALID_ARGUMENT);
+    TU_CHECK_STATUS(c, dmoe_layer_enable_expert_cache(L, N_SLOTS, 0), DMOE_OK);
+    TU_CHECK_STATUS(c, dmoe_layer_set_miss_policy(L, (dmoe_miss_policy)7, 2), DMOE_ERR_INVALID_ARGUMENT);
+    TU_CHECK_STATUS(c, dmoe_layer_set_miss_policy(L, DMOE_MISS_CPU, -1), DMOE_ERR_INVALID_ARGUMENT);
+    TU_CHECK_STATUS(c, dmoe_layer_miss_info(L, NULL), DMOE_ERR_NULL_POINTER);
+    dmoe_miss_info mi = miss_info(&r);
+    TU_CHECK(mi.policy == DMOE_MISS_GPU && mi.effective == DMOE_MISS_GPU && mi.cpu_pairs == 0);
+
+    TU_CHECK_STATUS(c, dmoe_layer_set_miss_policy(L, DMOE_MISS_CPU, 2), DMOE_OK);
+    mi = miss_info(&r);
+    printf("    measured: h2d %.1f GB/s, cpu experts %.1f GB/s (2 threads)\n", mi.h2d_gbs, mi.cpu_gbs);
+    TU_CHECK(mi.policy == DMOE_MISS_CPU && mi.effective == DMOE_MISS_CPU && mi.n_threads == 2);
+    TU_CHECK(mi.h2d_gbs > 0.0 && mi.cpu_gbs > 0.0 && mi.cpu_pairs == 0 && mi.cpu_experts == 0);
+
+    /* 16 forwards on experts 5 and 6 only, cache empty: all on the CPU; then the refresh
+     * installs both into empty slots and forward 17 runs on the GPU, bitwise the uncached one */
+    int32_t ids[16 * 2];
+    for (int step = 0; step < 16; step++) {
+        const int64_t T = 1 + step % 3;
+        for (int64_t t = 0; t < T; t++) {
+            ids[t * K] = 5 + (int32_t)(t & 1);
+            ids[t * K + 1] = 6 - (int32_t)(t & 1);
+        }
+        rig_step_ex(&r, rng, T, ids, "miss policy cpu, empty cache", 0);
+    }
+    mi = miss_info(&r);
+    TU_CHECKF(mi.cpu_experts == 32 && mi.refresh_installs == 2, "cpu experts %llu (want 32), refresh installs %llu (want 2)",
+              (unsigned long long)mi.cpu_experts, (unsigned long long)mi.refresh_installs);
+    int32_t table[16];
+    TU_CHECK_STATUS(c, dmoe_layer_expert_cache_table(L, table), DMOE_OK);
+    TU_CHECKF(table[5] >= 0 && table[6] >= 0, "after the refresh: experts 5/6 in slots %d/%d", table[5], table[6]);
+    rig_step_ex(&r, rng, 2, ids, "miss policy cpu, every expert resident", 1);
+    TU_CHECK(miss_info(&r).cpu_experts == 32);
+
+    /* random steps: exact CPU/GPU split per step */
+    const int n_steps = getenv("DMOE_GPU_TEST_QUICK") ? 8 : 30;
+    for (int step = 0; step < n_steps; step++) {
+        const int64_t T = tu_rand_int(rng, 1, 16);
+        for (int64_t t = 0; t < T; t++) {
+            ids[t * K] = (int32_t)tu_rand_int(rng, 0, E - 1);
+            do ids[t * K + 1] = (int32_t)tu_rand_int(rng, 0, E - 1); while (ids[t * K + 1] == ids[t * K]);
+        }
+        TU_CHECK_STATUS(c, dmoe_layer_expert_cache_table(L, table), DMOE_OK);
+        uint64_t want_pairs = 0, want_experts = 0, want_hits = 0;
+        unsigned char seen[16] = {0};
+        for (int64_t p = 0; p < T * K; p++) {
+            const int32_t e = ids[p];
+            want_pairs += table[e] < 0;
+            if (!seen[e]) {
+                seen[e] = 1;
+                want_experts += table[e] < 0;
+                want_hits += table[e] >= 0;
+            }
+        }
+        dmoe_expert_cache_stats s0, s1;
+        TU_CHECK_STATUS(c, dmoe_layer_expert_cache_stats(L, &s0), DMOE_OK);
+        const dmoe_miss_info m0 = miss_info(&r);
+        char what[64];
+        snprintf(what, sizeof what, "miss policy cpu, step %d (T=%lld)", step, (long long)T);
+        rig_step_ex(&r, rng, T, ids, what, want_pairs == 0);
+        const dmoe_miss_info m1 = miss_info(&r);
+        TU_CHECK_STATUS(c, dmoe_layer_expert_cache_stats(L, &s1), DMOE_OK);
+        TU_CHECKF(m1.cpu_pairs - m0.cpu_pairs == want_pairs && m1.cpu_experts - m0.cpu_experts == want_experts,
+                  "%s: cpu pairs +%llu experts +%llu, expected +%llu +%llu", what,
+                  (unsigned long long)(m1.cpu_pairs - m0.cpu_pairs),
+                  (unsigned long long)(m1.cpu_experts - m0.cpu_experts), (unsigned long long)want_pairs,
+                  (unsigned long long)want_experts);
+        TU_CHECKF(s1.misses == s0.misses && s1.hits - s0.hits == want_hits,
+                  "%s: GPU misses +%llu (want 0), hits +%llu (want %llu)", what,
+                  (unsigned long long)(s1.misses - s0.misses), (unsigned long long)(s1.hits - s0.hits),
+                  (unsigned long long)want_hits);
+    }
+
+    /* the whole forward (router on the GPU) through the policy, against the uncached layer */
+    {
+        const int64_t T = 7, H = r.d.hidden;
+        const size_t xb = (size_t)(T * H) * 2;
+        void *x = tu_malloc(xb), *y = tu_malloc(xb), *y0 = tu_malloc(xb);
+        tu_fill_uniform(rng, x, DMOE_DTYPE_BF16, T * H, -1.0, 1.0);
+        GPU_CHECK(cudaMemcpy(r.d_x, x, xb, cudaMemcpyHostToDevice));
+        gpu_poison(r.d_y, xb);
+        GPU_CHECK(cudaDeviceSynchronize());
+        dmoe_tensor tx = dmoe_tensor_2d(r.d_x, DMOE_DTYPE_BF16, T, H, 0);
+        dmoe_tensor ty = dmoe_tensor_2d(r.d_y, DMOE_DTYPE_BF16, T, H, 0);
+        dmoe_tensor ty0 = dmoe_tensor_2d(r.d_y0, DMOE_DTYPE_BF16, T, H, 0);
+        TU_CHECK_STATUS(c, dmoe_forward(L, &tx, &ty, r.s), DMOE_OK);
+        TU_CHECK_STATUS(r.plain.ctx, dmoe_forward(r.plain.layer, &tx, &ty0, r.s), DMOE_OK);
+        gpu_download(y, r.d_y, xb);
+        gpu_download(y0, r.d_y0, xb);
+        TU_CHECK(tu_compare("miss policy cpu, dmoe_forward", y, DMOE_DTYPE_BF16, y0, DMOE_DTYPE_BF16, T, H, NULL, 1e-2));
+        /* a capturing stream is refused before anything is enqueued */
+        cudaGraph_t g = NULL;
+        GPU_CHECK(cudaStreamBeginCapture(r.s, cudaStreamCaptureModeThreadLocal));
+        const dmoe_status cst = dmoe_forward(L, &tx, &ty, r.s);
+        GPU_CHECK(cudaStreamEndCapture(r.s, &g));
+        TU_CHECK_STATUS(c, cst, DMOE_ERR_UNSUPPORTED);
+        if (g) cudaGraphDestroy(g);
+        tu_free(x); tu_free(y); tu_free(y0);
+    }
+
+    /* AUTO decides per forward from what it measured: n missed experts go to the CPU iff
+     * cpu_fixed + n * eb / cpu_gbs < n * eb / h2d_gbs */
+    TU_CHECK_STATUS(c, dmoe_layer_set_miss_policy(L, DMOE_MISS_AUTO, 0), DMOE_OK);
+    mi = miss_info(&r);
+    const double eb = 3.0 * (double)r.d.hidden * (double)r.d.ffn * 2.0;
+#define CPU_WINS(mi, n) \
+    ((mi).cpu_fixed_us * 1e-6 + (n) * eb / ((mi).cpu_gbs * 1e9) < (n) * eb / ((mi).h2d_gbs * 1e9))
+    printf("    auto: h2d %.1f GB/s, cpu %.1f GB/s + %.1f us (%d threads) -> %s at K misses\n", mi.h2d_gbs,
+           mi.cpu_gbs, mi.cpu_fixed_us, (int)mi.n_threads, mi.effective == DMOE_MISS_CPU ? "cpu" : "gpu");
+    TU_CHECK(mi.policy == DMOE_MISS_AUTO && mi.n_threads > 0 && mi.cpu_pairs == 0 && mi.cpu_fixed_us >= 0.0 &&
+             mi.effective == (CPU_WINS(mi, K) ? DMOE_MISS_CPU : DMOE_MISS_GPU));
+    for (int step = 0; step < 6; step++) {
+        const int64_t T = 1 + 3 * step;
+        for (int64_t t = 0; t < T; t++) {
+            ids[t * K] = (int32_t)tu_rand_int(rng, 0, E - 1);
+            do ids[t * K + 1] = (int32_t)tu_rand_int(rng, 0, E - 1); while (ids[t * K + 1] == ids[t * K]);
+        }
+        TU_CHECK_STATUS(c, dmoe_layer_expert_cache_table(L, table), DMOE_OK);
+        unsigned char seen[16] = {0};
+        int n_miss = 0;
+        for (int64_t p = 0; p < T * K; p++)
+            if (table[ids[p]] < 0 && !seen[ids[p]]) {
+                seen[ids[p]] = 1;
+                n_miss++;
+            }
+        const dmoe_miss_info m0 = miss_info(&r);
+        char what[64];
+        snprintf(what, sizeof what, "miss policy auto, step %d (T=%lld)", step, (long long)T);
+        const int want_cpu = n_miss > 0 && CPU_WINS(m0, n_miss);
+        rig_step_ex(&r, rng, T, ids, what, !want_cpu);
+        const dmoe_miss_info m1 = miss_info(&r);
+        TU_CHECKF(m1.cpu_forwards - m0.cpu_forwards == (uint64_t)want_cpu &&
+                      m1.gpu_forwards - m0.gpu_forwards == (uint64_t)(n_miss > 0 && !want_cpu),
+                  "%s: %d misses: cpu forwards +%llu, gpu forwards +%llu", what, n_miss,
+                  (unsigned long long)(m1.cpu_forwards - m0.cpu_forwards),
+                  (unsigned long long)(m1.gpu_forwards - m0.gpu_forwards));
+    }
+#undef CPU_WINS
+    /* back to GPU: misses are installed again */
+    TU_CHECK_STATUS(c, dmoe_layer_set_miss_policy(L, DMOE_MISS_GPU, 0), DMOE_OK);
+    {
+        dmoe_expert_cache_stats s0, s1;
+        TU_CHECK_STATUS(c, dmoe_layer_expert_cache_stats(L, &s0), DMOE_OK);
+        TU_CHECK_STATUS(c, dmoe_layer_expert_cache_table(L, table), DMOE_OK);
+        int32_t e0 = 0;
+        while (table[e0] >= 0) e0++; /* N_SLOTS < E: one expert without a slot */
+        ids[0] = e0;
+        ids[1] = (e0 + 1) % E;
+        rig_step(&r, rng, 1, ids, "miss policy back to gpu");
+        TU_CHECK_STATUS(c, dmoe_layer_expert_cache_stats(L, &s1), DMOE_OK);
+        TU_CHECK(s1.misses > s0.misses && miss_info(&r).effective == DMOE_MISS_GPU);
+    }
+    /* new dense weights drop the cache and the policy */
+    TU_CHECK_STATUS(c, dmoe_layer_set_miss_policy(L, DMOE_MISS_CPU, 1), DMOE_OK);
+    TU_CHECK_STATUS(c, dmoe_layer_set_weights(L, &r.g.weights), DMOE_OK);
+    TU_CHECK_STATUS(c, dmoe_layer_miss_info(L, &mi), DMOE_ERR_INVALID_ARGUMENT);
+    rig_close(&r);
+}
+
 int main(void) {
     if (gpu_skip("test-cuda-expert-cache")) return TU_SKIP;
     tu_rng rng;
@@ -524,5 +711,6 @@ int main(void) {
     test_reenable_after_free(&rng);
     test_offloaded_from_host(&rng);
     test_bad_args(&rng);
+    test_miss_policy_cpu(&rng);
     return tu_finish("test-cuda-expert-cache");
 }

@@ -1,0 +1,471 @@
+/*
+ * cpu-misses.cu: missed experts of decode forwards run on the host CPU (the
+ * contract is in dmoe.h, dmoe_layer_set_miss_policy; the interface in
+ * cpu-misses.h).
+ *
+ * Why: a cache miss costs expert_bytes / PCIe bandwidth (~55 GB/s on the H100
+ * host link), while a host CPU streams the same weights from its own memory
+ * at its memory bandwidth; at decode (a few rows per expert) the CPU's work is
+ * bandwidth-bound too, so where the CPU is faster than PCIe the miss is
+ * cheaper where the weights already are (bench/offload-bench.c measured the
+ * strategies side by side).
+ *
+ * One forward (T <= DMOE_MISS_CPU_MAX_TOKENS):
+ *   1. on the stream: ids, weights, x and the cache's slot table to pinned host
+ *      buffers; the host waits for the stream;
+ *   2. host: pairs whose expert has a slot stay on the GPU, the others go to
+ *      the CPU list (a token with any CPU pair is one CPU row; its GPU pairs are
+ *      given weight 0 and the id of one of its CPU experts, so the cpu backend
+ *      sees valid ids and they add nothing);
+ *   3. GPU: the masked ids (CPU pairs -> -1, weight 0) go up and the staged
+ *      expert path runs asynchronously; meanwhile the cpu backend computes the
+ *      CPU rows; their output goes up and add_rows_kernel adds it into y;
+ *   4. host: hotness counts of the experts used; every REFRESH forwards the
+ *      hottest experts without a slot are prefetched (stream order, so the
+ *      next forward's table read sees them): into empty slots at once, over
+ *      resident ones within a PCIe budget of BUDGET_FRAC of the forwards' time.
+ * A forward with no CPU pair runs the GPU path on the caller's ids untouched
+ * (bitwise the cached forward).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cpu-misses.h"
+#include "cuda-common.cuh"
+#include "cuda-context.h"
+
+#define REFRESH 16          /* forwards between hotness refreshes */
+#define BUDGET_FRAC 0.10    /* share of the forwards' time the refresh may spend on PCIe */
+#define ADD_THREADS 256
+
+struct dmoe_cuda_misses {
+    dmoe_miss_policy policy, effective;
+    int32_t n_threads;
+    double h2d_gbs, cpu_gbs, cpu_fixed_s;
+    int32_t E, K, max_t;
+    int64_t H;
+    dmoe_dtype dt;
+    size_t es, expert_bytes;
+    dmoe_context *cpu_ctx;
+    dmoe_layer *cpu_layer;
+    void *router_dummy;       /* the cpu layer needs a router view; dmoe_experts never reads it */
+    dmoe_pool *pool;
+    /* pinned host staging */
+    void *pinned;
+    int32_t *h_ids, *h_table, *g_ids, *c_ids, *h_tok;
+    float *h_w, *g_w, *c_w;
+    void *h_x, *c_x, *c_y;
+    /* device */
+    void *dev;
+    size_t dev_bytes;
+    int32_t *d_ids, *d_tok;
+    float *d_w;
+    void *d_ycpu;
+    /* hotness */
+    double *hot;
+    unsigned char *used;
+    int32_t *order;
+    int64_t n_forwards;
+    double window_s, budget_s;
+    /* counters */
+    uint64_t cpu_forwards, gpu_forwards, cpu_pairs, cpu_experts, refresh_installs;
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+template <typename T>
+static __global__ void __launch_bounds__(ADD_THREADS)
+add_rows_kernel(T *y, const T *add, const int32_t *tok, int32_t n_rows, int64_t H) {
+    const int64_t n = (int64_t)n_rows * H;
+    for (int64_t i = blockIdx.x * (int64_t)ADD_THREADS + threadIdx.x; i < n; i += (int64_t)gridDim.x * ADD_THREADS) {
+        const int64_t j = i / H, h = i - j * H;
+        T *o = y + (int64_t)tok[j] * H + h;
+        *o = dmoe_dt<T>::from_f32(dmoe_dt<T>::load(o) + dmoe_dt<T>::load(add + i));
+    }
+}
+
+extern "C" void dmoe__cuda_misses_destroy(dmoe_cuda_misses *m) {
+    if (!m) return;
+    if (m->cpu_layer) dmoe_layer_destroy(m->cpu_layer);
+    if (m->cpu_ctx) dmoe_context_destroy(m->cpu_ctx);
+    if (m->pinned) cudaFreeHost(m->pinned);
+    if (m->dev) dmoe__pool_free(m->pool, m->dev, m->dev_bytes);
+    free(m->router_dummy);
+    free(m->hot);
+    free(m->used);
+    free(m->order);
+    free(m);
+    (void)cudaGetLastError();
+}
+
+static dmoe_status bind_weights(dmoe_context *ctx, dmoe_cuda_misses *m, const dmoe_cuda_cache *c) {
+    dmoe_weights w;
+    memset(&w, 0, sizeof w);
+    w.router = m->router_dummy;
+    dmoe__cuda_cache_host_weights(c, &w.w13, &w.w2);
+    if (dmoe_layer_set_weights(m->cpu_layer, &w) != DMOE_OK)
+        return dmoe__error(ctx, DMOE_ERR_INTERNAL, "miss policy: cpu layer weights: %s",
+                           dmoe_context_last_error(m->cpu_ctx));
+    return DMOE_OK;
+}
+
+extern "C" dmoe_status dmoe__cuda_misses_rebind(dmoe_context *ctx, dmoe_cuda_misses *m,
+                                                const dmoe_cuda_cache *c) {
+    memset(m->hot, 0, sizeof(double) * (size_t)m->E);
+    return bind_weights(ctx, m, c);
+}
+
+/* The cpu backend's time for `rows` tokens routed to K distinct experts each
+ * (n = min(rows * K, E) experts in all, from expert `first` on): the best of
+ * two runs over different experts (their weights not in a CPU cache). */
+static dmoe_status time_cpu(dmoe_context *ctx, dmoe_cuda_misses *m, int32_t rows, double *t_out, int32_t *n_out) {
+    double best = 1e30;
+    const int32_t K = m->K, E = m->E;
+    memset(m->c_x, 0, (size_t)rows * (size_t)m->H * m->es);
+    int32_t n = rows * K < E ? rows * K : E;
+    for (int rep = 0; rep < 2; rep++) {
+        for (int32_t r = 0; r < rows; r++)
+            for (int32_t k = 0; k < K; k++) {
+                m->c_ids[r * K + k] = (rep * n + (r * K + k) % n) % E; /* K distinct per row */
+                m->c_w[r * K + k] = 1.0f / (float)K;
+            }
+        dmoe_tensor tx = dmoe_tensor_2d(m->c_x, m->dt, rows, m->H, DMOE_DEVICE_HOST);
+        dmoe_tensor ty = dmoe_tensor_2d(m->c_y, m->dt, rows, m->H, DMOE_DEVICE_HOST);
+        dmoe_tensor ti = dmoe_tensor_2d(m->c_ids, DMOE_DTYPE_I32, rows, K, DMOE_DEVICE_HOST);
+        dmoe_tensor tw = dmoe_tensor_2d(m->c_w, DMOE_DTYPE_F32, rows, K, DMOE_DEVICE_HOST);
+        const double t0 = now_s();
+        if (dmoe_experts(m->cpu_layer, &tx, &ti, &tw, &ty, NULL) != DMOE_OK)
+            return dmoe__error(ctx, DMOE_ERR_INTERNAL, "miss policy: cpu experts: %s",
+                               dmoe_context_last_error(m->cpu_ctx));
+        const double t = now_s() - t0;
+        if (t < best) best = t;
+    }
+    *t_out = best;
+    *n_out = n;
+    return DMOE_OK;
+}
+
+/* cpu time(n experts) ~ fixed + n * expert_bytes / gbs, from K and 4K experts. */
+static dmoe_status measure_cpu(dmoe_context *ctx, dmoe_cuda_misses *m) {
+    double t1, t2;
+    int32_t n1, n2;
+    const int32_t rows = m->max_t < 4 ? m->max_t : 4;
+    dmoe_status st = time_cpu(ctx, m, 1, &t1, &n1);
+    if (st == DMOE_OK) st = time_cpu(ctx, m, rows, &t2, &n2);
+    if (st != DMOE_OK) return st;
+    double per = n2 > n1 && t2 > t1 ? (t2 - t1) / (double)(n2 - n1) : t1 / (double)n1;
+    double fixed = t1 - per * (double)n1;
+    if (fixed < 0.0) {
+        fixed = 0.0;
+        per = t2 / (double)n2;
+    }
+    m->cpu_gbs = (double)m->expert_bytes / per * 1e-9;
+    m->cpu_fixed_s = fixed;
+    return DMOE_OK;
+}
+
+/* AUTO: the CPU takes a forward's n missed experts when it is the faster of the two. */
+static int cpu_faster(const dmoe_cuda_misses *m, int32_t n) {
+    const double bytes = (double)n * (double)m->expert_bytes;
+    return m->cpu_fixed_s + bytes / (m->cpu_gbs * 1e9) < bytes / (m->h2d_gbs * 1e9);
+}
+
+/* A pinned copy of up to 64 MB of the cache's host experts into device memory. */
+static dmoe_status measure_h2d(dmoe_context *ctx, dmoe_cuda_misses *m, const dmoe_cuda_cache *c, double *gbs) {
+    const void *w13, *w2;
+    dmoe__cuda_cache_host_weights(c, &w13, &w2);
+    size_t bytes = (size_t)m->E * m->expert_bytes;
+    if (bytes > ((size_t)64 << 20)) bytes = (size_t)64 << 20;
+    void *buf = NULL;
+    dmoe_status st = dmoe__pool_alloc(m->pool, bytes, &buf);
+    if (st != DMOE_OK) return st;
+    double best = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        const double t0 = now_s();
+        cudaError_t err = cudaMemcpy(buf, w13, bytes, cudaMemcpyHostToDevice);
+        const double t = now_s() - t0;
+        if (err != cudaSuccess) {
+            dmoe__pool_free(m->pool, buf, bytes);
+            return dmoe__cuda_error(ctx, err, "miss policy: h2d measurement", __FILE__, __LINE__);
+        }
+        if (t < best) best = t;
+    }
+    dmoe__pool_free(m->pool, buf, bytes);
+    *gbs = (double)bytes / best * 1e-9;
+    return DMOE_OK;
+}
+
+extern "C" dmoe_status dmoe__cuda_misses_create(dmoe_context *ctx, dmoe_pool *pool, const dmoe_layer_desc *d,
+                                                const dmoe_cuda_cache *c, dmoe_miss_policy policy,
+                                                int32_t n_threads, dmoe_cuda_misses **out) {
+    dmoe_cuda_misses *m = (dmoe_cuda_misses *)calloc(1, sizeof *m);
+    if (!m) return dmoe__error(ctx, DMOE_ERR_OUT_OF_MEMORY, "miss policy state");
+    m->policy = policy;
+    m->pool = pool;
+    m->E = d->n_experts;
+    m->K = d->top_k;
+    m->H = d->hidden;
+    m->dt = d->act_dtype;
+    m->es = dmoe_dtype_size(d->act_dtype);
+    m->expert_bytes = (size_t)3 * (size_t)d->hidden * (size_t)d->ffn * m->es;
+    m->max_t = (int32_t)(d->max_tokens < DMOE_MISS_CPU_MAX_TOKENS ? d->max_tokens : DMOE_MISS_CPU_MAX_TOKENS);
+    m->n_threads = n_threads > 0 ? n_threads : (int32_t)sysconf(_SC_NPROCESSORS_ONLN);
+    const int64_t TK = (int64_t)m->max_t * m->K, TH = (int64_t)m->max_t * m->H;
+    dmoe_status st = DMOE_OK;
+    m->hot = (double *)calloc((size_t)m->E, sizeof(double));
+    m->used = (unsigned char *)calloc((size_t)m->E, 1);
+    m->order = (int32_t *)calloc((size_t)m->E, sizeof(int32_t));
+    m->router_dummy = calloc((size_t)(m->E * m->H), m->es);
+    if (!m->hot || !m->used || !m->order || !m->router_dummy) {
+        dmoe__cuda_misses_destroy(m);
+        return dmoe__error(ctx, DMOE_ERR_OUT_OF_MEMORY, "miss policy state");
+    }
+    /* pinned staging: ids, w, table, g_ids, g_w, c_ids, c_w, tok, then x, c_x, c_y (16-byte aligned) */
+    const size_t small = (size_t)(6 * TK + m->E + m->max_t) * 4;
+    const size_t small_al = (small + 255) & ~(size_t)255;
+    const size_t rows = (size_t)TH * m->es;
+    const size_t rows_al = (rows + 255) & ~(size_t)255;
+    cudaError_t err = cudaHostAlloc(&m->pinned, small_al + 3 * rows_al, cudaHostAllocDefault);
+    if (err != cudaSuccess) {
+        m->pinned = NULL;
+        dmoe__cuda_misses_destroy(m);
+        return dmoe__cuda_error(ctx, err, "miss policy: pinned staging", __FILE__, __LINE__);
+    }
+    char *p = (char *)m->pinned;
+    m->h_ids = (int32_t *)p; p += TK * 4;
+    m->h_w = (float *)p; p += TK * 4;
+    m->g_ids = (int32_t *)p; p += TK * 4;
+    m->g_w = (float *)p; p += TK * 4;
+    m->c_ids = (int32_t *)p; p += TK * 4;
+    m->c_w = (float *)p; p += TK * 4;
+    m->h_table = (int32_t *)p; p += (size_t)m->E * 4;
+    m->h_tok = (int32_t *)p;
+    p = (char *)m->pinned + small_al;
+    m->h_x = p;
+    m->c_x = p + rows_al;
+    m->c_y = p + 2 * rows_al;
+    /* device: ids, w, tok, y rows */
+    m->dev_bytes = (size_t)(2 * TK + m->max_t) * 4 + 256 + rows;
+    if ((st = dmoe__pool_alloc(pool, m->dev_bytes, &m->dev)) != DMOE_OK) {
+        m->dev = NULL;
+        dmoe__cuda_misses_destroy(m);
+        return st;
+    }
+    m->d_ids = (int32_t *)m->dev;
+    m->d_w = (float *)(m->d_ids + TK);
+    m->d_tok = (int32_t *)(m->d_w + TK);
+    m->d_ycpu = (char *)m->dev + (((size_t)(2 * TK + m->max_t) * 4 + 255) & ~(size_t)255);
+    /* the cpu side: routed experts only (shared experts and the router stay on the GPU) */
+    dmoe_context_desc cd;
+    dmoe_context_desc_init(&cd);
+    cd.backend = DMOE_BACKEND_CPU;
+    cd.n_threads = n_threads;
+    if (dmoe_context_create(&cd, &m->cpu_ctx) != DMOE_OK) {
+        char why[DMOE_ERROR_LEN];
+        snprintf(why, sizeof why, "%s", dmoe_context_last_error(NULL));
+        m->cpu_ctx = NULL;
+        dmoe__cuda_misses_destroy(m);
+        return dmoe__error(ctx, DMOE_ERR_THREAD, "miss policy: cpu context: %s", why);
+    }
+    dmoe_layer_desc cdsc = *d;
+    cdsc.n_shared_experts = 0;
+    cdsc.shared_ffn = 0;
+    cdsc.shared_gate = DMOE_SHARED_GATE_NONE;
+    cdsc.routing.use_correction_bias = 0;
+    cdsc.max_tokens = m->max_t;
+    cdsc.path = DMOE_PATH_AUTO;
+    if (dmoe_layer_create(m->cpu_ctx, &cdsc, &m->cpu_layer) != DMOE_OK) {
+        char why[DMOE_ERROR_LEN];
+        snprintf(why, sizeof why, "%s", dmoe_context_last_error(m->cpu_ctx));
+        m->cpu_layer = NULL;
+        dmoe__cuda_misses_destroy(m);
+        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED, "miss policy: cpu layer: %s", why);
+    }
+    if ((st = bind_weights(ctx, m, c)) != DMOE_OK || (st = measure_h2d(ctx, m, c, &m->h2d_gbs)) != DMOE_OK ||
+        (st = measure_cpu(ctx, m)) != DMOE_OK) {
+        dmoe__cuda_misses_destroy(m);
+        return st;
+    }
+    m->effective = policy == DMOE_MISS_CPU || (policy == DMOE_MISS_AUTO && cpu_faster(m, m->K))
+                       ? DMOE_MISS_CPU
+                       : DMOE_MISS_GPU;
+    *out = m;
+    return DMOE_OK;
+}
+
+extern "C" dmoe_status dmoe__cuda_misses_check_stream(dmoe_context *ctx, cudaStream_t stream) {
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    DMOE_CUDA_CHECK(ctx, cudaStreamIsCapturing(stream, &cap));
+    if (cap != cudaStreamCaptureStatusNone)
+        return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
+                           "the layer runs missed experts on the CPU (miss policy), which reads the routing back "
+                           "to the host: it cannot be captured in a CUDA graph (set DMOE_MISS_GPU to capture)");
+    return DMOE_OK;
+}
+
+extern "C" int dmoe__cuda_misses_take(const dmoe_cuda_misses *m, int64_t n_tokens) {
+    return m && m->policy != DMOE_MISS_GPU && n_tokens <= m->max_t;
+}
+
+extern "C" void dmoe__cuda_misses_info(const dmoe_cuda_misses *m, dmoe_miss_info *out) {
+    memset(out, 0, sizeof *out);
+    out->policy = out->effective = DMOE_MISS_GPU;
+    if (!m) return;
+    out->policy = m->policy;
+    out->effective = m->effective;
+    out->n_threads = m->n_threads;
+    out->h2d_gbs = m->h2d_gbs;
+    out->cpu_gbs = m->cpu_gbs;
+    out->cpu_fixed_us = m->cpu_fixed_s * 1e6;
+    out->cpu_forwards = m->cpu_forwards;
+    out->gpu_forwards = m->gpu_forwards;
+    out->cpu_pairs = m->cpu_pairs;
+    out->cpu_experts = m->cpu_experts;
+    out->refresh_installs = m->refresh_installs;
+}
+
+/* Every REFRESH forwards: the hottest experts without a slot are prefetched,
+ * into empty slots freely, over resident experts within the PCIe budget. */
+static dmoe_status refresh(dmoe_context *ctx, dmoe_cuda_misses *m, dmoe_cuda_cache *c, cudaStream_t stream) {
+    const int32_t E = m->E, n_slots = dmoe__cuda_cache_n_slots(c);
+    m->budget_s += BUDGET_FRAC * m->window_s;
+    m->window_s = 0.0;
+    const double cost = (double)m->expert_bytes / (m->h2d_gbs * 1e9);
+    if (m->budget_s > n_slots * cost) m->budget_s = n_slots * cost;
+    int32_t n_res = 0;
+    for (int32_t e = 0; e < E; e++) {
+        m->order[e] = e;
+        n_res += m->h_table[e] >= 0;
+    }
+    /* experts by hotness, descending, ties to the lower id (insertion sort: E <= 1024, every 16 forwards) */
+    for (int32_t i = 1; i < E; i++) {
+        const int32_t e = m->order[i];
+        int32_t j = i;
+        while (j > 0 && m->hot[m->order[j - 1]] < m->hot[e]) {
+            m->order[j] = m->order[j - 1];
+            j--;
+        }
+        m->order[j] = e;
+    }
+    int32_t list[1024], n = 0, empty = n_slots - n_res;
+    for (int32_t i = 0; i < n_slots && i < E; i++) {
+        const int32_t e = m->order[i];
+        if (m->hot[e] <= 0.0) break;
+        if (m->h_table[e] >= 0) continue;
+        if (empty > 0) {
+            empty--;
+        } else if (m->budget_s >= cost) {
+            m->budget_s -= cost;
+        } else {
+            break;
+        }
+        list[n++] = e;
+    }
+    for (int32_t e = 0; e < E; e++) m->hot[e] *= 0.5; /* recent use weighs more */
+    if (n == 0) return DMOE_OK;
+    m->refresh_installs += (uint64_t)n;
+    return dmoe__cuda_cache_prefetch(ctx, c, list, n, stream);
+}
+
+extern "C" dmoe_status dmoe__cuda_misses_experts(dmoe_layer *layer, dmoe_cuda_misses *m, dmoe_cuda_cache *c,
+                                                 const void *x, int64_t T, const int32_t *ids, const float *wts,
+                                                 void *y, cudaStream_t stream, dmoe_cuda_gpu_experts_fn gpu) {
+    dmoe_context *ctx = layer->ctx;
+    dmoe_status st = dmoe__cuda_misses_check_stream(ctx, stream);
+    if (st != DMOE_OK) return st;
+    const double t0 = now_s();
+    const int32_t K = m->K, E = m->E;
+    const int64_t H = m->H, TK = T * K;
+    const size_t xb = (size_t)(T * H) * m->es;
+    DMOE_CUDA_CHECK(ctx, cudaMemcpyAsync(m->h_ids, ids, (size_t)TK * 4, cudaMemcpyDeviceToHost, stream));
+    DMOE_CUDA_CHECK(ctx, cudaMemcpyAsync(m->h_w, wts, (size_t)TK * 4, cudaMemcpyDeviceToHost, stream));
+    DMOE_CUDA_CHECK(ctx, cudaMemcpyAsync(m->h_table, dmoe__cuda_cache_slot_table(c), (size_t)E * 4,
+                                         cudaMemcpyDeviceToHost, stream));
+    DMOE_CUDA_CHECK(ctx, cudaMemcpyAsync(m->h_x, x, xb, cudaMemcpyDeviceToHost, stream));
+    DMOE_CUDA_CHECK(ctx, cudaStreamSynchronize(stream));
+    /* the missed experts; AUTO gives them to the CPU only when it is the faster */
+    int32_t n_miss = 0;
+    memset(m->used, 0, (size_t)E);
+    for (int64_t p = 0; p < TK; p++) {
+        const int32_t e = m->h_ids[p];
+        if (e >= 0 && e < E && m->h_table[e] < 0 && !m->used[e]) {
+            m->used[e] = 1;
+            n_miss++;
+        }
+    }
+    memset(m->used, 0, (size_t)E);
+    const int use_cpu = m->policy == DMOE_MISS_CPU || (n_miss > 0 && cpu_faster(m, n_miss));
+    if (n_miss > 0) {
+        if (use_cpu) m->cpu_forwards++;
+        else m->gpu_forwards++;
+    }
+    /* split the pairs; ids outside [0, E) contribute nothing on either side */
+    int32_t tc = 0;
+    for (int64_t t = 0; t < T; t++) {
+        int32_t first_cpu = -1;
+        for (int32_t k = 0; k < K; k++) {
+            const int32_t e = m->h_ids[t * K + k];
+            const int valid = e >= 0 && e < E;
+            const int on_gpu = !valid || m->h_table[e] >= 0 || !use_cpu;
+            m->g_ids[t * K + k] = on_gpu ? e : -1;
+            m->g_w[t * K + k] = on_gpu ? m->h_w[t * K + k] : 0.0f;
+            if (valid) {
+                if (!m->used[e]) m->hot[e] += 1.0;
+                m->used[e] |= on_gpu ? 1 : 2;
+            }
+            if (!on_gpu && first_cpu < 0) first_cpu = e;
+        }
+        if (first_cpu < 0) continue;
+        for (int32_t k = 0; k < K; k++) {
+            const int32_t e = m->h_ids[t * K + k];
+            const int cpu = e >= 0 && e < E && m->h_table[e] < 0; /* use_cpu here */
+            m->c_ids[tc * K + k] = cpu ? e : first_cpu;
+            m->c_w[tc * K + k] = cpu ? m->h_w[t * K + k] : 0.0f;
+            m->cpu_pairs += (uint64_t)cpu;
+        }
+        memcpy((char *)m->c_x + (size_t)tc * H * m->es, (const char *)m->h_x + (size_t)t * H * m->es,
+               (size_t)H * m->es);
+        m->h_tok[tc++] = (int32_t)t;
+    }
+    for (int32_t e = 0; e < E; e++) m->cpu_experts += (m->used[e] & 2) ? 1 : 0;
+    if (tc == 0) {
+        st = gpu(layer, x, T, ids, wts, y, stream);
+    } else {
+        DMOE_CUDA_CHECK(ctx, cudaMemcpyAsync(m->d_ids, m->g_ids, (size_t)TK * 4, cudaMemcpyHostToDevice, stream));
+        DMOE_CUDA_CHECK(ctx, cudaMemcpyAsync(m->d_w, m->g_w, (size_t)TK * 4, cudaMemcpyHostToDevice, stream));
+        DMOE_CUDA_CHECK(ctx, cudaMemcpyAsync(m->d_tok, m->h_tok, (size_t)tc * 4, cudaMemcpyHostToDevice, stream));
+        st = gpu(layer, x, T, m->d_ids, m->d_w, y, stream);
+        if (st != DMOE_OK) return st;
+        dmoe_tensor tx = dmoe_tensor_2d(m->c_x, m->dt, tc, H, DMOE_DEVICE_HOST);
+        dmoe_tensor ty = dmoe_tensor_2d(m->c_y, m->dt, tc, H, DMOE_DEVICE_HOST);
+        dmoe_tensor ti = dmoe_tensor_2d(m->c_ids, DMOE_DTYPE_I32, tc, K, DMOE_DEVICE_HOST);
+        dmoe_tensor tw = dmoe_tensor_2d(m->c_w, DMOE_DTYPE_F32, tc, K, DMOE_DEVICE_HOST);
+        if (dmoe_experts(m->cpu_layer, &tx, &ti, &tw, &ty, NULL) != DMOE_OK)
+            return dmoe__error(ctx, DMOE_ERR_INTERNAL, "miss policy: cpu experts: %s",
+                               dmoe_context_last_error(m->cpu_ctx));
+        DMOE_CUDA_CHECK(ctx, cudaMemcpyAsync(m->d_ycpu, m->c_y, (size_t)tc * H * m->es, cudaMemcpyHostToDevice,
+                                             stream));
+        const int64_t n = (int64_t)tc * H;
+        int64_t blocks = (n + ADD_THREADS - 1) / ADD_THREADS;
+        if (blocks > 1024) blocks = 1024;
+        if (m->dt == DMOE_DTYPE_BF16)
+            add_rows_kernel<dmoe_bf16><<<(unsigned)blocks, ADD_THREADS, 0, stream>>>(
+                (dmoe_bf16 *)y, (const dmoe_bf16 *)m->d_ycpu, m->d_tok, tc, H);
+        else
+            add_rows_kernel<dmoe_f16><<<(unsigned)blocks, ADD_THREADS, 0, stream>>>(
+                (dmoe_f16 *)y, (const dmoe_f16 *)m->d_ycpu, m->d_tok, tc, H);
+        DMOE_CUDA_CHECK(ctx, cudaGetLastError());
+        st = DMOE_OK;
+    }
+    if (st != DMOE_OK) return st;
+    m->window_s += now_s() - t0;
+    if (++m->n_forwards % REFRESH == 0) return refresh(ctx, m, c, stream);
+    return DMOE_OK;
+}
