@@ -7,7 +7,7 @@
 #     offload: bench/offload-bench.c (GPU expert cache, Zipf routing, 25/50% of
 #              the experts cached; DMOE_OFFLOAD_STEPS steps, default 100)
 #     model:   dmoe synth of a small qwen3_moe directory, then dmoe bench --model
-#              on it, whole and offloaded (--offload 8)
+#              on it, whole and offloaded (--offload 8, also with --miss-policy auto)
 #   bench/gpu-bench.sh pack [DIR]    here, before the call: build, then copy the
 #                                    GPU tests, libdmoe.so* and the shared
 #                                    libraries they need (cudart, cjson) into
@@ -123,11 +123,9 @@ for stage in $STAGES; do
   model)
     m=/tmp/dmoe-synth-qwen3
     rm -rf $m && "$BIN/dmoe" synth $m --arch qwen3_moe >"$LOGS/model.txt" 2>&1
-    for off in 0 8; do
-      args=""
-      [ $off -gt 0 ] && args="--offload $off"
+    for args in "" "--offload 8" "--offload 8 --miss-policy auto"; do
       timeout 120 "$BIN/dmoe" bench --backend cuda --model $m --tokens 1,16 --reps 5 $args >>"$LOGS/model.txt" 2>&1
-      SUMMARY="$SUMMARY\ndmoe bench --model (offload $off): rc=$?"
+      SUMMARY="$SUMMARY\ndmoe bench --model $args: rc=$?"
     done
     tail -20 "$LOGS/model.txt"
     ;;

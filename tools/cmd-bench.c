@@ -47,6 +47,7 @@ typedef struct bench_opts {
     const char *model_dir; /* --model: weights from a Hugging Face model directory */
     int32_t model_layer;   /* --layer: decoder layer index; -1 = the first MoE layer */
     int32_t offload_slots; /* --offload N: experts in host memory, N of them cached on the GPU */
+    int miss_policy;       /* --miss-policy: dmoe_miss_policy for --offload */
     int dtype_given;
 } bench_opts;
 
@@ -287,6 +288,9 @@ static void bench_help(FILE *f) {
             "  --layer N            the decoder layer of --model (default: the first MoE one)\n"
             "  --offload N          with --model on cuda: the routed experts stay in pinned host\n"
             "                       memory, N of them cached on the GPU (expert cache)\n"
+            "  --miss-policy P      with --offload: gpu (default: missed experts copied over\n"
+            "                       PCIe), cpu (run on the host CPU, --threads) or auto\n"
+            "                       (per forward, from measured PCIe and CPU bandwidths)\n"
             "  --scale S            shrink the layer about S times to fit a small machine:\n"
             "                       E is divided by S (kept >= K and valid for grouped top-k);\n"
             "                       what E cannot absorb divides F (and the shared FFN). H, K\n"
@@ -357,6 +361,12 @@ static void parse(int argc, char **argv, bench_opts *o) {
             o->model_layer = (int32_t)cli_value_double(&a, 0, 1e6);
         } else if (cli_is(&a, "--offload")) {
             o->offload_slots = (int32_t)cli_value_double(&a, 1, 1e6);
+        } else if (cli_is(&a, "--miss-policy")) {
+            const char *v = cli_value(&a);
+            if (strcmp(v, "gpu") == 0) o->miss_policy = DMOE_MISS_GPU;
+            else if (strcmp(v, "cpu") == 0) o->miss_policy = DMOE_MISS_CPU;
+            else if (strcmp(v, "auto") == 0) o->miss_policy = DMOE_MISS_AUTO;
+            else cli_usage_error("bench", "--miss-policy: expected gpu, cpu or auto");
         } else if (cli_is(&a, "--scale")) {
             o->scale = cli_value_double(&a, 1.0, 1e6);
         } else if (cli_is(&a, "--tokens")) {
@@ -404,6 +414,8 @@ static void parse(int argc, char **argv, bench_opts *o) {
         cli_usage_error("bench", "%s", o->scale_note);
     if (o->offload_slots > 0 && !o->model_dir)
         cli_usage_error("bench", "--offload needs --model (the experts of a model directory)");
+    if (o->miss_policy != DMOE_MISS_GPU && o->offload_slots <= 0)
+        cli_usage_error("bench", "--miss-policy needs --offload (it decides about experts the GPU cache lacks)");
     if (!o->n_tokens) {
         static const int64_t def[] = {1, 16, 128};
         memcpy(o->tokens, def, sizeof def);
@@ -559,6 +571,17 @@ int cli_cmd_bench(int argc, char **argv) {
         if (ls != DMOE_OK) {
             fprintf(stderr, "dmoe bench: %s\n", dmoe_context_last_error(env.ctx));
             return 1;
+        }
+        if (o.miss_policy != DMOE_MISS_GPU) {
+            if (dmoe_layer_set_miss_policy(env.layer, (dmoe_miss_policy)o.miss_policy, o.n_threads) != DMOE_OK) {
+                fprintf(stderr, "dmoe bench: %s\n", dmoe_context_last_error(env.ctx));
+                return 1;
+            }
+            dmoe_miss_info mi;
+            if (dmoe_layer_miss_info(env.layer, &mi) == DMOE_OK)
+                fprintf(stderr, "dmoe bench: miss policy %s: h2d %.1f GB/s, cpu %.1f GB/s + %.0f us (%d threads)\n",
+                        o.miss_policy == DMOE_MISS_CPU ? "cpu" : "auto", mi.h2d_gbs, mi.cpu_gbs, mi.cpu_fixed_us,
+                        (int)mi.n_threads);
         }
     } else if (dmoe_layer_create(env.ctx, &d, &env.layer) != DMOE_OK) {
         fprintf(stderr, "dmoe bench: %s\n", dmoe_context_last_error(env.ctx));
