@@ -105,6 +105,13 @@ extern "C" void dmoe__cuda_misses_destroy(dmoe_cuda_misses *m) {
     (void)cudaGetLastError();
 }
 
+extern "C" void dmoe__cuda_misses_abandon(dmoe_cuda_misses *m) {
+    if (!m) return;
+    m->pinned = NULL;
+    m->dev = NULL;
+    dmoe__cuda_misses_destroy(m);
+}
+
 static dmoe_status bind_weights(dmoe_context *ctx, dmoe_cuda_misses *m, const dmoe_cuda_cache *c) {
     dmoe_weights w;
     memset(&w, 0, sizeof w);

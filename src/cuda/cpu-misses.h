@@ -37,6 +37,9 @@ dmoe_status dmoe__cuda_misses_create(dmoe_context *ctx, dmoe_pool *pool, const d
 /* A new cache of the same layer (rebuilt or offloaded again): its host copy. */
 dmoe_status dmoe__cuda_misses_rebind(dmoe_context *ctx, dmoe_cuda_misses *m, const dmoe_cuda_cache *c);
 void dmoe__cuda_misses_destroy(dmoe_cuda_misses *m);
+/* While a resident kernel occupies the device: frees the host side only and
+ * leaks the pinned and device buffers (cudaFreeHost would wait for that kernel). */
+void dmoe__cuda_misses_abandon(dmoe_cuda_misses *m);
 /* DMOE_ERR_UNSUPPORTED while stream captures (the policy reads back to the host). */
 dmoe_status dmoe__cuda_misses_check_stream(dmoe_context *ctx, cudaStream_t stream);
 /* Whether a forward of n_tokens goes through dmoe__cuda_misses_experts. */

@@ -231,7 +231,12 @@ static size_t carve(cuda_layer *L, const dmoe_layer_desc *d, int num_sms, char *
 static void cuda_layer_fini(dmoe_layer *layer) {
     cuda_layer *L = (cuda_layer *)layer->backend_data;
     if (!L) return;
-    if (L->misses) {
+    if (L->misses && dmoe__cuda_resident_active(layer->ctx->desc.device)) {
+        /* the synchronisation and cudaFreeHost would wait for the resident kernel (warned below:
+         * a layer with a miss policy has a cache) */
+        dmoe__cuda_misses_abandon(L->misses);
+        L->misses = NULL;
+    } else if (L->misses) {
         (void)cudaDeviceSynchronize(); /* its staging buffers may still be read by queued copies */
         dmoe__cuda_misses_destroy(L->misses);
         L->misses = NULL;
