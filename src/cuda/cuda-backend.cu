@@ -237,7 +237,10 @@ static void cuda_layer_fini(dmoe_layer *layer) {
         dmoe__cuda_misses_abandon(L->misses);
         L->misses = NULL;
     } else if (L->misses) {
-        (void)cudaDeviceSynchronize(); /* its staging buffers may still be read by queued copies */
+        int cur = -1; /* the layer's device: its queued copies may still read the staging buffers */
+        if (cudaGetDevice(&cur) == cudaSuccess && cur != layer->ctx->desc.device)
+            cudaSetDevice(layer->ctx->desc.device);
+        (void)cudaDeviceSynchronize();
         dmoe__cuda_misses_destroy(L->misses);
         L->misses = NULL;
     }
