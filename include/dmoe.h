@@ -389,7 +389,9 @@ DMOE_API dmoe_status dmoe_layer_set_weights_offloaded(dmoe_layer *layer, const d
  *    time on the CPU than n * expert_bytes / h2d runs them there; otherwise it
  *    runs as DMOE_MISS_GPU (every decode forward reads the routing back).
  * Batches with more tokens always run on the GPU (their missed experts do
- * enough work per byte to be worth the copy). Needs an expert cache; a new
+ * enough work per byte to be worth the copy), and so does every forward while
+ * a resident kernel occupies the device (it queues behind that kernel; the
+ * read-back would wait for it). Needs an expert cache; a new
  * cache (enable, set_weights_offloaded) keeps the policy, dmoe_layer_set_weights
  * drops both. Synchronises the device (AUTO measures for tens of ms). */
 typedef enum dmoe_miss_policy {

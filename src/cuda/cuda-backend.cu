@@ -808,6 +808,14 @@ static dmoe_status gpu_experts(dmoe_layer *layer, const void *x, int64_t n_token
     return run_experts(layer, x, n_tokens, ids, wts, y, 0, stream);
 }
 
+/* Whether a forward of n_tokens goes through the miss policy. That reads back to the host; while
+ * a resident kernel occupies the device the forward's kernels queue behind it and the read would
+ * wait for them without bound (dmoe.h): such forwards run as DMOE_MISS_GPU (queued, asynchronous). */
+static int misses_take(const dmoe_layer *layer, int64_t n_tokens) {
+    const cuda_layer *L = (const cuda_layer *)layer->backend_data;
+    return dmoe__cuda_misses_take(L->misses, n_tokens) && !dmoe__cuda_resident_active(layer->ctx->desc.device);
+}
+
 static dmoe_status cuda_experts(dmoe_layer *layer, const void *x, int64_t n_tokens,
                                 const int32_t *topk_ids, const float *topk_weights, void *y,
                                 void *stream) {
@@ -817,7 +825,7 @@ static dmoe_status cuda_experts(dmoe_layer *layer, const void *x, int64_t n_toke
     if (fused_fits(layer, n_tokens))
         return run_fused(layer, x, n_tokens, (int32_t *)topk_ids, (float *)topk_weights, 1, y, (cudaStream_t)stream);
     cuda_layer *L = (cuda_layer *)layer->backend_data;
-    if (dmoe__cuda_misses_take(L->misses, n_tokens))
+    if (misses_take(layer, n_tokens))
         return dmoe__cuda_misses_experts(layer, L->misses, L->cache, x, n_tokens, topk_ids, topk_weights, y,
                                          (cudaStream_t)stream, gpu_experts);
     return run_experts(layer, x, n_tokens, topk_ids, topk_weights, y, 0, (cudaStream_t)stream);
@@ -836,7 +844,7 @@ static dmoe_status cuda_forward(dmoe_layer *layer, const void *x, int64_t n_toke
     r.pairs = L->pairs;
     r.slot_of = L->slot_of;
     int plan_done = 0;
-    if (dmoe__cuda_misses_take(L->misses, n_tokens)) { /* routing only: the plan is of the masked ids */
+    if (misses_take(layer, n_tokens)) { /* routing only: the plan is of the masked ids */
         if ((st = dmoe__cuda_misses_check_stream(layer->ctx, (cudaStream_t)stream)) != DMOE_OK) return st;
         r.counts = NULL;
         r.offsets = NULL;
