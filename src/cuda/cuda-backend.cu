@@ -569,11 +569,15 @@ static dmoe_status cuda_miss_policy(dmoe_layer *layer, dmoe_miss_policy policy, 
     if (st != DMOE_OK) return st;
     if ((st = refuse_if_resident(ctx, "setting the miss policy")) != DMOE_OK) return st;
     DMOE_CUDA_CHECK(ctx, cudaDeviceSynchronize()); /* forwards in flight may use the old state */
+    /* the new state first: a failed call keeps the policy that was set */
+    dmoe_cuda_misses *fresh = NULL;
+    if (policy != DMOE_MISS_GPU &&
+        (st = dmoe__cuda_misses_create(ctx, dmoe__cuda_ctx(ctx)->pool, &layer->desc, L->cache, policy, n_threads,
+                                       &fresh)) != DMOE_OK)
+        return st;
     dmoe__cuda_misses_destroy(L->misses);
-    L->misses = NULL;
-    if (policy == DMOE_MISS_GPU) return DMOE_OK;
-    return dmoe__cuda_misses_create(ctx, dmoe__cuda_ctx(ctx)->pool, &layer->desc, L->cache, policy, n_threads,
-                                    &L->misses);
+    L->misses = fresh;
+    return DMOE_OK;
 }
 
 static dmoe_status cuda_miss_info(dmoe_layer *layer, dmoe_miss_info *out) {
