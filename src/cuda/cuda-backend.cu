@@ -637,7 +637,9 @@ static dmoe_status run_experts(dmoe_layer *layer, const void *x, int64_t T, cons
     if (L->cache) {
         /* resolve the batch's experts (hits, LRU installs, pointer tables) on the device; the
          * streaming and mma.sync GEMMs then read each expert through its pointer */
-        if (c.kind == DMOE_CUDA_GEMM_SWAP) /* the decode regime: the streaming GEMM overlaps installs */
+        /* the decode regime (where AUTO picks swap-AB; DMOE_CUDA_GEMM=sm90-swap forces it at any
+         * size): the streaming GEMM overlaps installs */
+        if (c.kind == DMOE_CUDA_GEMM_SWAP && dmoe__cuda_rows_estimate(&a1) <= 64)
             c = dmoe__cuda_choose_gemm(DMOE_CUDA_GEMM_STREAM, &a1, cc->cc_major, cc->cc_minor);
         else if (c.kind != DMOE_CUDA_GEMM_STREAM && c.kind != DMOE_CUDA_GEMM_MMA)
             c = dmoe__cuda_choose_gemm(DMOE_CUDA_GEMM_MMA, &a1, cc->cc_major, cc->cc_minor);
