@@ -526,13 +526,13 @@ static dmoe_status cuda_cache_enable(dmoe_layer *layer, int32_t n_slots, uint32_
     dmoe_cuda_cache *fresh = NULL;
     st = dmoe__cuda_cache_create(ctx, dmoe__cuda_ctx(ctx)->pool, &layer->desc, w13, w2, n_slots, &fresh);
     if (st != DMOE_OK) return st;
-    if (L->cache && layer->w.w13 == w13) {
-        /* an offloaded layer's views point into the old cache's host copy: move them */
-        dmoe__cuda_cache_host_weights(fresh, &layer->w.w13, &layer->w.w2);
-    }
     if (L->misses && (st = dmoe__cuda_misses_rebind(ctx, L->misses, fresh)) != DMOE_OK) {
         dmoe__cuda_cache_destroy(fresh);
         return st;
+    }
+    if (L->cache && layer->w.w13 == w13) {
+        /* an offloaded layer's views point into the old cache's host copy: move them */
+        dmoe__cuda_cache_host_weights(fresh, &layer->w.w13, &layer->w.w2);
     }
     dmoe__cuda_cache_destroy(L->cache);
     L->cache = fresh;
