@@ -125,8 +125,9 @@ static dmoe_status bind_weights(dmoe_context *ctx, dmoe_cuda_misses *m, const dm
 
 extern "C" dmoe_status dmoe__cuda_misses_rebind(dmoe_context *ctx, dmoe_cuda_misses *m,
                                                 const dmoe_cuda_cache *c) {
-    memset(m->hot, 0, sizeof(double) * (size_t)m->E);
-    return bind_weights(ctx, m, c);
+    const dmoe_status st = bind_weights(ctx, m, c);
+    if (st == DMOE_OK) memset(m->hot, 0, sizeof(double) * (size_t)m->E); /* a failed rebind keeps the old cache */
+    return st;
 }
 
 /* The cpu backend's time for `rows` tokens routed to K distinct experts each
