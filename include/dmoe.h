@@ -381,7 +381,10 @@ DMOE_API dmoe_status dmoe_layer_set_weights_offloaded(dmoe_layer *layer, const d
  *    captures). Forwards install no missed expert; instead the layer counts
  *    how often each expert is used and every 16 forwards prefetches the
  *    hottest experts it lacks: empty slots at once, replacing resident ones
- *    only within a PCIe budget of 10% of the forwards' time.
+ *    (the coldest) only within a PCIe budget of 10% of the forwards' time.
+ *    Each layer with a CPU or AUTO policy owns its cpu context (n_threads
+ *    worker threads, asleep between forwards) and its staging buffers (pinned
+ *    host and pool memory for 16 tokens), from the default allocator.
  *  - DMOE_MISS_AUTO: decided per decode forward from bandwidths this call
  *    measures: the pinned host-to-device copy (h2d) and the cpu backend's time
  *    for n experts, fitted as cpu_fixed + n * expert_bytes / cpu_gbs (from

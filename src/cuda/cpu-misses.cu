@@ -23,7 +23,10 @@
  *   4. host: hotness counts of the experts used; every REFRESH forwards the
  *      hottest experts without a slot are prefetched (stream order, so the
  *      next forward's table read sees them): into empty slots at once, over
- *      resident ones within a PCIe budget of BUDGET_FRAC of the forwards' time.
+ *      resident ones within a PCIe budget of BUDGET_FRAC of the forwards' time;
+ *      the hot resident experts are listed too, so the victims are the coldest
+ *      slots. The refresh waits for a forward that installed nothing (its table
+ *      read is then current).
  * A forward with no CPU pair runs the GPU path on the caller's ids untouched
  * (bitwise the cached forward).
  */
@@ -69,6 +72,7 @@ struct dmoe_cuda_misses {
     unsigned char *used;
     int32_t *order;
     int64_t n_forwards;
+    int refresh_due;
     double window_s, budget_s;
     /* counters */
     uint64_t cpu_forwards, gpu_forwards, cpu_pairs, cpu_experts, refresh_installs;
@@ -364,23 +368,28 @@ static dmoe_status refresh(dmoe_context *ctx, dmoe_cuda_misses *m, dmoe_cuda_cac
         }
         m->order[j] = e;
     }
-    int32_t list[1024], n = 0, empty = n_slots - n_res;
+    /* The list: the n_slots hottest experts, the resident ones too, since a prefetch never
+     * evicts a listed expert (the victims are then the coldest slots, not merely the least
+     * recently used ones); installs of the missing ones within the budget. */
+    int32_t list[1024], n = 0, n_inst = 0, empty = n_slots - n_res;
     for (int32_t i = 0; i < n_slots && i < E; i++) {
         const int32_t e = m->order[i];
         if (m->hot[e] <= 0.0) break;
-        if (m->h_table[e] >= 0) continue;
-        if (empty > 0) {
-            empty--;
-        } else if (m->budget_s >= cost) {
-            m->budget_s -= cost;
-        } else {
-            break;
+        if (m->h_table[e] < 0) {
+            if (empty > 0) {
+                empty--;
+            } else if (m->budget_s >= cost) {
+                m->budget_s -= cost;
+            } else {
+                continue;
+            }
+            n_inst++;
         }
         list[n++] = e;
     }
     for (int32_t e = 0; e < E; e++) m->hot[e] *= 0.5; /* recent use weighs more */
-    if (n == 0) return DMOE_OK;
-    m->refresh_installs += (uint64_t)n;
+    if (n_inst == 0) return DMOE_OK;
+    m->refresh_installs += (uint64_t)n_inst;
     return dmoe__cuda_cache_prefetch(ctx, c, list, n, stream);
 }
 
@@ -476,6 +485,12 @@ extern "C" dmoe_status dmoe__cuda_misses_experts(dmoe_layer *layer, dmoe_cuda_mi
     }
     if (st != DMOE_OK) return st;
     m->window_s += now_s() - t0;
-    if (++m->n_forwards % REFRESH == 0) return refresh(ctx, m, c, stream);
+    /* the refresh decides from the table read at the start of this forward: it waits for a
+     * forward that installed nothing (every forward but an AUTO one given to the GPU with misses) */
+    if (++m->n_forwards % REFRESH == 0) m->refresh_due = 1;
+    if (m->refresh_due && (use_cpu || n_miss == 0)) {
+        m->refresh_due = 0;
+        return refresh(ctx, m, c, stream);
+    }
     return DMOE_OK;
 }
