@@ -39,6 +39,7 @@
 #include "cpu-misses.h"
 #include "cuda-common.cuh"
 #include "cuda-context.h"
+#include "miss-plan.h"
 
 #define REFRESH 16          /* forwards between hotness refreshes */
 #define BUDGET_FRAC 0.10    /* share of the forwards' time the refresh may spend on PCIe */
@@ -187,8 +188,7 @@ static dmoe_status measure_cpu(dmoe_context *ctx, dmoe_cuda_misses *m) {
 
 /* AUTO: the CPU takes a forward's n missed experts when it is the faster of the two. */
 static int cpu_faster(const dmoe_cuda_misses *m, int32_t n) {
-    const double bytes = (double)n * (double)m->expert_bytes;
-    return m->cpu_fixed_s + bytes / (m->cpu_gbs * 1e9) < bytes / (m->h2d_gbs * 1e9);
+    return dmoe__miss_cpu_faster(m->cpu_fixed_s, m->cpu_gbs, m->h2d_gbs, (double)m->expert_bytes, n);
 }
 
 /* A pinned copy of up to 64 MB of the cache's host experts into device memory. */
@@ -353,40 +353,9 @@ static dmoe_status refresh(dmoe_context *ctx, dmoe_cuda_misses *m, dmoe_cuda_cac
     m->window_s = 0.0;
     const double cost = (double)m->expert_bytes / (m->h2d_gbs * 1e9);
     if (m->budget_s > n_slots * cost) m->budget_s = n_slots * cost;
-    int32_t n_res = 0;
-    for (int32_t e = 0; e < E; e++) {
-        m->order[e] = e;
-        n_res += m->h_table[e] >= 0;
-    }
-    /* experts by hotness, descending, ties to the lower id (insertion sort: E <= 1024, every 16 forwards) */
-    for (int32_t i = 1; i < E; i++) {
-        const int32_t e = m->order[i];
-        int32_t j = i;
-        while (j > 0 && m->hot[m->order[j - 1]] < m->hot[e]) {
-            m->order[j] = m->order[j - 1];
-            j--;
-        }
-        m->order[j] = e;
-    }
-    /* The list: the n_slots hottest experts, the resident ones too, since a prefetch never
-     * evicts a listed expert (the victims are then the coldest slots, not merely the least
-     * recently used ones); installs of the missing ones within the budget. */
-    int32_t list[1024], n = 0, n_inst = 0, empty = n_slots - n_res;
-    for (int32_t i = 0; i < n_slots && i < E; i++) {
-        const int32_t e = m->order[i];
-        if (m->hot[e] <= 0.0) break;
-        if (m->h_table[e] < 0) {
-            if (empty > 0) {
-                empty--;
-            } else if (m->budget_s >= cost) {
-                m->budget_s -= cost;
-            } else {
-                continue;
-            }
-            n_inst++;
-        }
-        list[n++] = e;
-    }
+    int32_t list[1024], n = 0;
+    const int32_t n_inst = dmoe__miss_refresh_list(m->hot, m->h_table, E, n_slots, cost, &m->budget_s, m->order,
+                                                   list, &n);
     for (int32_t e = 0; e < E; e++) m->hot[e] *= 0.5; /* recent use weighs more */
     if (n_inst == 0) return DMOE_OK;
     m->refresh_installs += (uint64_t)n_inst;
@@ -410,50 +379,23 @@ extern "C" dmoe_status dmoe__cuda_misses_experts(dmoe_layer *layer, dmoe_cuda_mi
     DMOE_CUDA_CHECK(ctx, cudaMemcpyAsync(m->h_x, x, xb, cudaMemcpyDeviceToHost, stream));
     DMOE_CUDA_CHECK(ctx, cudaStreamSynchronize(stream));
     /* the missed experts; AUTO gives them to the CPU only when it is the faster */
-    int32_t n_miss = 0;
-    memset(m->used, 0, (size_t)E);
-    for (int64_t p = 0; p < TK; p++) {
-        const int32_t e = m->h_ids[p];
-        if (e >= 0 && e < E && m->h_table[e] < 0 && !m->used[e]) {
-            m->used[e] = 1;
-            n_miss++;
-        }
-    }
-    memset(m->used, 0, (size_t)E);
+    const int32_t n_miss = dmoe__miss_count(m->h_ids, TK, m->h_table, E, m->used);
     const int use_cpu = m->policy == DMOE_MISS_CPU || (n_miss > 0 && cpu_faster(m, n_miss));
     if (n_miss > 0) {
         if (use_cpu) m->cpu_forwards++;
         else m->gpu_forwards++;
     }
     /* split the pairs; ids outside [0, E) contribute nothing on either side */
-    int32_t tc = 0;
-    for (int64_t t = 0; t < T; t++) {
-        int32_t first_cpu = -1;
-        for (int32_t k = 0; k < K; k++) {
-            const int32_t e = m->h_ids[t * K + k];
-            const int valid = e >= 0 && e < E;
-            const int on_gpu = !valid || m->h_table[e] >= 0 || !use_cpu;
-            m->g_ids[t * K + k] = on_gpu ? e : -1;
-            m->g_w[t * K + k] = on_gpu ? m->h_w[t * K + k] : 0.0f;
-            if (valid) {
-                if (!m->used[e]) m->hot[e] += 1.0;
-                m->used[e] |= on_gpu ? 1 : 2;
-            }
-            if (!on_gpu && first_cpu < 0) first_cpu = e;
-        }
-        if (first_cpu < 0) continue;
-        for (int32_t k = 0; k < K; k++) {
-            const int32_t e = m->h_ids[t * K + k];
-            const int cpu = e >= 0 && e < E && m->h_table[e] < 0; /* use_cpu here */
-            m->c_ids[tc * K + k] = cpu ? e : first_cpu;
-            m->c_w[tc * K + k] = cpu ? m->h_w[t * K + k] : 0.0f;
-            m->cpu_pairs += (uint64_t)cpu;
-        }
-        memcpy((char *)m->c_x + (size_t)tc * H * m->es, (const char *)m->h_x + (size_t)t * H * m->es,
-               (size_t)H * m->es);
-        m->h_tok[tc++] = (int32_t)t;
+    const int32_t tc = dmoe__miss_split(m->h_ids, m->h_w, T, K, m->h_table, E, use_cpu, m->g_ids, m->g_w, m->c_ids,
+                                        m->c_w, m->h_tok, m->used, &m->cpu_pairs);
+    for (int32_t e = 0; e < E; e++) {
+        m->hot[e] += m->used[e] ? 1.0 : 0.0;
+        m->cpu_experts += (m->used[e] & 2) ? 1 : 0;
+        m->used[e] = 0;
     }
-    for (int32_t e = 0; e < E; e++) m->cpu_experts += (m->used[e] & 2) ? 1 : 0;
+    for (int32_t r = 0; r < tc; r++)
+        memcpy((char *)m->c_x + (size_t)r * H * m->es, (const char *)m->h_x + (size_t)m->h_tok[r] * H * m->es,
+               (size_t)H * m->es);
     if (tc == 0) {
         st = gpu(layer, x, T, ids, wts, y, stream);
     } else {
