@@ -642,6 +642,23 @@ int cli_cmd_bench(int argc, char **argv) {
     for (int i = 0; i < o.n_tokens; i++) run_cell(&env, o.tokens[i], &rows[i]);
     if (o.json) print_json(&o, &env, bw_source, rows, o.n_tokens);
     else print_table(&o, rows, o.n_tokens);
+    if (o.offload_slots > 0 && !o.json) {
+        /* what the expert cache (and the miss policy) did over every forward above, warm-ups included */
+        dmoe_expert_cache_stats cs;
+        if (dmoe_layer_expert_cache_stats(env.layer, &cs) == DMOE_OK)
+            printf("expert cache: %d slots, hits %llu, misses %llu (installs %llu, direct reads %llu), evictions "
+                   "%llu, %.1f MB over PCIe, GEMM stalled on installs %.1f us in all\n",
+                   (int)cs.n_slots, (unsigned long long)cs.hits, (unsigned long long)cs.misses,
+                   (unsigned long long)cs.installs, (unsigned long long)cs.direct_reads,
+                   (unsigned long long)cs.evictions, (double)cs.bytes_h2d / 1e6, (double)cs.stall_ns * 1e-3);
+        dmoe_miss_info mi;
+        if (o.miss_policy != DMOE_MISS_GPU && dmoe_layer_miss_info(env.layer, &mi) == DMOE_OK)
+            printf("miss policy: forwards with misses on the CPU %llu, on the GPU %llu; CPU pairs %llu, CPU experts "
+                   "%llu; refresh installs %llu\n",
+                   (unsigned long long)mi.cpu_forwards, (unsigned long long)mi.gpu_forwards,
+                   (unsigned long long)mi.cpu_pairs, (unsigned long long)mi.cpu_experts,
+                   (unsigned long long)mi.refresh_installs);
+    }
 
     for (int i = 0; i < o.n_inputs; i++) {
         cli_device_release(o.backend, env.x[i], host_x[i]);
