@@ -231,34 +231,27 @@ static size_t carve(cuda_layer *L, const dmoe_layer_desc *d, int num_sms, char *
 static void cuda_layer_fini(dmoe_layer *layer) {
     cuda_layer *L = (cuda_layer *)layer->backend_data;
     if (!L) return;
-    if (L->misses && dmoe__cuda_resident_active(layer->ctx->desc.device)) {
-        /* the synchronisation and cudaFreeHost would wait for the resident kernel (warned below:
-         * a layer with a miss policy has a cache) */
-        dmoe__cuda_misses_abandon(L->misses);
-        L->misses = NULL;
-    } else if (L->misses) {
-        int cur = -1; /* the layer's device: its queued copies may still read the staging buffers */
-        if (cudaGetDevice(&cur) == cudaSuccess && cur != layer->ctx->desc.device)
-            cudaSetDevice(layer->ctx->desc.device);
-        (void)cudaDeviceSynchronize();
-        dmoe__cuda_misses_destroy(L->misses);
-        L->misses = NULL;
-    }
+    /* (a layer with a miss policy has a cache, so L->misses is handled in the blocks below) */
     if ((L->arena || L->fused_ws || L->weights_dev || L->cache) &&
         dmoe__cuda_resident_active(layer->ctx->desc.device)) {
-        /* cudaFree would wait for the resident kernel, which does not end on its own. */
+        /* cudaFree (and cudaFreeHost) would wait for the resident kernel, which does not end on its own. */
         fprintf(stderr, "dmoe cuda: a layer was destroyed while a resident kernel occupies device %d: its "
                         "device memory is leaked (destroy the resident kernel first)\n", (int)layer->ctx->desc.device);
         L->arena = L->fused_ws = L->weights_dev = NULL;
         L->cache = NULL;
+        dmoe__cuda_misses_abandon(L->misses); /* host state only: its pinned and pool buffers leak too */
+        L->misses = NULL;
     }
     if (L->arena || L->fused_ws || L->weights_dev || L->cache) {
         dmoe_pool *pool = dmoe__cuda_ctx(layer->ctx)->pool;
         int cur = -1;
         if (cudaGetDevice(&cur) == cudaSuccess && cur != layer->ctx->desc.device)
             cudaSetDevice(layer->ctx->desc.device);
-        /* blocks go back to the pool: work still queued on them must finish first */
+        /* blocks go back to the pool: work still queued on them must finish first (the miss
+         * policy's queued copies may still read its pinned staging buffers) */
         (void)cudaDeviceSynchronize();
+        dmoe__cuda_misses_destroy(L->misses);
+        L->misses = NULL;
         dmoe__cuda_cache_destroy(L->cache);
         dmoe__pool_free(pool, L->arena, L->arena_bytes);
         dmoe__pool_free(pool, L->fused_ws, L->fused_bytes);
@@ -850,19 +843,16 @@ static dmoe_status cuda_forward(dmoe_layer *layer, const void *x, int64_t n_toke
     r.pairs = L->pairs;
     r.slot_of = L->slot_of;
     int plan_done = 0;
-    if (misses_take(layer, n_tokens)) { /* routing only: the plan is of the masked ids */
+    const int misses = misses_take(layer, n_tokens);
+    if (misses) { /* routing only (the plan is of the masked ids), on a stream that does not capture */
         if ((st = dmoe__cuda_misses_check_stream(layer->ctx, (cudaStream_t)stream)) != DMOE_OK) return st;
-        r.counts = NULL;
-        r.offsets = NULL;
-        r.pairs = NULL;
-        r.slot_of = NULL;
-        st = dmoe__cuda_router(layer->ctx, &r, &plan_done, (cudaStream_t)stream);
-        if (st != DMOE_OK) return st;
-        return dmoe__cuda_misses_experts(layer, L->misses, L->cache, x, n_tokens, L->ids, L->wts, y,
-                                         (cudaStream_t)stream, gpu_experts);
+        r.counts = r.offsets = r.pairs = r.slot_of = NULL;
     }
     st = dmoe__cuda_router(layer->ctx, &r, &plan_done, (cudaStream_t)stream);
     if (st != DMOE_OK) return st;
+    if (misses)
+        return dmoe__cuda_misses_experts(layer, L->misses, L->cache, x, n_tokens, L->ids, L->wts, y,
+                                         (cudaStream_t)stream, gpu_experts);
     return run_experts(layer, x, n_tokens, L->ids, L->wts, y, plan_done, (cudaStream_t)stream);
 }
 
