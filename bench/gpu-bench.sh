@@ -85,26 +85,29 @@ for stage in $STAGES; do
     ;;
   sanitize)
     start=$(date +%s)
-    # tool:path:test[:arg], quick grids; each run capped at DMOE_T_SAN_EACH seconds.
+    # tool:path:test[:arg[:VAR=value,...]], quick grids; each run capped at DMOE_T_SAN_EACH seconds.
     # Fused kernel: test-cuda-path --quick runs only fused forwards (T=1, 37; two
-    # shapes). Staged kernels: test-cuda-ops covers router, plan, stream, mma,
-    # swap-AB and 128x256 wgmma GEMMs, combine; test-cuda-forward the whole path.
+    # shapes). Staged kernels: test-cuda-ops covers the plan and the stream, mma,
+    # swap-AB and 128x256 wgmma GEMMs; test-cuda-forward the router, the combine
+    # and the whole path (in two parts of the routing variants for racecheck).
     specs=${DMOE_SAN_SPECS:-"racecheck:fused:test-cuda-path:--quick synccheck:fused:test-cuda-path:--quick
       memcheck:fused:test-cuda-path:--quick memcheck:staged:test-cuda-expert-cache racecheck:staged:test-cuda-expert-cache
       memcheck:staged:test-cuda-ops racecheck:staged:test-cuda-ops memcheck:staged:test-cuda-forward
-      racecheck:staged:test-cuda-forward synccheck:staged:test-cuda-forward"}
+      racecheck:staged:test-cuda-forward:x:DMOE_TEST_VARIANT_TO=4
+      racecheck:staged:test-cuda-forward:x:DMOE_TEST_VARIANT_FROM=4 synccheck:staged:test-cuda-forward"}
     for spec in $specs; do
-      IFS=: read -r tool path tst arg <<<"$spec"
+      IFS=: read -r tool path tst arg envs <<<"$spec"
+      [ "$arg" = x ] && arg=""   # a placeholder when only envs are given
       left=$((T_SAN - ($(date +%s) - start)))
       each=${DMOE_T_SAN_EACH:-120}
       [ $left -lt $each ] && each=$left
       [ $each -lt 10 ] && { SUMMARY="$SUMMARY\nsanitizer $spec: not run (time)"; continue; }
-      log="$LOGS/san-$tool-$path-$tst.log"
+      log="$LOGS/san-$tool-$path-$tst${envs:+-${envs//[=,]/-}}.log"
       # racecheck's cost grows with the blocks launched: persistent grids sized for 8 SMs
       sms=""
       [ $tool = racecheck ] && sms=${DMOE_SAN_SMS:-8}
-      DMOE_CUDA_SMS=$sms DMOE_PATH=$path DMOE_GPU_TEST_QUICK=1 timeout $each compute-sanitizer --tool $tool --error-exitcode 9 \
-        "$BIN/$tst" $arg >"$log" 2>&1
+      env ${envs//,/ } DMOE_CUDA_SMS=$sms DMOE_PATH=$path DMOE_GPU_TEST_QUICK=1 timeout $each \
+        compute-sanitizer --tool $tool --error-exitcode 9 "$BIN/$tst" $arg >"$log" 2>&1
       rc=$?
       SUMMARY="$SUMMARY\nsanitizer $tool $path ($tst $arg quick): rc=$rc $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|SYNCCHECK SUMMARY' "$log" | tail -1)"
     done
