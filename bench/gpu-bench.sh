@@ -23,9 +23,11 @@ if [ "${1:-}" = pack ]; then
   DIR=${2:-.cudadev}
   cmake -S . -B build-cuda -G Ninja >/dev/null && cmake --build build-cuda | tail -1 || exit 1
   rm -rf "$DIR" && mkdir -p "$DIR"
-  cp build-cuda/bin/test-cuda-* build-cuda/bin/resident-bench build-cuda/bin/offload-bench build-cuda/bin/dmoe "$DIR"/ &&
+  cp build-cuda/bin/test-cuda-* build-cuda/bin/resident-bench build-cuda/bin/offload-bench build-cuda/bin/dmoe \
+     build-cuda/bin/offload-example "$DIR"/ &&
     cp -P build-cuda/lib/libdmoe.so* "$DIR"/
-  strip -g "$DIR"/test-cuda-* "$DIR"/resident-bench "$DIR"/offload-bench "$DIR"/dmoe "$DIR"/libdmoe.so.* 2>/dev/null
+  strip -g "$DIR"/test-cuda-* "$DIR"/resident-bench "$DIR"/offload-bench "$DIR"/dmoe "$DIR"/offload-example \
+    "$DIR"/libdmoe.so.* 2>/dev/null
   for lib in $(ldd build-cuda/lib/libdmoe.so | awk '/=> \// && /cudart|cjson/ {print $3}'); do cp -L "$lib" "$DIR"/; done
   # statically linked tests are ~7 MB each: carry them compressed (the device's
   # working-tree limit is 64 MiB); the run unpacks bin.tgz when it finds one
@@ -129,6 +131,10 @@ for stage in $STAGES; do
     for args in "" "--offload 8" "--offload 8 --miss-policy auto"; do
       timeout 120 "$BIN/dmoe" bench --backend cuda --model $m --tokens 1,16 --reps 5 $args >>"$LOGS/model.txt" 2>&1
       SUMMARY="$SUMMARY\ndmoe bench --model $args: rc=$?"
+    done
+    for pol in gpu cpu auto; do  # examples/offload.c on its own synthetic model
+      timeout 120 "$BIN/offload-example" "" 8 $pol >>"$LOGS/model.txt" 2>&1
+      SUMMARY="$SUMMARY\noffload-example ($pol): rc=$?"
     done
     tail -20 "$LOGS/model.txt"
     ;;
