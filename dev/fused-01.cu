@@ -151,6 +151,19 @@ int main(int argc, char **argv) {
     const int TMAX = 64;
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
+    /* the launch reads the device's limits through a cuda context (a null one crashed since the
+     * shared-memory limits became per device): a minimal one for device 0 */
+    static dmoe_cuda_context hcc;
+    static dmoe_context hctx;
+    hcc.device = 0;
+    hcc.num_sms = prop.multiProcessorCount;
+    hcc.cc_major = prop.major;
+    hcc.cc_minor = prop.minor;
+    hcc.smem_optin = prop.sharedMemPerBlockOptin;
+    hcc.l2_bytes = (size_t)prop.l2CacheSize;
+    hcc.pdl = 1;
+    hctx.backend_data = &hcc;
+    dmoe_context *const ctx = &hctx;
     const double bw = copy_bandwidth();
     printf("device %s, %d SMs, copy bandwidth %.0f GB/s\n", prop.name, prop.multiProcessorCount, bw / 1e9);
     printf("shape H=%d F=%d E=%d K=%d S=%d Fs=%d\n", p.H, p.F, p.E, p.K, p.S, p.Fs);
@@ -255,7 +268,7 @@ int main(int argc, char **argv) {
         a.x = d_x;
         /* correctness: poison, run, compare */
         CK(cudaMemset(d_y, 0xff, (size_t)T * p.H * 2));
-        if (dmoe__fused_forward(nullptr, &a, prop.multiProcessorCount, st) != DMOE_OK) return 1;
+        if (dmoe__fused_forward(ctx, &a, prop.multiProcessorCount, st) != DMOE_OK) return 1;
         CK(cudaStreamSynchronize(st));
         std::vector<uint16_t> y((size_t)T * p.H), y2((size_t)T * p.H);
         std::vector<int> ids(T * p.K);
@@ -305,7 +318,7 @@ int main(int argc, char **argv) {
         cudaGraph_t graph;
         cudaGraphExec_t exec;
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-        dmoe__fused_forward(nullptr, &a, prop.multiProcessorCount, st);
+        dmoe__fused_forward(ctx, &a, prop.multiProcessorCount, st);
         CK(cudaStreamEndCapture(st, &graph));
         CK(cudaGraphInstantiate(&exec, graph, 0));
         CK(cudaGraphLaunch(exec, st));
@@ -322,7 +335,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < 60; i++) {
             a.x = (const uint16_t *)d_x + (size_t)(i % NX) * TMAX * p.H;
             cudaEventRecord(e0, st);
-            dmoe__fused_forward(nullptr, &a, prop.multiProcessorCount, st);
+            dmoe__fused_forward(ctx, &a, prop.multiProcessorCount, st);
             cudaEventRecord(e1, st);
             cudaEventSynchronize(e1);
             float m;
@@ -354,7 +367,7 @@ int main(int argc, char **argv) {
                same ? "bitwise equal" : "DIFFERS");
 #ifdef FM_TRACE
         {
-            dmoe__fused_forward(nullptr, &a, prop.multiProcessorCount, st);
+            dmoe__fused_forward(ctx, &a, prop.multiProcessorCount, st);
             CK(cudaStreamSynchronize(st));
             int per_sm = 0;
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_moe_kernel<dmoe_bf16>, FM_THREADS,
