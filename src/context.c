@@ -5,6 +5,8 @@
  */
 #include <unistd.h>
 
+#include <time.h>
+
 #include "dmoe-impl.h"
 
 static void *default_alloc(void *user, size_t size, size_t align) {
@@ -159,4 +161,10 @@ dmoe_status dmoe_context_trim_memory(dmoe_context *ctx) {
     dmoe__clear_error(ctx);
     if (ctx->backend->memory_trim) ctx->backend->memory_trim(ctx);
     return DMOE_OK;
+}
+
+double dmoe__now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }

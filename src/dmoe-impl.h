@@ -155,6 +155,8 @@ dmoe_status dmoe__error(dmoe_context *ctx, dmoe_status status, const char *fmt, 
 #endif
     ;
 void dmoe__clear_error(dmoe_context *ctx);
+/* CLOCK_MONOTONIC in seconds (host-side timeouts and measurements). */
+double dmoe__now_s(void);
 
 /* ---- host memory through the context's allocator ---- */
 void *dmoe__malloc(dmoe_context *ctx, size_t size); /* 64-byte aligned, NULL on failure */

@@ -33,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cpu-misses.h"
@@ -78,12 +77,6 @@ struct dmoe_cuda_misses {
     /* counters */
     uint64_t cpu_forwards, gpu_forwards, cpu_pairs, cpu_experts, refresh_installs;
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 template <typename T>
 static __global__ void __launch_bounds__(ADD_THREADS)
@@ -155,11 +148,11 @@ static dmoe_status time_cpu(dmoe_context *ctx, dmoe_cuda_misses *m, int32_t rows
         dmoe_tensor ty = dmoe_tensor_2d(m->c_y, m->dt, rows, m->H, DMOE_DEVICE_HOST);
         dmoe_tensor ti = dmoe_tensor_2d(m->c_ids, DMOE_DTYPE_I32, rows, K, DMOE_DEVICE_HOST);
         dmoe_tensor tw = dmoe_tensor_2d(m->c_w, DMOE_DTYPE_F32, rows, K, DMOE_DEVICE_HOST);
-        const double t0 = now_s();
+        const double t0 = dmoe__now_s();
         if (dmoe_experts(m->cpu_layer, &tx, &ti, &tw, &ty, NULL) != DMOE_OK)
             return dmoe__error(ctx, DMOE_ERR_INTERNAL, "miss policy: cpu experts: %s",
                                dmoe_context_last_error(m->cpu_ctx));
-        const double t = now_s() - t0;
+        const double t = dmoe__now_s() - t0;
         if (rep > 0 && t < best) best = t;
     }
     *t_out = best;
@@ -202,9 +195,9 @@ static dmoe_status measure_h2d(dmoe_context *ctx, dmoe_cuda_misses *m, const dmo
     if (st != DMOE_OK) return st;
     double best = 1e30;
     for (int rep = 0; rep < 3; rep++) {
-        const double t0 = now_s();
+        const double t0 = dmoe__now_s();
         cudaError_t err = cudaMemcpy(buf, w13, bytes, cudaMemcpyHostToDevice);
-        const double t = now_s() - t0;
+        const double t = dmoe__now_s() - t0;
         if (err != cudaSuccess) {
             dmoe__pool_free(m->pool, buf, bytes);
             return dmoe__cuda_error(ctx, err, "miss policy: h2d measurement", __FILE__, __LINE__);
@@ -368,7 +361,7 @@ extern "C" dmoe_status dmoe__cuda_misses_experts(dmoe_layer *layer, dmoe_cuda_mi
     dmoe_context *ctx = layer->ctx;
     dmoe_status st = dmoe__cuda_misses_check_stream(ctx, stream);
     if (st != DMOE_OK) return st;
-    const double t0 = now_s();
+    const double t0 = dmoe__now_s();
     const int32_t K = m->K, E = m->E;
     const int64_t H = m->H, TK = T * K;
     const size_t xb = (size_t)(T * H) * m->es;
@@ -426,7 +419,7 @@ extern "C" dmoe_status dmoe__cuda_misses_experts(dmoe_layer *layer, dmoe_cuda_mi
         st = DMOE_OK;
     }
     if (st != DMOE_OK) return st;
-    m->window_s += now_s() - t0;
+    m->window_s += dmoe__now_s() - t0;
     /* the refresh decides from the table read at the start of this forward: it waits for a
      * forward that installed nothing (every forward but an AUTO one given to the GPU with misses) */
     if (++m->n_forwards % REFRESH == 0) m->refresh_due = 1;

@@ -45,7 +45,6 @@
 #undef DMOE_FUSED_BODY_ONLY
 
 #include <sched.h>
-#include <time.h>
 
 #include "cuda-context.h"
 #include "heuristics.h"
@@ -247,11 +246,7 @@ typedef struct rs_state {
     int64_t n_submitted, n_completed, t_in_flight;
 } rs_state;
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
+static double now_ms(void) { return dmoe__now_s() * 1e3; }
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
