@@ -373,32 +373,50 @@ int main(int argc, char **argv) {
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_moe_kernel<dmoe_bf16>, FM_THREADS,
                                                           fm_smem_bytes(T, p.E, p.K, p.S));
             int nb = per_sm * prop.multiProcessorCount;
-            std::vector<unsigned long long> tr(4 * 4096);
+            std::vector<unsigned long long> tr(8 * 4096);
             std::vector<unsigned> nt(4096);
             CK(cudaMemcpyFromSymbol(tr.data(), fm_trace, tr.size() * 8));
             CK(cudaMemcpyFromSymbol(nt.data(), fm_ntasks, nt.size() * 4));
-            unsigned long long t0 = ~0ull, t1 = 0, t2min = ~0ull, t3min = ~0ull, t3 = 0;
+            unsigned long long t0 = ~0ull, t0max = 0, t1 = 0, t2min = ~0ull, t3min = ~0ull, t3 = 0, t4 = 0;
             std::vector<double> plan;
             unsigned ntmin = ~0u, ntmax = 0;
             for (int b = 0; b < nb; b++) {
-                t0 = std::min(t0, tr[4 * b]);
-                t1 = std::max(t1, tr[4 * b + 1]);
-                t2min = std::min(t2min, tr[4 * b + 2]);
-                t3min = std::min(t3min, tr[4 * b + 3]);
-                t3 = std::max(t3, tr[4 * b + 3]);
-                plan.push_back((tr[4 * b + 2] - tr[4 * b + 1]) / 1e3);
+                t0 = std::min(t0, tr[8 * b]);
+                t0max = std::max(t0max, tr[8 * b]);
+                t1 = std::max(t1, tr[8 * b + 1]);
+                t2min = std::min(t2min, tr[8 * b + 2]);
+                t3min = std::min(t3min, tr[8 * b + 3]);
+                t3 = std::max(t3, tr[8 * b + 3]);
+                t4 = std::max(t4, tr[8 * b + 4]);
+                plan.push_back((tr[8 * b + 2] - tr[8 * b + 1]) / 1e3);
                 ntmin = std::min(ntmin, nt[b]);
                 ntmax = std::max(ntmax, nt[b]);
             }
+            unsigned long long t5 = 0, t6 = 0;
+            for (int b = 0; b < nb; b++) {
+                t5 = std::max(t5, tr[8 * b + 5]);
+                t6 = std::max(t6, tr[8 * b + 6]);
+            }
+            printf("       entry spread %.2f us (last block in after the first); last ends after the plan: producer %.1f, "
+                   "consumers %.1f, publisher %.1f, block (exit path done) %.1f us\n",
+                   (t0max - t0) / 1e3, (t6 - t2min) / 1e3, (t3 - t2min) / 1e3, (t5 - t2min) / 1e3, (t4 - t2min) / 1e3);
             std::sort(plan.begin(), plan.end());
             unsigned long long pt[4];
             CK(cudaMemcpyFromSymbol(pt, fm_ptrace, sizeof pt));
+            long long rt[8];
+            CK(cudaMemcpyFromSymbol(rt, fm_rtrace, sizeof rt));
+            int khz = 0;
+            cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0);
+            printf("       block 0 warp 0 SM cycles: logits summed -> route start %lld, scores %lld, choices/groups %lld, "
+                   "select %lld, weights %lld, -> plan barrier %lld (total %lld = %.2f us at %d MHz)\n",
+                   rt[0] - rt[5], rt[1] - rt[0], rt[2] - rt[1], rt[3] - rt[2], rt[4] - rt[3], rt[6] - rt[4],
+                   rt[6] - rt[5], (rt[6] - rt[5]) / (khz / 1e3), khz / 1000);
             printf("       plan of block 0: logits summed %.1f us, top-k %.1f us, grouping %.1f us\n",
                    (pt[0] - tr[1]) / 1e3, (pt[1] - pt[0]) / 1e3, (tr[2] - pt[1]) / 1e3);
             printf("       trace (%d blocks): route+arrival %.1f us | plan med %.1f max %.1f us | tasks %.1f us "
                    "(first exit after %.1f) | total %.1f us | tasks per block %u..%u\n",
                    nb, (t1 - t0) / 1e3, plan[plan.size() / 2], plan.back(), (t3 - t2min) / 1e3,
-                   (t3min - t2min) / 1e3, (t3 - t0) / 1e3, ntmin, ntmax);
+                   (t3min - t2min) / 1e3, (t4 - t0) / 1e3, ntmin, ntmax);
         }
 #endif
         cudaGraphExecDestroy(exec);

@@ -11,10 +11,11 @@
  *           counter with its unit count; every block waits for all units.
  *   PLAN    EVERY block computes the routing and the plan redundantly in its
  *           own shared memory (T*E is small here): logits = the split
- *           partials summed in split order, top-k per token (softmax |
- *           sigmoid, bias, groups, renorm, scaling: the rules of dmoe.h), the
- *           stable grouping of (token, k) pairs by expert, the segment table.
- *           No block waits for another one's plan; block 0 writes topk_ids/w.
+ *           partials summed in split order, top-k per token by one warp with
+ *           the staged router's own code (route-token.cuh), the stable
+ *           grouping of (token, k) pairs by expert (each pair ranked against
+ *           the others when they are few), the segment table. No block waits
+ *           for another one's plan; block 0 writes topk_ids/w.
  *   TASKS   warp roles, one function each:
  *           producer  (1 warp) claims tasks from one atomic counter (one task
  *                     ahead) and streams each task's 16 weight rows, in chunks
@@ -37,8 +38,12 @@
  *           waits (consumer side only: its weights are already streaming) for
  *           done1[seg] = F/8. Tasks are claimed in order, all GEMM1 first, so a
  *           block never waits on a task that is claimed after its own.
- *   EXIT    the last block to leave resets every counter to zero, so the next
- *           launch (or a CUDA-graph replay) starts clean without a memset.
+ *           Arrivals are release operations by one lane after a __syncwarp
+ *           (red.release for act, atom.acq_rel for part, whose answer decides
+ *           the combine): no per-lane fences.
+ *   EXIT    the last block to leave (atom.acq_rel on the exit counter) resets
+ *           every counter to zero, so the next launch (or a CUDA-graph
+ *           replay) starts clean without a memset.
  * All blocks must be resident (they wait on each other): the launch is
  * cooperative, the grid sized with the occupancy API.
  *
@@ -67,6 +72,12 @@
 #include "cuda-context.h"
 #include "fused-moe.h"
 #include "heuristics.h"
+#ifdef FM_TRACE /* SM clock at the steps of block 0's first top-k (route-token.cuh) */
+__device__ long long fm_rtrace[8];
+#define DMOE_ROUTE_MARK(i) \
+    if (blockIdx.x == 0 && threadIdx.x == 0) fm_rtrace[i] = clock64();
+#endif
+#include "route-token.cuh"
 
 #ifndef FM_KC
 #define FM_KC 512 /* k columns per ring stage (a multiple of 64) */
@@ -200,6 +211,17 @@ static __device__ __forceinline__ uint32_t ld_acquire(const uint32_t *p) {
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
+/* Arrivals on counters other blocks wait on: the release makes this thread's
+ * earlier writes (and those a __syncwarp / __syncthreads ordered before it)
+ * visible first; red needs no answer, so the warp goes on at once. */
+static __device__ __forceinline__ void red_release(uint32_t *p, uint32_t v) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+static __device__ __forceinline__ uint32_t atom_acq_rel(uint32_t *p, uint32_t v) {
+    uint32_t old;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+    return old;
+}
 static __device__ __forceinline__ void wait_at_least(const uint32_t *p, uint32_t target) {
     unsigned ns = 32;
     while (ld_acquire(p) < target) { /* back off: hundreds of warps may poll one line */
@@ -263,8 +285,9 @@ static __device__ __forceinline__ void fence_proxy_async() {
 
 #ifdef FM_TRACE
 /* Development only: per block, globaltimer at entry, after the arrival wait,
- * after the plan, at exit; per block the number of tasks its producer claimed. */
-__device__ unsigned long long fm_trace[4 * 4096];
+ * after the plan, after the tasks, after the exit path (8 words a block); per
+ * block the number of tasks its producer claimed. */
+__device__ unsigned long long fm_trace[8 * 4096];
 __device__ unsigned int fm_ntasks[4096];
 __device__ unsigned long long fm_ptrace[4]; /* block 0: logits summed, top-k done */
 static __device__ __forceinline__ unsigned long long gtime() {
@@ -276,11 +299,15 @@ static __device__ __forceinline__ void trace(int i) {
     if (threadIdx.x == 0 && blockIdx.x < 4096) {
         unsigned long long t;
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-        fm_trace[4 * blockIdx.x + i] = t;
+        fm_trace[8 * blockIdx.x + i] = t;
     }
+}
+static __device__ __forceinline__ void trace_warp(int i) { /* lane 0 of the calling warp */
+    if ((threadIdx.x & 31) == 0 && blockIdx.x < 4096) fm_trace[8 * blockIdx.x + i] = gtime();
 }
 #else
 static __device__ __forceinline__ void trace(int) {}
+static __device__ __forceinline__ void trace_warp(int) {}
 #endif
 
 /* The block's shared memory, as pointers. */
@@ -321,41 +348,14 @@ static __device__ __forceinline__ fm_sp fm_pointers(char *smem, const fm_smem &m
 
 /* ---- PLAN: every block, in its own shared memory ---- */
 
-/* The routing arithmetic below is the staged router's (router.cu: route_token,
- * warp_argmax) operation for operation, on logits summed in the same k-split
- * order, so dmoe_route (staged) and the fused forward agree bitwise. */
-
-/* Index of the best non-NaN value of arr[0..n): highest first, then the lowest
- * index; -1 when every value is NaN. The same answer in every lane (router.cu's
- * warp_argmax, with two redux.sync instead of ten shuffles: the warp maximum of
- * an order-preserving integer key of the value, then the lowest index among
- * the lanes that hold it; -0 counts as +0, as a float compare does). */
-static __device__ __forceinline__ int rt_warp_argmax(const float *arr, int n) {
-    const int lane = threadIdx.x & 31;
-    float bv = 0.0f;
-    int bi = -1;
-    for (int i = lane; i < n; i += 32) {
-        const float v = arr[i];
-        if (v != v) continue;
-        if (bi < 0 || v > bv) {
-            bv = v;
-            bi = i;
-        }
-    }
-    const uint32_t u = __float_as_uint(bv + 0.0f);
-    const uint32_t key = bi < 0 ? 0u : ((u & 0x80000000u) ? ~u : (u | 0x80000000u)) ; /* > 0 for any value */
-    const uint32_t kmax = __reduce_max_sync(0xffffffffu, key);
-    if (kmax == 0u) return -1;
-    return (int)__reduce_min_sync(0xffffffffu, key == kmax ? (uint32_t)bi : 0xffffffffu);
-}
-
-/* Top-k of token t by one warp from its logits lg (E floats, shared memory);
+/* Top-k of token t by one warp from its logits lg (E floats, shared memory)
+ * with the staged router's code (route-token.cuh) on logits summed in the same
+ * k-split order, so dmoe_route (staged) and the fused forward agree bitwise.
  * s_score / s_choice E floats, s_group n_group. ids/wts (T*K) in shared
  * memory, and the outputs topk_ids / topk_w when out is set. */
 static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int t, float *s_score, float *s_choice,
                                   float *s_group, int *ids, float *wts, bool out) {
     const int lane = threadIdx.x & 31, E = a.n_experts, K = a.top_k;
-    const float nan = __int_as_float(0x7fc00000);
     float mx = -FLT_MAX;
     for (int e = lane; e < E; e += 32) {
         float v = lg[e];
@@ -363,81 +363,30 @@ static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int
         s_score[e] = v;
         mx = fmaxf(mx, v);
     }
-    if (a.scoring == DMOE_SCORING_SOFTMAX) {
-        mx = dmoe_warp_max(mx);
-        float sum = 0.0f;
-        for (int e = lane; e < E; e += 32) {
-            const float s = expf(s_score[e] - mx);
-            s_score[e] = s;
-            sum += s;
-        }
-        sum = dmoe_warp_sum(sum);
-        for (int e = lane; e < E; e += 32) s_score[e] = s_score[e] / sum;
-    } else {
-        for (int e = lane; e < E; e += 32) s_score[e] = 1.0f / (1.0f + expf(-s_score[e]));
-    }
-    const float *bias = a.use_bias ? a.bias : nullptr;
-    for (int e = lane; e < E; e += 32) s_choice[e] = s_score[e] + (bias ? bias[e] : 0.0f);
-    __syncwarp();
-    if (a.n_group > 1) {
-        const int G = a.n_group, per = E / G;
-        for (int g = lane; g < G; g += 32) {
-            float b1 = 0.0f, b2 = 0.0f;
-            int n1 = 0, n2 = 0;
-            for (int i = 0; i < per; i++) {
-                const float v = s_choice[g * per + i];
-                if (!n1 || v > b1) {
-                    b2 = b1;
-                    n2 = n1;
-                    b1 = v;
-                    n1 = 1;
-                } else if (!n2 || v > b2) {
-                    b2 = v;
-                    n2 = 1;
-                }
-            }
-            s_group[g] = per >= 2 ? b1 + b2 : b1;
-        }
-        __syncwarp();
-        for (int j = 0; j < a.topk_group; j++) {
-            const int bi = rt_warp_argmax(s_group, G);
-            __syncwarp();
-            if (lane == 0) s_group[bi] = nan; /* NaN marks a kept group */
-            __syncwarp();
-        }
-        for (int e = lane; e < E; e += 32) {
-            const float gs = s_group[e / per];
-            if (gs == gs) s_choice[e] = nan; /* expert of a dropped group */
-        }
-        __syncwarp();
-    }
-    int my_id = 0;
-    float my_w = 0.0f;
-    for (int k = 0; k < K; k++) {
-        const int bi = rt_warp_argmax(s_choice, E);
-        const float sc = s_score[bi];
-        if (lane == k) {
-            my_id = bi;
-            my_w = sc;
-        }
-        __syncwarp();
-        if (lane == 0) s_choice[bi] = nan;
-        __syncwarp();
-    }
-    float sum = 0.0f;
-    for (int k = 0; k < K; k++) sum += __shfl_sync(0xffffffffu, my_w, k);
+    const dmoe_route_rules r = {a.use_bias ? a.bias : nullptr, a.scale, E, K, a.n_group, a.topk_group,
+                                a.scoring == DMOE_SCORING_SOFTMAX, a.renormalize};
+    int id;
+    float w;
+    dmoe_route_topk(r, mx, s_score, s_choice, s_group, &id, &w);
     if (lane < K) {
-        float w = my_w;
-        if (a.renormalize && sum > 0.0f) w = w / sum;
-        w *= a.scale;
-        ids[t * K + lane] = my_id;
+        ids[t * K + lane] = id;
         wts[t * K + lane] = w;
         if (out) {
-            a.topk_ids[t * K + lane] = my_id;
+            a.topk_ids[t * K + lane] = id;
             a.topk_w[t * K + lane] = w;
         }
     }
     __syncwarp();
+}
+
+/* The plan's header: segment count (routed + shared), GEMM1 and total task
+ * counts (routed segments have F/8 GEMM1 tasks each, shared ones Fs/8). */
+static __device__ __forceinline__ void fm_header(const dmoe_fused_args &a, const fm_sp &sp, int nseg, int S) {
+    const int n1 = nseg * (a.ffn / 8) + S * (a.shared_ffn / 8);
+    sp.hdr[H_NSEG] = nseg + S;
+    sp.hdr[H_NROUTED] = nseg;
+    sp.hdr[H_N1] = n1;
+    sp.hdr[H_N] = n1 + (nseg + S) * ((a.hidden + 15) / 16);
 }
 
 /* The routing and the plan of the whole batch, by every thread of the block,
@@ -483,7 +432,10 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
         __syncthreads();
     }
 #ifdef FM_TRACE
-    if (threadIdx.x == 0 && blockIdx.x == 0) fm_ptrace[0] = gtime();
+    if (threadIdx.x == 0 && blockIdx.x == 0) {
+        fm_ptrace[0] = gtime();
+        fm_rtrace[5] = clock64();
+    }
 #endif
     if (!a.route_from_ids) {
         float *sc = fbuf + (size_t)warp * per_warp;
@@ -506,87 +458,132 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
             wts[p] = __ldcg(a.topk_w + p);
         }
     }
-    for (int e = threadIdx.x; e < E; e += FM_THREADS) cnt[e] = 0;
+    /* Grouping the pairs by expert. Up to FM_THREADS pairs: each thread ranks
+     * its pair against all of them (slot = pairs of lower experts + earlier
+     * pairs of its own) and finds its segment from a bitmap of the experts hit;
+     * more pairs: counts per expert, then warp 0 scans E and places the pairs
+     * 32 at a time. Both give the same stable order. */
+    const bool rank_pairs = P <= FM_THREADS;
+    const int nbm = (E + 31) / 32;
+    for (int e = threadIdx.x; e < (rank_pairs ? nbm : E); e += FM_THREADS) cnt[e] = 0;
     __syncthreads();
 #ifdef FM_TRACE
-    if (threadIdx.x == 0 && blockIdx.x == 0) fm_ptrace[1] = gtime();
-#endif
-    for (int p = threadIdx.x; p < P; p += FM_THREADS) {
-        int e = ids[p];
-        if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
+    if (threadIdx.x == 0 && blockIdx.x == 0) {
+        fm_ptrace[1] = gtime();
+        fm_rtrace[6] = clock64();
     }
-    __syncthreads();
-    if (warp == 0) {
-        /* expert order: slot bases and the segment table, 32 experts per step */
-        int run = 0, nseg = 0;
-        for (int e0 = 0; e0 < E; e0 += 32) {
-            int e = e0 + lane, c = e < E ? cnt[e] : 0;
-            int incl = c;
-            for (int o = 1; o < 32; o <<= 1) {
-                int v = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += v;
+#endif
+    if (rank_pairs) {
+        const int p = threadIdx.x;
+        const int e = p < P ? ids[p] : -1;
+        const bool ok = p < P && e >= 0 && e < E;
+        unsigned *bm = (unsigned *)cnt;
+        if (ok) atomicOr(bm + (e >> 5), 1u << (e & 31));
+        __syncthreads();
+        if (ok) {
+            int below = 0, before = 0, same = 0;
+            for (int q = 0; q < P; q++) {
+                const int f = ids[q];
+                below += (unsigned)f < (unsigned)e; /* an invalid f (< 0 or >= E) never counts */
+                same += f == e;
+                before += f == e && q < p;
             }
-            unsigned act = __ballot_sync(0xffffffffu, c > 0);
-            int si = nseg + __popc(act & ((1u << lane) - 1));
-            if (e < E) sbase[e] = run + incl - c;
-            if (c > 0) {
-                sp.seg_begin[si] = run + incl - c;
-                sp.seg_count[si] = c;
-                sp.seg_expert[si] = e;
+            const int slot = below + before;
+            int seg = __popc(bm[e >> 5] & ((1u << (e & 31)) - 1));
+            for (int i = 0; i < (e >> 5); i++) seg += __popc(bm[i]);
+            if (before == 0) {
+                sp.seg_begin[seg] = slot;
+                sp.seg_count[seg] = same;
+                sp.seg_expert[seg] = e;
             }
-            run += __shfl_sync(0xffffffffu, incl, 31);
-            nseg += __popc(act);
+            sp.slot_token[slot] = p / K;
+            sp.slot_weight[slot] = wts[p];
+            sp.slot_of[p] = slot;
+        } else if (p < P) {
+            sp.slot_of[p] = -1;
         }
-        for (int s = lane; s < S; s += 32) {
-            sp.seg_begin[nseg + s] = P + s * T;
-            sp.seg_count[nseg + s] = T;
-            sp.seg_expert[nseg + s] = -1 - s;
-        }
-        if (lane == 0) { /* routed segments have F/8 GEMM1 tasks each, shared ones Fs/8 */
-            const int n1 = nseg * (a.ffn / 8) + S * (a.shared_ffn / 8);
-            sp.hdr[H_NSEG] = nseg + S;
-            sp.hdr[H_NROUTED] = nseg;
-            sp.hdr[H_N1] = n1;
-            sp.hdr[H_N] = n1 + (nseg + S) * ((a.hidden + 15) / 16);
-        }
-        __syncwarp();
-        /* stable slots: pairs in order, 32 at a time; peers with the same expert
-         * take consecutive slots in pair order */
-        for (int p0 = 0; p0 < P; p0 += 32) {
-            int p = p0 + lane;
-            int e = p < P ? ids[p] : -1;
-            bool ok = p < P && e >= 0 && e < E;
-            unsigned peers = __match_any_sync(0xffffffffu, ok ? e : -1);
-            int rank = __popc(peers & ((1u << lane) - 1));
-            int leader = __ffs(peers) - 1;
-            int base = ok && lane == leader ? sbase[e] : 0;
-            base = __shfl_sync(0xffffffffu, base, leader);
-            __syncwarp();
-            if (ok) {
-                int s = base + rank;
-                sp.slot_token[s] = p / K;
-                sp.slot_weight[s] = wts[p];
-                sp.slot_of[p] = s;
-                if (lane == leader) sbase[e] = base + __popc(peers);
-            } else if (p < P) {
-                sp.slot_of[p] = -1;
+        if (warp == FM_WARPS - 1) {
+            int nseg = 0;
+            for (int i = lane; i < nbm; i += 32) nseg += __popc(bm[i]);
+            nseg = (int)__reduce_add_sync(0xffffffffu, (unsigned)nseg);
+            for (int s = lane; s < S; s += 32) {
+                sp.seg_begin[nseg + s] = P + s * T;
+                sp.seg_count[nseg + s] = T;
+                sp.seg_expert[nseg + s] = -1 - s;
             }
-            __syncwarp();
+            if (lane == 0) fm_header(a, sp, nseg, S);
         }
     } else {
-        /* shared-expert slots: weight 1, or the sigmoid gate of the token */
-        for (int i = threadIdx.x - 32; i < S * T; i += FM_THREADS - 32) {
-            const int t = i % T;
-            sp.slot_token[P + i] = t;
-            float v;
-            if (lg_smem) {
-                v = lg[(size_t)t * (E + 1) + E];
-            } else {
-                v = 0.0f;
-                for (int s = 0; s < nsplit; s++) v += ld_l2f(L.plog + ((size_t)s * T + t) * (E + 1) + E);
-            }
-            sp.slot_weight[P + i] = a.shared_gate ? __frcp_rn(1.f + __expf(-v)) : 1.f;
+        for (int p = threadIdx.x; p < P; p += FM_THREADS) {
+            int e = ids[p];
+            if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
         }
+        __syncthreads();
+        if (warp == 0) {
+            /* expert order: slot bases and the segment table, 32 experts per step */
+            int run = 0, nseg = 0;
+            for (int e0 = 0; e0 < E; e0 += 32) {
+                int e = e0 + lane, c = e < E ? cnt[e] : 0;
+                int incl = c;
+                for (int o = 1; o < 32; o <<= 1) {
+                    int v = __shfl_up_sync(0xffffffffu, incl, o);
+                    if (lane >= o) incl += v;
+                }
+                unsigned act = __ballot_sync(0xffffffffu, c > 0);
+                int si = nseg + __popc(act & ((1u << lane) - 1));
+                if (e < E) sbase[e] = run + incl - c;
+                if (c > 0) {
+                    sp.seg_begin[si] = run + incl - c;
+                    sp.seg_count[si] = c;
+                    sp.seg_expert[si] = e;
+                }
+                run += __shfl_sync(0xffffffffu, incl, 31);
+                nseg += __popc(act);
+            }
+            for (int s = lane; s < S; s += 32) {
+                sp.seg_begin[nseg + s] = P + s * T;
+                sp.seg_count[nseg + s] = T;
+                sp.seg_expert[nseg + s] = -1 - s;
+            }
+            if (lane == 0) fm_header(a, sp, nseg, S);
+            __syncwarp();
+            /* stable slots: pairs in order, 32 at a time; peers with the same expert
+             * take consecutive slots in pair order */
+            for (int p0 = 0; p0 < P; p0 += 32) {
+                int p = p0 + lane;
+                int e = p < P ? ids[p] : -1;
+                bool ok = p < P && e >= 0 && e < E;
+                unsigned peers = __match_any_sync(0xffffffffu, ok ? e : -1);
+                int rank = __popc(peers & ((1u << lane) - 1));
+                int leader = __ffs(peers) - 1;
+                int base = ok && lane == leader ? sbase[e] : 0;
+                base = __shfl_sync(0xffffffffu, base, leader);
+                __syncwarp();
+                if (ok) {
+                    int s = base + rank;
+                    sp.slot_token[s] = p / K;
+                    sp.slot_weight[s] = wts[p];
+                    sp.slot_of[p] = s;
+                    if (lane == leader) sbase[e] = base + __popc(peers);
+                } else if (p < P) {
+                    sp.slot_of[p] = -1;
+                }
+                __syncwarp();
+            }
+        }
+    }
+    /* shared-expert slots: weight 1, or the sigmoid gate of the token */
+    for (int i = threadIdx.x; i < S * T; i += FM_THREADS) {
+        const int t = i % T;
+        sp.slot_token[P + i] = t;
+        float v;
+        if (lg_smem) {
+            v = lg[(size_t)t * (E + 1) + E];
+        } else {
+            v = 0.0f;
+            for (int s = 0; s < nsplit; s++) v += ld_l2f(L.plog + ((size_t)s * T + t) * (E + 1) + E);
+        }
+        sp.slot_weight[P + i] = a.shared_gate ? __frcp_rn(1.f + __expf(-v)) : 1.f;
     }
     fence_proxy_async(); /* the ring held the scratch; the copy engine writes it next */
     __syncthreads();
@@ -678,9 +675,8 @@ template <typename DT> static __device__ void route_role(const dmoe_fused_args &
         done++;
     }
     if (done) {
-        __threadfence();
         __syncwarp();
-        if ((threadIdx.x & 31) == 0) atomicAdd(L.ctr + C_ARRIVE, done);
+        if ((threadIdx.x & 31) == 0) red_release(L.ctr + C_ARRIVE, done);
     }
 }
 
@@ -924,28 +920,45 @@ template <typename DT> static __device__ void consumer_role(const dmoe_fused_arg
     if (lane == 0) mbar_arrive(sp.redfull + b);
 }
 
-/* y[t, h0..h0+15] = sum over k in order of part[slot_of(t,k)] + the shared parts. */
+/* y[t, h0..h0+15] = sum over k in order of part[slot_of(t,k)] + the shared parts.
+ * Each lane takes CU outputs at a time, 8 k of each in flight together. */
 template <typename DT>
 static __device__ void combine_tile(const dmoe_fused_args &a, const fm_layout &L, const fm_sp &sp, int h0) {
+    constexpr int CU = 4;
     const int T = a.n_tokens, K = a.top_k, H = a.hidden, P = T * K, lane = threadIdx.x & 31;
     DT *y = (DT *)a.y;
-    for (int i = lane; i < T * 16; i += 32) {
-        const int t = i >> 4, h = h0 + (i & 15);
-        if (h >= H) continue;
-        float s = 0.f;
-        for (int k0 = 0; k0 < K; k0 += 8) { /* 8 loads in flight, summed in k order */
-            float v[8];
+    for (int i0 = lane; i0 < T * 16; i0 += 32 * CU) {
+        float s[CU];
+        int slot[CU][8];
 #pragma unroll
-            for (int u = 0; u < 8; u++) {
-                const int k = k0 + u, slot = k < K ? sp.slot_of[t * K + k] : -1;
-                v[u] = slot >= 0 ? ld_l2f(L.part + (size_t)slot * H + h) : 0.f;
+        for (int u = 0; u < CU; u++) s[u] = 0.f;
+        for (int k0 = 0; k0 < K; k0 += 8) { /* summed in k order */
+            float v[CU][8];
+#pragma unroll
+            for (int u = 0; u < CU; u++) {
+                const int i = i0 + 32 * u, t = i >> 4, h = h0 + (i & 15);
+                const bool ok = i < T * 16 && h < H;
+#pragma unroll
+                for (int q = 0; q < 8; q++) {
+                    const int k = k0 + q;
+                    slot[u][q] = ok && k < K ? sp.slot_of[t * K + k] : -1;
+                    v[u][q] = slot[u][q] >= 0 ? ld_l2f(L.part + (size_t)slot[u][q] * H + h) : 0.f;
+                }
             }
 #pragma unroll
-            for (int u = 0; u < 8; u++)
-                if (k0 + u < K && sp.slot_of[t * K + k0 + u] >= 0) s += v[u];
+            for (int u = 0; u < CU; u++)
+#pragma unroll
+                for (int q = 0; q < 8; q++)
+                    if (slot[u][q] >= 0) s[u] += v[u][q];
         }
-        for (int j = 0; j < a.n_shared; j++) s += ld_l2f(L.part + (size_t)(P + j * T + t) * H + h);
-        y[(size_t)t * H + h] = dmoe_dt<DT>::from_f32(s);
+#pragma unroll
+        for (int u = 0; u < CU; u++) {
+            const int i = i0 + 32 * u, t = i >> 4, h = h0 + (i & 15);
+            if (i >= T * 16 || h >= H) continue;
+            float r = s[u];
+            for (int j = 0; j < a.n_shared; j++) r += ld_l2f(L.part + (size_t)(P + j * T + t) * H + h);
+            y[(size_t)t * H + h] = dmoe_dt<DT>::from_f32(r);
+        }
     }
 }
 
@@ -995,13 +1008,15 @@ template <typename DT> static __device__ void publisher_role(const dmoe_fused_ar
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(sp.redempty + b); /* the buffer is read: consumers may refill it */
-        __threadfence();
-        __syncwarp();
-        uint32_t old = 0;
-        if (lane == 0) old = atomicAdd(d.gemm == 1 ? L.done1 + d.seg : L.done2 + d.tile, 1u);
+        if (d.gemm == 1) { /* act rows published; nobody here needs the count */
+            if (lane == 0) red_release(L.done1 + d.seg, 1u);
+            continue;
+        }
+        uint32_t old = 0; /* acquire too: the combine reads the other blocks' part rows */
+        if (lane == 0) old = atom_acq_rel(L.done2 + d.tile, 1u);
         old = __shfl_sync(0xffffffffu, old, 0);
-        if (d.gemm == 2 && old == (uint32_t)nseg - 1) { /* this task completed the h tile: combine it */
-            __threadfence();
+        if (old == (uint32_t)nseg - 1) { /* completed the h tile: combine it */
+            __syncwarp(); /* lane 0's acquire, for every lane's loads */
             combine_tile<DT>(a, L, sp, d.tile * 16);
         }
     }
@@ -1049,9 +1064,15 @@ template <typename DT> static __device__ __forceinline__ void fused_body(const d
     if (sp.hdr[H_NSEG] == 0) /* every pair out of range and no shared expert: y = 0 */
         for (size_t i = (size_t)blockIdx.x * FM_THREADS + threadIdx.x; i < (size_t)T * H; i += (size_t)gridDim.x * FM_THREADS)
             ((DT *)a.y)[i] = dmoe_dt<DT>::from_f32(0.f);
-    if (warp == FM_PRODUCER) producer_role(a, L, sp, first_claim);
-    else if (warp == FM_PUBLISHER) publisher_role<DT>(a, L, sp);
-    else consumer_role<DT>(a, L, sp);
+    if (warp == FM_PRODUCER) {
+        producer_role(a, L, sp, first_claim);
+        trace_warp(6);
+    } else if (warp == FM_PUBLISHER) {
+        publisher_role<DT>(a, L, sp);
+        trace_warp(5);
+    } else {
+        consumer_role<DT>(a, L, sp);
+    }
     trace(3);
 
     /* the last block out resets the counters for the next launch */
@@ -1065,23 +1086,21 @@ template <typename DT> static __device__ __forceinline__ void fused_body(const d
             mbar_inval(sp.redfull + i);
             mbar_inval(sp.redempty + i);
         }
-        __threadfence();
-        s_word = atomicAdd(L.ctr + C_EXIT, 1u);
+        s_word = atom_acq_rel(L.ctr + C_EXIT, 1u); /* release: this block is done with every counter */
     }
     __syncthreads();
-    if (s_word == gridDim.x - 1) {
-        __threadfence();
+    if (s_word == gridDim.x - 1) { /* acquired every block's release: reset (the kernel's end, or the
+                                      resident kernel's barrier, publishes the stores) */
         const int nseg = sp.hdr[H_NSEG], ht = (H + 15) / 16;
         for (int i = threadIdx.x; i < nseg; i += FM_THREADS) L.done1[i] = 0;
         for (int i = threadIdx.x; i < ht; i += FM_THREADS) L.done2[i] = 0;
-        __syncthreads();
         if (threadIdx.x == 0) {
             L.ctr[C_ARRIVE] = 0;
             L.ctr[C_TASK] = 0;
             L.ctr[C_EXIT] = 0;
-            __threadfence();
         }
     }
+    trace(4);
 }
 
 #ifndef DMOE_FUSED_BODY_ONLY /* resident.cu includes this file for fused_body alone */

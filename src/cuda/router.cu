@@ -21,7 +21,7 @@
  *    logits (k_splits, T, E), H split until ~2 blocks per SM are busy.
  * route_kernel then sums the partials (in k-split order: deterministic) and
  * routes, one warp per token, with the token's scores and choices in shared
- * memory: a top-k is K rounds of a warp argmax that marks each winner NaN.
+ * memory (route-token.cuh: the same code as the fused kernel's).
  */
 #include "cuda-common.cuh"
 #include "cuda-context.h"
@@ -29,6 +29,7 @@
 #include "heuristics.h"
 #include "plan-block.cuh"
 #include "plan.h"
+#include "route-token.cuh"
 #include "router.h"
 
 #define ROUTER_THREADS 256 /* 8 warps: the block walks H 256 elements at a time */
@@ -40,39 +41,13 @@ typedef struct route_cfg {
     const float *bias;
 } route_cfg;
 
-/* Index of the best non-NaN value of arr[0..n): highest first, then the lowest
- * index. The same answer in every lane. */
-static __device__ __forceinline__ int warp_argmax(const float *arr, int n) {
-    const int lane = threadIdx.x & 31;
-    float bv = 0.0f;
-    int bi = -1;
-    for (int i = lane; i < n; i += 32) {
-        const float v = arr[i];
-        if (v != v) continue;
-        if (bi < 0 || v > bv) {
-            bv = v;
-            bi = i;
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
-            bv = ov;
-            bi = oi;
-        }
-    }
-    return bi;
-}
-
-/* Routes token t with one warp. Its logits are the sum over ks of
- * part[(ks*T + t)*E + e]. s_score and s_choice hold E floats, s_group n_group. */
+/* Routes token t with one warp (route-token.cuh). Its logits are the sum over
+ * ks of part[(ks*T + t)*E + e]. s_score and s_choice hold E floats, s_group
+ * n_group. */
 static __device__ void route_token(const float *part, int k_splits, int64_t n_tokens, int64_t t,
                                    const route_cfg &rc, float *s_score, float *s_choice,
                                    float *s_group, int32_t *ids_out, float *w_out) {
     const int lane = threadIdx.x & 31, E = rc.n_experts;
-    const float nan = __int_as_float(0x7fc00000);
     float mx = -FLT_MAX;
     for (int e = lane; e < E; e += 32) {
         float v = 0.0f;
@@ -81,75 +56,12 @@ static __device__ void route_token(const float *part, int k_splits, int64_t n_to
         s_score[e] = v;
         mx = fmaxf(mx, v);
     }
-    if (rc.softmax) {
-        mx = dmoe_warp_max(mx);
-        float sum = 0.0f;
-        for (int e = lane; e < E; e += 32) {
-            const float s = expf(s_score[e] - mx);
-            s_score[e] = s;
-            sum += s;
-        }
-        sum = dmoe_warp_sum(sum);
-        for (int e = lane; e < E; e += 32) s_score[e] = s_score[e] / sum;
-    } else {
-        for (int e = lane; e < E; e += 32) s_score[e] = 1.0f / (1.0f + expf(-s_score[e]));
-    }
-    for (int e = lane; e < E; e += 32) s_choice[e] = s_score[e] + (rc.bias ? rc.bias[e] : 0.0f);
-    __syncwarp();
-
-    if (rc.n_group > 1) {
-        const int G = rc.n_group, per = E / G;
-        for (int g = lane; g < G; g += 32) {
-            float b1 = 0.0f, b2 = 0.0f;
-            int n1 = 0, n2 = 0;
-            for (int i = 0; i < per; i++) {
-                const float v = s_choice[g * per + i];
-                if (!n1 || v > b1) {
-                    b2 = b1;
-                    n2 = n1;
-                    b1 = v;
-                    n1 = 1;
-                } else if (!n2 || v > b2) {
-                    b2 = v;
-                    n2 = 1;
-                }
-            }
-            s_group[g] = per >= 2 ? b1 + b2 : b1;
-        }
-        __syncwarp();
-        for (int j = 0; j < rc.topk_group; j++) {
-            const int bi = warp_argmax(s_group, G);
-            __syncwarp();
-            if (lane == 0) s_group[bi] = nan; /* NaN marks a kept group */
-            __syncwarp();
-        }
-        for (int e = lane; e < E; e += 32) {
-            const float gs = s_group[e / per];
-            if (gs == gs) s_choice[e] = nan; /* expert of a dropped group */
-        }
-        __syncwarp();
-    }
-
-    int my_id = 0;
-    float my_w = 0.0f;
-    for (int k = 0; k < rc.top_k; k++) {
-        const int bi = warp_argmax(s_choice, E);
-        const float sc = s_score[bi];
-        if (lane == k) {
-            my_id = bi;
-            my_w = sc;
-        }
-        __syncwarp();
-        if (lane == 0) s_choice[bi] = nan;
-        __syncwarp();
-    }
-    float sum = 0.0f;
-    for (int k = 0; k < rc.top_k; k++) sum += __shfl_sync(0xffffffffu, my_w, k);
+    const dmoe_route_rules r = {rc.bias, rc.scale, E, rc.top_k, rc.n_group, rc.topk_group, rc.softmax, rc.renorm};
+    int id;
+    float w;
+    dmoe_route_topk(r, mx, s_score, s_choice, s_group, &id, &w);
     if (lane < rc.top_k) {
-        float w = my_w;
-        if (rc.renorm && sum > 0.0f) w = w / sum;
-        w *= rc.scale;
-        ids_out[t * rc.top_k + lane] = my_id;
+        ids_out[t * rc.top_k + lane] = id;
         w_out[t * rc.top_k + lane] = w;
     }
     __syncwarp();
