@@ -962,13 +962,56 @@ static __device__ void combine_tile(const dmoe_fused_args &a, const fm_layout &L
     }
 }
 
-/* Publisher warp: per finished task, the four partials summed in warp order,
- * the epilogue, the stores, a fence and the arrival on the task's counter;
- * combines an h tile when its arrival was the last one. */
-template <typename DT> static __device__ void publisher_role(const dmoe_fused_args &a, const fm_layout &L,
-                                                           const fm_sp &sp) {
+/* The publisher's work on one finished task in reduction buffer b: the four
+ * partials summed in warp order, the epilogue (SwiGLU into act, or the routing
+ * weight into part) and the stores; then buffer b goes back to the consumers. */
+template <typename DT>
+static __device__ __forceinline__ void publish_stores(const dmoe_fused_args &a, const fm_layout &L, const fm_sp &sp,
+                                                      const fm_task &d, uint32_t b) {
     const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, H = a.hidden;
     const size_t fstride = (size_t)(a.ffn > a.shared_ffn ? a.ffn : a.shared_ffn);
+    const int begin = sp.seg_begin[d.seg], n = sp.seg_count[d.seg];
+    const int ntt = (n + 7) / 8;
+    const float *red = sp.red + (size_t)b * FM_CWARPS * sp.ntt * 128;
+    for (int j = 0; j < ntt; j++) {
+        float4 v = *(const float4 *)(red + (j * 32 + lane) * 4);
+        for (int w = 1; w < FM_CWARPS; w++) {
+            const float4 o = *(const float4 *)(red + ((w * sp.ntt + j) * 32 + lane) * 4);
+            v.x += o.x;
+            v.y += o.y;
+            v.z += o.z;
+            v.w += o.w;
+        }
+        const float acc[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int q = 0; q < 2; q++) {
+            const int r = 8 * j + 2 * c + q;
+            if (r >= n) continue;
+            if (d.gemm == 1) {
+                const float gt = acc[q], up = acc[2 + q];
+                reinterpret_cast<DT *>(L.act)[(size_t)(begin + r) * fstride + d.tile * 8 + g] =
+                    dmoe_dt<DT>::from_f32(__fdividef(gt, 1.f + __expf(-gt)) * up);
+            } else {
+                const float w = sp.slot_weight[begin + r];
+                float *prow = L.part + (size_t)(begin + r) * H;
+                const int hlo = d.tile * 16 + g, hhi = hlo + 8;
+                if (hlo < H) prow[hlo] = w * acc[q];
+                if (hhi < H) prow[hhi] = w * acc[2 + q];
+            }
+        }
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(sp.redempty + b); /* the buffer is read: consumers may refill it */
+}
+
+/* Publisher warp: per finished task, publish_stores, then the arrival on the
+ * task's counter (one release by lane 0 after publish_stores' __syncwarp); an
+ * arrival that completes an h tile combines it. (Batching the arrivals of
+ * the tasks already waiting, one release for all, measured 1-1.5 us slower at
+ * T=1 and 2-5 us faster at T=16: bench/fused-notes.md, session 4.) */
+template <typename DT> static __device__ void publisher_role(const dmoe_fused_args &a, const fm_layout &L,
+                                                           const fm_sp &sp) {
+    const int lane = threadIdx.x & 31;
     const int nseg = sp.hdr[H_NSEG];
     for (uint32_t rb = 0;; rb++) {
         const uint32_t b = rb % FM_NR;
@@ -976,38 +1019,7 @@ template <typename DT> static __device__ void publisher_role(const dmoe_fused_ar
         const int task = sp.red_task[b];
         if (task < 0) break;
         const fm_task d = decode(a, sp, (uint32_t)task);
-        const int begin = sp.seg_begin[d.seg], n = sp.seg_count[d.seg];
-        const int ntt = (n + 7) / 8;
-        const float *red = sp.red + (size_t)b * FM_CWARPS * sp.ntt * 128;
-        for (int j = 0; j < ntt; j++) {
-            float4 v = *(const float4 *)(red + (j * 32 + lane) * 4);
-            for (int w = 1; w < FM_CWARPS; w++) {
-                const float4 o = *(const float4 *)(red + ((w * sp.ntt + j) * 32 + lane) * 4);
-                v.x += o.x;
-                v.y += o.y;
-                v.z += o.z;
-                v.w += o.w;
-            }
-            const float acc[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int q = 0; q < 2; q++) {
-                const int r = 8 * j + 2 * c + q;
-                if (r >= n) continue;
-                if (d.gemm == 1) {
-                    const float gt = acc[q], up = acc[2 + q];
-                    reinterpret_cast<DT *>(L.act)[(size_t)(begin + r) * fstride + d.tile * 8 + g] =
-                        dmoe_dt<DT>::from_f32(__fdividef(gt, 1.f + __expf(-gt)) * up);
-                } else {
-                    const float w = sp.slot_weight[begin + r];
-                    float *prow = L.part + (size_t)(begin + r) * H;
-                    const int hlo = d.tile * 16 + g, hhi = hlo + 8;
-                    if (hlo < H) prow[hlo] = w * acc[q];
-                    if (hhi < H) prow[hhi] = w * acc[2 + q];
-                }
-            }
-        }
-        __syncwarp();
-        if (lane == 0) mbar_arrive(sp.redempty + b); /* the buffer is read: consumers may refill it */
+        publish_stores<DT>(a, L, sp, d, b);
         if (d.gemm == 1) { /* act rows published; nobody here needs the count */
             if (lane == 0) red_release(L.done1 + d.seg, 1u);
             continue;

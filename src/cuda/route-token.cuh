@@ -11,10 +11,11 @@
  *
  * Selection (top-k of the choices, top groups of the group scores) runs in
  * rounds without shared-memory traffic between lanes: each lane keeps the
- * best of its own entries as an order-preserving integer key; a round is a
- * redux.sync max over the keys and a redux.sync min over the indices that
- * hold it (ties go to the lower index); the winning lane marks its entry NaN
- * and rescans only its own entries. No __syncwarp inside the rounds.
+ * best two of its own entries as order-preserving integer keys; a round is a
+ * redux.sync max over the best keys and a redux.sync min over the indices
+ * that hold it (ties go to the lower index); the winning lane marks its entry
+ * NaN and moves its second best up (rescanning its own entries only when it
+ * wins twice in a row). No __syncwarp inside the rounds.
  */
 #pragma once
 #include <float.h>
@@ -40,17 +41,24 @@ static __device__ __forceinline__ uint32_t dmoe_route_key(float v) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-/* The best of this lane's entries arr[lane + 32 i] (i ascending: the first of
- * equal keys stays). key 0 and idx -1 when every entry is NaN. */
-static __device__ __forceinline__ void dmoe_route_lane_best(const float *arr, int n, uint32_t &key, int &idx) {
-    key = 0u;
-    idx = -1;
+/* The best and the second best of this lane's entries arr[lane + 32 i] in the
+ * selection order (higher key first; i ascending, so the first of equal keys
+ * ranks first). Key 0 and index -1 where there is none. */
+static __device__ __forceinline__ void dmoe_route_lane_best2(const float *arr, int n, uint32_t &k1, int &i1,
+                                                             uint32_t &k2, int &i2) {
+    k1 = k2 = 0u;
+    i1 = i2 = -1;
 #pragma unroll 4
     for (int i = (int)(threadIdx.x & 31); i < n; i += 32) {
         const uint32_t k = dmoe_route_key(arr[i]);
-        if (k > key) {
-            key = k;
-            idx = i;
+        if (k > k1) {
+            k2 = k1;
+            i2 = i1;
+            k1 = k;
+            i1 = i;
+        } else if (k > k2) {
+            k2 = k;
+            i2 = i;
         }
     }
 }
@@ -58,33 +66,44 @@ static __device__ __forceinline__ void dmoe_route_lane_best(const float *arr, in
 /* Selects the k best non-NaN entries of arr[0..n) in order (highest value
  * first, the lower index on ties), marking each chosen entry NaN. Lane j
  * (j < 32, j < k) returns the index chosen in round j, or -1 when fewer than j+1
- * entries were not NaN; the other lanes return -1. */
+ * entries were not NaN; the other lanes return -1. A round is two redux.sync;
+ * the winning lane moves its second best up and rescans its entries only when
+ * it wins again before having rescanned. */
 static __device__ __forceinline__ int dmoe_route_select(float *arr, int n, int k) {
     const int lane = threadIdx.x & 31;
     const float nan = __int_as_float(0x7fc00000);
-    uint32_t key;
-    int idx;
-    dmoe_route_lane_best(arr, n, key, idx);
+    uint32_t k1, k2;
+    int i1, i2;
+    dmoe_route_lane_best2(arr, n, k1, i1, k2, i2);
+    bool have2 = true; /* (k2, i2) is this lane's second best */
     int mine = -1;
     for (int j = 0; j < k; j++) {
-        const uint32_t kmax = __reduce_max_sync(0xffffffffu, key);
+        const uint32_t kmax = __reduce_max_sync(0xffffffffu, k1);
         if (kmax == 0u) break; /* nothing but NaN left */
-        const int w = (int)__reduce_min_sync(0xffffffffu, key == kmax ? (uint32_t)idx : 0xffffffffu);
+        const int w = (int)__reduce_min_sync(0xffffffffu, k1 == kmax ? (uint32_t)i1 : 0xffffffffu);
         if (lane == j) mine = w;
         if ((w & 31) == lane) {
             arr[w] = nan;
-            dmoe_route_lane_best(arr, n, key, idx);
+            if (have2) {
+                k1 = k2;
+                i1 = i2;
+                have2 = false;
+            } else {
+                dmoe_route_lane_best2(arr, n, k1, i1, k2, i2);
+                have2 = true;
+            }
         }
     }
     return mine;
 }
 
-/* Routes one token: scores (softmax over all E, or sigmoid), choices (score +
- * bias), the group mask, the top-k and its weights. s_score / s_choice: E
- * floats, s_group: n_group floats (shared memory of this warp). On return lane
- * j < K holds the j-th expert in *id (-1 if none) and its weight in *w. */
-static __device__ __forceinline__ void dmoe_route_topk(const dmoe_route_rules &r, float mx, float *s_score,
-                                                       float *s_choice, float *s_group, int *id, float *w) {
+/* Scores (softmax over all E, or sigmoid), choices (score + bias) and the
+ * group mask (experts of dropped groups get a NaN choice) of one token.
+ * s_score / s_choice: E floats, s_group: n_group floats (shared memory of this
+ * warp). Ends with every lane's entries written (__syncwarp'd for the group
+ * step; the caller syncs before other lanes or warps read the choices). */
+static __device__ __forceinline__ void dmoe_route_choices(const dmoe_route_rules &r, float mx, float *s_score,
+                                                          float *s_choice, float *s_group) {
     const int lane = threadIdx.x & 31, E = r.n_experts;
     const float nan = __int_as_float(0x7fc00000);
     DMOE_ROUTE_MARK(0);
@@ -102,7 +121,7 @@ static __device__ __forceinline__ void dmoe_route_topk(const dmoe_route_rules &r
         for (int e = lane; e < E; e += 32) s_score[e] = 1.0f / (1.0f + expf(-s_score[e]));
     }
     for (int e = lane; e < E; e += 32) s_choice[e] = s_score[e] + (r.bias ? r.bias[e] : 0.0f);
-    __syncwarp(); /* the weights below read any lane's scores; the groups any lane's choices */
+    __syncwarp(); /* the weights read any lane's scores; the groups any lane's choices */
     DMOE_ROUTE_MARK(1);
     if (r.n_group > 1) {
         const int G = r.n_group, per = E / G;
@@ -131,14 +150,29 @@ static __device__ __forceinline__ void dmoe_route_topk(const dmoe_route_rules &r
         }
     }
     DMOE_ROUTE_MARK(2);
-    const int mine = dmoe_route_select(s_choice, E, r.top_k);
-    DMOE_ROUTE_MARK(3);
+}
+
+/* The weight of the expert `mine` that lane j < K chose in round j (-1: none):
+ * its score, renormalised over the K chosen (summed in k order) when asked,
+ * then scaled. Every lane of the warp takes part. */
+static __device__ __forceinline__ float dmoe_route_weight(const dmoe_route_rules &r, int mine, const float *s_score) {
     const float my_w = mine >= 0 ? s_score[mine] : 0.0f;
     float sum = 0.0f;
     for (int k = 0; k < r.top_k; k++) sum += __shfl_sync(0xffffffffu, my_w, k);
     float wt = my_w;
     if (r.renorm && sum > 0.0f) wt = wt / sum;
+    return wt * r.scale;
+}
+
+/* Routes one token with one warp: choices, the top-k in rounds, the weights.
+ * On return lane j < K holds the j-th expert in *id (-1 if none) and its
+ * weight in *w. */
+static __device__ __forceinline__ void dmoe_route_topk(const dmoe_route_rules &r, float mx, float *s_score,
+                                                       float *s_choice, float *s_group, int *id, float *w) {
+    dmoe_route_choices(r, mx, s_score, s_choice, s_group);
+    const int mine = dmoe_route_select(s_choice, r.n_experts, r.top_k);
+    DMOE_ROUTE_MARK(3);
     *id = mine;
-    *w = wt * r.scale;
+    *w = dmoe_route_weight(r, mine, s_score);
     DMOE_ROUTE_MARK(4);
 }
