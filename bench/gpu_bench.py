@@ -372,6 +372,9 @@ def main():
                             r["l2_" + path] = rel_l2(yp, reference(xs[1], w, ids1, wts1, torch.arange(T, device="cuda")))
                         finally:
                             dm.lib.dmoe_layer_destroy(lp)
+                    if "dmoe_graph_us" in r:  # the default once more, after the others: an order effect?
+                        yd = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device="cuda")
+                        r["dmoe_graph_again_us"] = graph_us(dm, layer, xs, yd, timer)
                 best_dmoe = min(v for v in (r.get("dmoe_us"), r.get("dmoe_graph_us")) if v)
                 best_torch = min(v for v in (r.get("eager_us"), r.get("grouped_us"), r.get("grouped_graph_us")) if v)
                 r["speedup"] = best_torch / best_dmoe
@@ -387,10 +390,10 @@ def main():
                 ("  ERROR " + r["error"]) if "error" in r else ("  nan!" if r.get("nan_out") else "")), flush=True)
             if "staged_graph_us" in r or "fused_graph_us" in r:
                 print("%-14s %5d   paths (graph us): staged %s  fused %s  default %s  (l2 %.2e / %.2e)"
-                      "  fused, layer for %d tokens %s" % (
+                      "  fused, layer for %d tokens %s  default again %s" % (
                     "", T, f("staged_graph_us", "%.1f"), f("fused_graph_us", "%.1f"), f("dmoe_graph_us", "%.1f"),
-                    r.get("l2_staged", -1), r.get("l2_fused", -1), max(tokens), f("fused_maxT_graph_us", "%.1f")),
-                      flush=True)
+                    r.get("l2_staged", -1), r.get("l2_fused", -1), max(tokens), f("fused_maxT_graph_us", "%.1f"),
+                    f("dmoe_graph_again_us", "%.1f")), flush=True)
             with open(os.path.join(args.out, "bench.json"), "w") as fh:
                 json.dump({"device": dev, "torch": torch.__version__, "copy_GBps": bw / 1e9,
                            "gemm_TFLOPs": rate / 1e12, "rows": rows}, fh, indent=1)
