@@ -72,10 +72,13 @@
 #include "cuda-context.h"
 #include "fused-moe.h"
 #include "heuristics.h"
-#ifdef FM_TRACE /* SM clock at the steps of block 0's first top-k (route-token.cuh) */
+#ifdef FM_TRACE /* SM clock at the steps of block 0's top-k by warp 0 (route-token.cuh; the last token
+                    that warp routes, T=1: the only one) */
 __device__ long long fm_rtrace[8];
-#define DMOE_ROUTE_MARK(i) \
-    if (blockIdx.x == 0 && threadIdx.x == 0) fm_rtrace[i] = clock64();
+#define DMOE_ROUTE_MARK(i)                                     \
+    do {                                                       \
+        if (blockIdx.x == 0 && threadIdx.x == 0) fm_rtrace[i] = clock64(); \
+    } while (0)
 #endif
 #include "route-token.cuh"
 

@@ -119,8 +119,9 @@ static __device__ void rs_barrier(rs_ctrl *c) {
     __syncthreads();
     if (threadIdx.x == 0) {
         const uint32_t gen = ld_acquire(&c->bar_gen);
-        __threadfence();
-        if (atomicAdd(&c->bar_count, 1u) == gridDim.x - 1) {
+        /* acq_rel: releases this block's writes; the last arriver acquires every block's, and its
+         * release of the generation passes them all on (the fused forward's counter resets too) */
+        if (atom_acq_rel(&c->bar_count, 1u) == gridDim.x - 1) {
             c->bar_count = 0;
             rs_st_release(&c->bar_gen, gen + 1);
         } else {
