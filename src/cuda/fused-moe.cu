@@ -94,6 +94,12 @@ __device__ long long fm_rtrace[8];
 #ifndef FM_MIN_BLOCKS
 #define FM_MIN_BLOCKS 2 /* blocks per SM the register budget is cut for */
 #endif
+#ifndef FM_ARRIVE_POLL_NS
+#define FM_ARRIVE_POLL_NS 32 /* the arrival poll's longest back-off (256: 0.5-1 us slower at T=1) */
+#endif
+#ifndef FM_DONE1_POLL_NS
+#define FM_DONE1_POLL_NS 256 /* the same for a GEMM2 task's wait on its segment's act */
+#endif
 #ifndef FM_EVICT_FIRST
 #define FM_EVICT_FIRST 1 /* weights are read once: L2 evict-first on the bulk copies */
 #endif
@@ -225,11 +231,11 @@ static __device__ __forceinline__ uint32_t atom_acq_rel(uint32_t *p, uint32_t v)
     asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
     return old;
 }
-static __device__ __forceinline__ void wait_at_least(const uint32_t *p, uint32_t target) {
+static __device__ __forceinline__ void wait_at_least(const uint32_t *p, uint32_t target, unsigned ns_max = 256) {
     unsigned ns = 32;
     while (ld_acquire(p) < target) { /* back off: hundreds of warps may poll one line */
         __nanosleep(ns);
-        ns = ns < 256 ? ns * 2 : ns;
+        ns = ns < ns_max ? ns * 2 : ns;
     }
 }
 
@@ -668,7 +674,9 @@ template <typename DT> static __device__ void route_role(const dmoe_fused_args &
     int first;
     const int units = route_units(a, nsplit, &first), warp = threadIdx.x >> 5;
     uint32_t done = 0;
-    for (int u = blockIdx.x * FM_WARPS + warp; u < units; u += gridDim.x * FM_WARPS) {
+    /* unit u on warp u / grid of block u % grid: a decode batch's few units spread over the SMs
+     * (on the first warps of the first blocks: 0.5-1 us slower at T=1) */
+    for (int u = warp * (int)gridDim.x + (int)blockIdx.x; u < units; u += gridDim.x * FM_WARPS) {
         const int r0 = first + 16 * (u / nsplit), s = u % nsplit, k0 = s * kr, k1 = min(H, k0 + kr);
         /* 16 tokens per pass at most: 8 accumulators per token tile */
         for (int p0 = 0; p0 < a.n_tokens; p0 += 16) {
@@ -860,7 +868,7 @@ static __device__ void consumer_task(const dmoe_fused_args &a, const fm_layout &
             brow[j] = L.act + (size_t)(begin + (r < n ? r : 0)) * fstride;
         }
         if (d.seg != ready_seg) { /* act of this segment: every GEMM1 task of it published */
-            if (lane == 0) wait_at_least(L.done1 + d.seg, (uint32_t)(F / 8));
+            if (lane == 0) wait_at_least(L.done1 + d.seg, (uint32_t)(F / 8), FM_DONE1_POLL_NS);
             __syncwarp();
             ready_seg = d.seg;
         }
@@ -1067,7 +1075,8 @@ template <typename DT> static __device__ __forceinline__ void fused_body(const d
         route_role<DT>(a, L, kr);
         int first;
         const int units = route_units(a, nsplit, &first);
-        if (threadIdx.x == 0) wait_at_least(L.ctr + C_ARRIVE, (uint32_t)units); /* every block needs every logit */
+        if (threadIdx.x == 0) /* every block needs every logit */
+            wait_at_least(L.ctr + C_ARRIVE, (uint32_t)units, FM_ARRIVE_POLL_NS);
     }
     __syncthreads();
     trace(1);
