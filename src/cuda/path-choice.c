@@ -8,6 +8,9 @@
  *   qwen3-30b-a3b    59.3 /  54.3  131.6 / 129.8  303.5 / 335.7
  *   deepseek-v3     276.8 / 273.2  916.4 / 909.1  3035 / 3069
  *   olmoe-1b-7b      64.5 /  61.6  150.9 / 150.9  282.1 / 308.0
+ * and (session 4, commit abe9f8d) T=2 / T=3: mixtral 433.0 / 384.3 and 510.2 /
+ * 498.9, qwen3 83.6 / 81.7 and 105.3 / 106.8, deepseek 502.2 / 505.2 and
+ * 730.7 / 731.4, olmoe 96.9 / 98.6 and 124.6 / 123.3 (within 1.7% but mixtral).
  * The fused kernel saves the staged path's launches and hand-offs (a fixed
  * gain, largest at T=1), but plans inside every block with a serial top-k
  * chain per token (a cost that grows with T): it wins at T=1 on every preset,
