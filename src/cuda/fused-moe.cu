@@ -388,14 +388,24 @@ static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int
     __syncwarp();
 }
 
-/* The plan's header: segment count (routed + shared), GEMM1 and total task
- * counts (routed segments have F/8 GEMM1 tasks each, shared ones Fs/8). */
-static __device__ __forceinline__ void fm_header(const dmoe_fused_args &a, const fm_sp &sp, int nseg, int S) {
-    const int n1 = nseg * (a.ffn / 8) + S * (a.shared_ffn / 8);
-    sp.hdr[H_NSEG] = nseg + S;
-    sp.hdr[H_NROUTED] = nseg;
-    sp.hdr[H_N1] = n1;
-    sp.hdr[H_N] = n1 + (nseg + S) * ((a.hidden + 15) / 16);
+/* The end of the segment table and the plan's header, by one warp once the nseg
+ * routed segments are placed: the shared experts' segments (each takes all T
+ * tokens, slots from P on), then the segment count and the GEMM1 and total
+ * task counts (routed segments have F/8 GEMM1 tasks each, shared ones Fs/8). */
+static __device__ __forceinline__ void fm_finish_segments(const dmoe_fused_args &a, const fm_sp &sp, int nseg) {
+    const int lane = threadIdx.x & 31, S = a.n_shared, T = a.n_tokens, P = T * a.top_k;
+    for (int s = lane; s < S; s += 32) {
+        sp.seg_begin[nseg + s] = P + s * T;
+        sp.seg_count[nseg + s] = T;
+        sp.seg_expert[nseg + s] = -1 - s;
+    }
+    if (lane == 0) {
+        const int n1 = nseg * (a.ffn / 8) + S * (a.shared_ffn / 8);
+        sp.hdr[H_NSEG] = nseg + S;
+        sp.hdr[H_NROUTED] = nseg;
+        sp.hdr[H_N1] = n1;
+        sp.hdr[H_N] = n1 + (nseg + S) * ((a.hidden + 15) / 16);
+    }
 }
 
 /* The routing and the plan of the whole batch, by every thread of the block,
@@ -515,12 +525,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
             int nseg = 0;
             for (int i = lane; i < nbm; i += 32) nseg += __popc(bm[i]);
             nseg = (int)__reduce_add_sync(0xffffffffu, (unsigned)nseg);
-            for (int s = lane; s < S; s += 32) {
-                sp.seg_begin[nseg + s] = P + s * T;
-                sp.seg_count[nseg + s] = T;
-                sp.seg_expert[nseg + s] = -1 - s;
-            }
-            if (lane == 0) fm_header(a, sp, nseg, S);
+            fm_finish_segments(a, sp, nseg);
         }
     } else {
         for (int p = threadIdx.x; p < P; p += FM_THREADS) {
@@ -549,12 +554,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
                 run += __shfl_sync(0xffffffffu, incl, 31);
                 nseg += __popc(act);
             }
-            for (int s = lane; s < S; s += 32) {
-                sp.seg_begin[nseg + s] = P + s * T;
-                sp.seg_count[nseg + s] = T;
-                sp.seg_expert[nseg + s] = -1 - s;
-            }
-            if (lane == 0) fm_header(a, sp, nseg, S);
+            fm_finish_segments(a, sp, nseg);
             __syncwarp();
             /* stable slots: pairs in order, 32 at a time; peers with the same expert
              * take consecutive slots in pair order */
