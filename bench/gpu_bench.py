@@ -15,6 +15,12 @@ max(bytes of the experts hit / copy BW, FLOPs / GEMM rate) measured in the
 same run, dmoe's fraction of the floor (floor / time), the speedup over the
 best torch, and rel L2 of each output against an fp32 reference on the same
 routing (a subset of tokens at large T).
+Decode cells (T <= 16, --clean 1) are also timed (graph replays of dmoe's
+default path and of the graphed torch peer) with L2 flushed by a 256 MB READ
+instead: the write flush leaves ~50 MB of dirty lines in L2 that the timed
+call writes back to HBM as it streams its weights; after the read flush the
+lines are clean. (Measured 2026-11-23: qwen3 T=4 118.8 us clean vs 128.7
+dirty, T=16 276.8 vs 285.4, but T=1 59.0 vs 54.0: bench/RESULTS.md, session 5.)
 Writes bench.json, bench.txt and bench.png into --out.
 """
 import argparse
@@ -186,8 +192,11 @@ def rel_l2(y, ref):
 
 
 class Timer:
-    def __init__(self):
-        self.flush = torch.empty(64 * 1024 * 1024, dtype=torch.int32, device="cuda")
+    def __init__(self, clean=False):
+        """clean: flush L2 by reading 256 MB (clean lines left), else by writing it (dirty lines left)."""
+        self.flush = torch.zeros(64 * 1024 * 1024, dtype=torch.int32, device="cuda")
+        self.clean = clean
+        self.sink = None
 
     def median_us(self, fn, budget_s=0.08, max_reps=50, pre=None):
         for i in range(2):
@@ -206,7 +215,10 @@ class Timer:
         for i in range(reps):
             if pre:
                 pre(i)
-            self.flush.zero_()
+            if self.clean:
+                self.sink = self.flush.sum()
+            else:
+                self.flush.zero_()
             ev[i][0].record()
             fn(i)
             ev[i][1].record()
@@ -270,6 +282,7 @@ def main():
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     ap.add_argument("--paths", type=int, default=1, help="1: also time DMOE_PATH=staged and fused (T <= 64)")
+    ap.add_argument("--clean", type=int, default=1, help="1: also time T <= 16 after a read (clean) L2 flush")
     ap.add_argument("--time-limit", type=float, default=1e9, help="stop starting new cells after this many s")
     args = ap.parse_args()
     t_start = time.time()
@@ -280,6 +293,7 @@ def main():
     have_grouped = hasattr(torch, "_grouped_mm")
     dm = DMoE(args.lib)
     timer = Timer()
+    timer_clean = Timer(clean=True) if args.clean else None
     rows = []
     tokens = [int(t) for t in args.tokens.split(",")]
     hdr = "%-14s %5s %9s %9s %6s %9s %9s %9s %9s %7s %8s %8s %8s" % (
@@ -328,6 +342,7 @@ def main():
                 ye, ti, tw = torch_eager(xs[0], w, K)
                 r["l2_eager"] = rel_l2(ye[sel], reference(xs[0], w, ti, tw, sel))
                 r["eager_us"] = timer.median_us(lambda i: torch_eager(xs[i % 4], w, K), budget_s=0.15, max_reps=20)
+                g2 = None
                 if have_grouped:
                     try:
                         yg, ti, tw = torch_grouped(xs[0], w, K)
@@ -363,6 +378,13 @@ def main():
                     if "dmoe_graph_us" in r:  # the default once more, after the others: an order effect?
                         yd = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device="cuda")
                         r["dmoe_graph_again_us"] = graph_us(dm, layer, xs, yd, timer)
+                if T <= 16 and timer_clean is not None and "dmoe_graph_us" in r:
+                    yc = torch.full((T, H), float("nan"), dtype=torch.bfloat16, device="cuda")
+                    r["dmoe_graph_clean_us"] = graph_us(dm, layer, xs, yc, timer_clean)
+                    r["l2_dmoe_clean"] = rel_l2(yc, reference(xs[1], w, *dm.route(layer, xs[1], K), torch.arange(T, device="cuda")))
+                    if g2 is not None:
+                        r["grouped_graph_clean_us"] = timer_clean.median_us(lambda i: g2.replay(),
+                                                                            pre=lambda i: xg2.copy_(xs[i % 4]))
                 best_dmoe = min(v for v in (r.get("dmoe_us"), r.get("dmoe_graph_us")) if v)
                 best_torch = min(v for v in (r.get("eager_us"), r.get("grouped_us"), r.get("grouped_graph_us")) if v)
                 r["speedup"] = best_torch / best_dmoe
@@ -382,6 +404,12 @@ def main():
                     "", T, f("staged_graph_us", "%.1f"), f("fused_graph_us", "%.1f"), f("dmoe_graph_us", "%.1f"),
                     r.get("l2_staged", -1), r.get("l2_fused", -1), max(tokens), f("fused_maxT_graph_us", "%.1f"),
                     f("dmoe_graph_again_us", "%.1f")), flush=True)
+            if "dmoe_graph_clean_us" in r:
+                rc = r.get("grouped_graph_clean_us")
+                print("%-14s %5d   clean L2 (read flush), graph us: dmoe %.1f (floor%% %.1f)  torch grpG %s  speedup %s" % (
+                    "", T, r["dmoe_graph_clean_us"], 100 * r["floor_us"] / r["dmoe_graph_clean_us"],
+                    f("grouped_graph_clean_us", "%.1f"), ("%.2f" % (rc / r["dmoe_graph_clean_us"])) if rc else "-"),
+                      flush=True)
             with open(os.path.join(args.out, "bench.json"), "w") as fh:
                 json.dump({"device": dev, "torch": torch.__version__, "copy_GBps": bw / 1e9,
                            "gemm_TFLOPs": rate / 1e12, "rows": rows}, fh, indent=1)

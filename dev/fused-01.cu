@@ -3,7 +3,8 @@
  * (src/cuda/fused-moe.cu): checks it against a float64 host reference on fresh
  * random bf16 inputs (output poisoned with NaN first), checks two runs are
  * bitwise equal and a CUDA-graph replay matches, then times it (CUDA events,
- * median of 50 after warm-up, inputs rotated) and prints the fraction of the
+ * median of 50 after warm-up, inputs rotated for direct calls and graph replays
+ * alike; FM_FLUSH=1 adds a 256 MB memset before each) and prints the fraction of the
  * bytes floor (experts hit x 3HF x 2 bytes / copy bandwidth measured here).
  *
  * Build (from the repo root):
@@ -148,6 +149,10 @@ int main(int argc, char **argv) {
     }
     /* float64 reference only up to this T (it costs host seconds at large shapes) */
     const int ref_maxt = getenv("FM_REF_MAXT") ? atoi(getenv("FM_REF_MAXT")) : 1 << 30;
+    /* FM_FLUSH=1: a 256 MB memset before every timed call (L2 cold and dirty, as bench/gpu_bench.py);
+     * 2: the memset, then an empty kernel of the forward's grid and shared memory (not timed), so the
+     * timed call finds the SMs configured for it but L2 still cold */
+    const int flush = getenv("FM_FLUSH") ? atoi(getenv("FM_FLUSH")) : 0;
     const int TMAX = 64;
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
@@ -188,6 +193,9 @@ int main(int argc, char **argv) {
     int32_t *d_ids;
     float *d_wts;
     CK(cudaMalloc(&d_y, (size_t)TMAX * p.H * 2));
+    void *d_xg, *d_flush = NULL; /* the graph's input (a set copied in before each replay), the flush buffer */
+    CK(cudaMalloc(&d_xg, (size_t)TMAX * p.H * 2));
+    if (flush) CK(cudaMalloc(&d_flush, (size_t)256 << 20));
     CK(cudaMalloc(&d_ids, TMAX * p.K * 4));
     CK(cudaMalloc(&d_wts, TMAX * p.K * 4));
     size_t wsb = dmoe__fused_workspace_bytes(TMAX, p.H, p.F, p.Fs, p.E, p.K, p.S);
@@ -223,11 +231,15 @@ int main(int argc, char **argv) {
         CK(cudaFuncSetAttribute(fused_moe_kernel<dmoe_bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CK(cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_moe_kernel<dmoe_bf16>, FM_THREADS, smem));
-        for (int coop = 0; coop < 2; coop++) {
+        /* with FM_FLUSH also after the 256 MB memset, with this smem and with none: what a kernel
+         * switch after the flush costs any kernel (no work of the forward in it) */
+        for (int v = 0; v < (flush ? 6 : 2); v++) {
+            const int coop = v & 1, fl = v >= 2;
+            const size_t sm = v >= 4 ? 0 : smem;
             cudaLaunchConfig_t cfg = {};
             cfg.gridDim = dim3((unsigned)(per_sm * prop.multiProcessorCount));
             cfg.blockDim = dim3(FM_THREADS);
-            cfg.dynamicSmemBytes = smem;
+            cfg.dynamicSmemBytes = sm;
             cfg.stream = st;
             cudaLaunchAttribute attr[1];
             attr[0].id = cudaLaunchAttributeCooperative;
@@ -245,6 +257,7 @@ int main(int argc, char **argv) {
             cudaEventCreate(&e1);
             std::vector<float> ms;
             for (int i = 0; i < 60; i++) {
+                if (fl) cudaMemsetAsync(d_flush, i, (size_t)256 << 20, st);
                 cudaEventRecord(e0, st);
                 cudaGraphLaunch(ex, st);
                 cudaEventRecord(e1, st);
@@ -254,9 +267,9 @@ int main(int argc, char **argv) {
                 if (i >= 10) ms.push_back(m);
             }
             std::sort(ms.begin(), ms.end());
-            printf("empty kernel, %d blocks x %d threads, %zu B smem, %s, graph-replayed: %.1f us\n",
-                   per_sm * prop.multiProcessorCount, FM_THREADS, smem, coop ? "cooperative" : "plain",
-                   ms[ms.size() / 2] * 1e3);
+            printf("empty kernel, %d blocks x %d threads, %zu B smem, %s, graph-replayed%s: %.1f us\n",
+                   per_sm * prop.multiProcessorCount, FM_THREADS, sm, coop ? "cooperative" : "plain",
+                   fl ? " after the 256 MB memset" : "", ms[ms.size() / 2] * 1e3);
             cudaGraphExecDestroy(ex);
             cudaGraphDestroy(gr);
         }
@@ -317,6 +330,8 @@ int main(int argc, char **argv) {
         CK(cudaMemset(d_y, 0xff, (size_t)T * p.H * 2));
         cudaGraph_t graph;
         cudaGraphExec_t exec;
+        CK(cudaMemcpy(d_xg, d_x, (size_t)T * p.H * 2, cudaMemcpyDeviceToDevice)); /* set 0 */
+        a.x = (const uint16_t *)d_xg;
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
         dmoe__fused_forward(ctx, &a, prop.multiProcessorCount, st);
         CK(cudaStreamEndCapture(st, &graph));
@@ -328,12 +343,19 @@ int main(int argc, char **argv) {
         bool ok = rel < 1e-2 && nonfinite == 0 && same && route_mismatch <= T * p.K / 50;
         fails += !ok;
         /* timing: rotate x among NX sets */
+        const size_t pre_smem = fm_smem_bytes(T, p.E, p.K, p.S);
+        int pre_per_sm = 1;
+        CK(cudaFuncSetAttribute(empty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pre_smem));
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&pre_per_sm, empty_kernel, FM_THREADS, pre_smem));
+        const int pre_grid = pre_per_sm * prop.multiProcessorCount;
         cudaEvent_t e0, e1;
         cudaEventCreate(&e0);
         cudaEventCreate(&e1);
         std::vector<float> ms, gms;
         for (int i = 0; i < 60; i++) {
             a.x = (const uint16_t *)d_x + (size_t)(i % NX) * TMAX * p.H;
+            if (flush) cudaMemsetAsync(d_flush, i, (size_t)256 << 20, st);
+            if (flush == 2) empty_kernel<<<pre_grid, FM_THREADS, pre_smem, st>>>(0);
             cudaEventRecord(e0, st);
             dmoe__fused_forward(ctx, &a, prop.multiProcessorCount, st);
             cudaEventRecord(e1, st);
@@ -342,7 +364,11 @@ int main(int argc, char **argv) {
             cudaEventElapsedTime(&m, e0, e1);
             if (i >= 10) ms.push_back(m);
         }
-        for (int i = 0; i < 60; i++) {
+        for (int i = 0; i < 60; i++) { /* inputs rotated as above: a different set of experts each time */
+            cudaMemcpyAsync(d_xg, (const uint16_t *)d_x + (size_t)(i % NX) * TMAX * p.H, (size_t)T * p.H * 2,
+                            cudaMemcpyDeviceToDevice, st);
+            if (flush) cudaMemsetAsync(d_flush, i, (size_t)256 << 20, st);
+            if (flush == 2) empty_kernel<<<pre_grid, FM_THREADS, pre_smem, st>>>(0);
             cudaEventRecord(e0, st);
             cudaGraphLaunch(exec, st);
             cudaEventRecord(e1, st);
