@@ -28,9 +28,11 @@
  *                     FM_NR-deep reduction ring;
  *           publisher (1 warp) sums the four partials in warp order
  *                     (deterministic), applies SwiGLU (GEMM1) or the routing
- *                     weight (GEMM2), writes act / part, fences and arrives on
- *                     done1[seg] / done2[h tile]; the publisher that completes an
- *                     h tile COMBINES it: y[t, h] = sum over k in order of
+ *                     weight (GEMM2), writes act / part and arrives on
+ *                     done1[seg] / done2[h tile]; the publisher of an h tile's
+ *                     LAST-SEGMENT task (claimed after the tile's other tasks)
+ *                     waits for their nseg - 1 arrivals instead and COMBINES
+ *                     the tile: y[t, h] = sum over k in order of
  *                     part[slot_of(t,k), h] plus the shared experts, so the
  *                     output is bitwise deterministic.
  *           Tasks: GEMM1(seg, 8 features) = the 8 gate and the 8 up rows of the
@@ -39,8 +41,10 @@
  *           done1[seg] = F/8. Tasks are claimed in order, all GEMM1 first, so a
  *           block never waits on a task that is claimed after its own.
  *           Arrivals are release operations by one lane after a __syncwarp
- *           (red.release for act, atom.acq_rel for part, whose answer decides
- *           the combine): no per-lane fences.
+ *           (red.release, no answer awaited): no per-lane fences. (Until
+ *           session 6 every GEMM2 publisher arrived with atom.acq_rel and the
+ *           one whose answer completed the tile combined it: a round trip per
+ *           task; 3-17 us slower at T = 1..16, bench/fused-notes.md.)
  *   EXIT    the last block to leave (atom.acq_rel on the exit counter) resets
  *           every counter to zero, so the next launch (or a CUDA-graph
  *           replay) starts clean without a memset.
@@ -99,6 +103,9 @@ __device__ long long fm_rtrace[8];
 #endif
 #ifndef FM_DONE1_POLL_NS
 #define FM_DONE1_POLL_NS 256 /* the same for a GEMM2 task's wait on its segment's act */
+#endif
+#ifndef FM_LAST_COMBINES
+#define FM_LAST_COMBINES 1 /* the publisher of an h tile's last-segment task combines it (no answer awaited elsewhere) */
 #endif
 #ifndef FM_EVICT_FIRST
 #define FM_EVICT_FIRST 1 /* weights are read once: L2 evict-first on the bulk copies */
@@ -1030,11 +1037,30 @@ template <typename DT> static __device__ void publisher_role(const dmoe_fused_ar
         const int task = sp.red_task[b];
         if (task < 0) break;
         const fm_task d = decode(a, sp, (uint32_t)task);
+#if FM_LAST_COMBINES
+        /* The h tile's task of the last segment is claimed after the tile's other
+         * tasks: its publisher combines the tile once their nseg - 1 arrivals are
+         * in (the others' arrivals are releases without an answer; this one does not
+         * arrive, its own part rows are its warp's stores). A wait is only ever
+         * on tasks claimed earlier, so it cannot block the tasks it waits for. */
+        const bool last = d.gemm == 2 && d.seg == nseg - 1;
+        uint32_t seen = 0;
+        if (last && lane == 0) seen = ld_acquire(L.done2 + d.tile); /* in flight during the stores */
+#endif
         publish_stores<DT>(a, L, sp, d, b);
         if (d.gemm == 1) { /* act rows published; nobody here needs the count */
             if (lane == 0) red_release(L.done1 + d.seg, 1u);
             continue;
         }
+#if FM_LAST_COMBINES
+        if (!last) {
+            if (lane == 0) red_release(L.done2 + d.tile, 1u);
+            continue;
+        }
+        if (lane == 0 && seen < (uint32_t)nseg - 1) wait_at_least(L.done2 + d.tile, (uint32_t)nseg - 1, FM_ARRIVE_POLL_NS);
+        __syncwarp(); /* lane 0's acquire and the warp's own part stores, for every lane's loads */
+        combine_tile<DT>(a, L, sp, d.tile * 16);
+#else
         uint32_t old = 0; /* acquire too: the combine reads the other blocks' part rows */
         if (lane == 0) old = atom_acq_rel(L.done2 + d.tile, 1u);
         old = __shfl_sync(0xffffffffu, old, 0);
@@ -1042,6 +1068,7 @@ template <typename DT> static __device__ void publisher_role(const dmoe_fused_ar
             __syncwarp(); /* lane 0's acquire, for every lane's loads */
             combine_tile<DT>(a, L, sp, d.tile * 16);
         }
+#endif
     }
 }
 

@@ -1,26 +1,26 @@
 /*
  * path-choice.c: staged or fused, per (T, H, F, E, K, S).
  *
- * Measured on the H100 (bench/gpu-bench.sh, 2026-11-23, graph-replayed, L2
- * flushed, both paths in the same run; bench/RESULTS.md), staged vs fused us:
- *                   T=1            T=4            T=16
- *   mixtral-8x7b    286.7 / 268.3  726.3 / 727.0  947.7 / 969.5
- *   qwen3-30b-a3b    59.3 /  54.3  131.6 / 129.8  303.5 / 335.7
- *   deepseek-v3     276.8 / 273.2  916.4 / 909.1  3035 / 3069
- *   olmoe-1b-7b      64.5 /  61.6  150.9 / 150.9  282.1 / 308.0
- * and (session 4, commit abe9f8d) T=2 / T=3: mixtral 433.0 / 384.3 and 510.2 /
- * 498.9, qwen3 83.6 / 81.7 and 105.3 / 106.8, deepseek 502.2 / 505.2 and
- * 730.7 / 731.4, olmoe 96.9 / 98.6 and 124.6 / 123.3 (within 1.7% but mixtral).
+ * Measured on the H100 (bench/gpu_bench.py, 2026-11-24, session 6, device run
+ * 7: graph-replayed, L2 flushed by a 256 MB write, both paths in the same run;
+ * bench/RESULTS.md), staged / fused us:
+ *                   T=1            T=2           T=4            T=8
+ *   qwen3-30b-a3b    56.4 /  52.6   84.5 /  78.2  126.3 / 123.8   201.4 /  204.9
+ *   olmoe-1b-7b      62.7 /  59.5   96.0 /  90.4  142.5 / 137.8   206.5 /  209.9
+ *   mixtral-8x7b    286.8 / 268.1        -        727.8 / 726.1   938.7 /  951.7
+ *   deepseek-v3     274.0 / 268.9        -        899.6 / 898.4  1633.2 / 1647.5
+ * and at T=16 qwen3 294.8 / 312.0, olmoe 278.8 / 292.0.
  * The fused kernel saves the staged path's launches and hand-offs (a fixed
  * gain, largest at T=1), but plans inside every block with a serial top-k
- * chain per token (a cost that grows with T): it wins at T=1 on every preset,
- * ties at T=4 and loses at T=16 (where the staged swap-AB wgmma GEMMs stream
- * better). So AUTO runs fused for T <= FUSED_AUTO_MAX_T on layers whose
- * weights per token are large enough to have been measured
- * (>= FUSED_MIN_BYTES_PER_TOKEN: E * (1 - (1 - K/E)^T) distinct experts under
- * uniform routing times one expert's bytes, plus the shared experts, over T;
- * 72-352 MiB per token on the presets at T=1), and staged everywhere else
- * (small layers were not measured: the staged path is the baseline).
+ * chain per token (a cost that grows with T): it wins up to T=4 on every
+ * preset (ties on mixtral / deepseek at T=4) and loses from T=8 (where the
+ * staged swap-AB wgmma GEMMs stream better). So AUTO runs fused for
+ * T <= FUSED_AUTO_MAX_T on layers whose weights per token are large enough to
+ * have been measured (>= FUSED_MIN_BYTES_PER_TOKEN: E * (1 - (1 - K/E)^T)
+ * distinct experts under uniform routing times one expert's bytes, plus the
+ * shared experts, over T; 72-352 MiB per token on the presets at T=1), and
+ * staged everywhere else (small layers were not measured: the staged path is
+ * the baseline).
  * DMOE_PRINT_CONFIG=1 prints the decision with its numbers.
  */
 #include <math.h>
@@ -30,7 +30,7 @@
 
 #include "path-choice.h"
 
-#define FUSED_AUTO_MAX_T 3
+#define FUSED_AUTO_MAX_T 4
 #define FUSED_MIN_BYTES_PER_TOKEN (16.0 * 1024 * 1024)
 
 /* Expected bytes of weights a forward of T tokens reads per token. */

@@ -127,10 +127,10 @@ static void run_shape(const char *name, dmoe_layer_desc base, tu_rng *rng) {
     tu_model_free(&m);
 }
 
-/* AUTO on a large layer (query only): fused for T <= 3, staged above (path-choice.c). */
+/* AUTO on a large layer (query only): fused for T <= 4, staged above (path-choice.c). */
 static void check_auto(dmoe_context *ctx, dmoe_layer *layer, const char *name, const int64_t *Ts, int n) {
     for (int i = 0; i < n; i++) {
-        const dmoe_path want = Ts[i] <= 3 ? DMOE_PATH_FUSED : DMOE_PATH_STAGED;
+        const dmoe_path want = Ts[i] <= 4 ? DMOE_PATH_FUSED : DMOE_PATH_STAGED;
         dmoe_path p = DMOE_PATH_AUTO;
         TU_CHECK_STATUS(ctx, dmoe_layer_query_path(layer, Ts[i], &p), DMOE_OK);
         TU_CHECKF(p == want, "%s auto T=%lld: %s, expected %s", name, (long long)Ts[i], dmoe_path_name(p),
@@ -191,12 +191,12 @@ int main(int argc, char **argv) {
         dmoe_layer *layer = NULL;
         if (ctx) TU_CHECK_STATUS(ctx, dmoe_layer_create(ctx, &ds, &layer), DMOE_OK);
         if (layer) {
-            /* path-choice.c: fused for T <= 3 on layers this large, staged above */
-            const int64_t Ts[4] = {1, 3, 4, 65};
+            /* path-choice.c: fused for T <= 4 on layers this large, staged above */
+            const int64_t Ts[4] = {1, 4, 5, 65};
             check_auto(ctx, layer, "deepseek-v3", Ts, 4);
             dmoe_layer_destroy(layer);
             layer = NULL;
-            /* qwen3-30b-a3b shape: fused at T=1 and 3, staged at 4 and 16 */
+            /* qwen3-30b-a3b shape: fused at T=1 and 4, staged at 5 and 16 */
             dmoe_layer_desc qw;
             dmoe_layer_desc_init(&qw);
             qw.hidden = 2048;
@@ -206,7 +206,7 @@ int main(int argc, char **argv) {
             qw.max_tokens = 32;
             TU_CHECK_STATUS(ctx, dmoe_layer_create(ctx, &qw, &layer), DMOE_OK);
             if (layer) {
-                const int64_t Tq[4] = {1, 3, 4, 16};
+                const int64_t Tq[4] = {1, 4, 5, 16};
                 check_auto(ctx, layer, "qwen3", Tq, 4);
                 dmoe_layer_destroy(layer);
                 layer = NULL;
