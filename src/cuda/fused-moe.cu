@@ -105,7 +105,10 @@ __device__ long long fm_rtrace[8];
 #define FM_DONE1_POLL_NS 256 /* the same for a GEMM2 task's wait on its segment's act */
 #endif
 #ifndef FM_LAST_COMBINES
-#define FM_LAST_COMBINES 1 /* the publisher of an h tile's last-segment task combines it (no answer awaited elsewhere) */
+#define FM_LAST_COMBINES 1 /* an h tile's last-segment task combines it (no answer awaited elsewhere) */
+#endif
+#ifndef FM_ONE_TOKEN_SEGMENTS
+#define FM_ONE_TOKEN_SEGMENTS 1 /* T=1: the K picks are the segments in pick order (no grouping pass) */
 #endif
 #ifndef FM_EVICT_FIRST
 #define FM_EVICT_FIRST 1 /* weights are read once: L2 evict-first on the bulk copies */
@@ -484,110 +487,139 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
             wts[p] = __ldcg(a.topk_w + p);
         }
     }
-    /* Grouping the pairs by expert. Up to FM_THREADS pairs: each thread ranks
-     * its pair against all of them (slot = pairs of lower experts + earlier
-     * pairs of its own) and finds its segment from a bitmap of the experts hit;
-     * more pairs: counts per expert, then warp 0 scans E and places the pairs
-     * 32 at a time. Both give the same stable order. */
-    const bool rank_pairs = P <= FM_THREADS;
-    const int nbm = (E + 31) / 32;
-    for (int e = threadIdx.x; e < (rank_pairs ? nbm : E); e += FM_THREADS) cnt[e] = 0;
-    __syncthreads();
+    if (T == 1 && !a.route_from_ids && FM_ONE_TOKEN_SEGMENTS) {
+        /* One token routed by warp 0: its picks are the segments, in pick order
+         * (the picks are distinct; the rounds stop at the first NaN choice, so
+         * the valid ones come first). No grouping pass and no block barrier; the
+         * output is the same bits (the combine sums in k order whatever order
+         * the segments stream in). */
+        if (warp == 0) {
 #ifdef FM_TRACE
-    if (threadIdx.x == 0 && blockIdx.x == 0) {
-        fm_ptrace[1] = gtime();
-        fm_rtrace[6] = clock64();
-    }
+            if (threadIdx.x == 0 && blockIdx.x == 0) {
+                fm_ptrace[1] = gtime();
+                fm_rtrace[6] = clock64();
+            }
 #endif
-    if (rank_pairs) {
-        const int p = threadIdx.x;
-        const int e = p < P ? ids[p] : -1;
-        const bool ok = p < P && e >= 0 && e < E;
-        unsigned *bm = (unsigned *)cnt;
-        if (ok) atomicOr(bm + (e >> 5), 1u << (e & 31));
-        __syncthreads();
-        if (ok) {
-            int below = 0, before = 0, same = 0;
-            for (int q = 0; q < P; q++) {
-                const int f = ids[q];
-                below += (unsigned)f < (unsigned)e; /* an invalid f (< 0 or >= E) never counts */
-                same += f == e;
-                before += f == e && q < p;
+            const int e = lane < K ? ids[lane] : -1;
+            const bool ok = e >= 0 && e < E;
+            const unsigned okm = __ballot_sync(0xffffffffu, ok);
+            const int slot = __popc(okm & ((1u << lane) - 1u));
+            if (ok) {
+                sp.seg_begin[slot] = slot;
+                sp.seg_count[slot] = 1;
+                sp.seg_expert[slot] = e;
+                sp.slot_token[slot] = 0;
+                sp.slot_weight[slot] = wts[lane];
             }
-            const int slot = below + before;
-            int seg = __popc(bm[e >> 5] & ((1u << (e & 31)) - 1));
-            for (int i = 0; i < (e >> 5); i++) seg += __popc(bm[i]);
-            if (before == 0) {
-                sp.seg_begin[seg] = slot;
-                sp.seg_count[seg] = same;
-                sp.seg_expert[seg] = e;
-            }
-            sp.slot_token[slot] = p / K;
-            sp.slot_weight[slot] = wts[p];
-            sp.slot_of[p] = slot;
-        } else if (p < P) {
-            sp.slot_of[p] = -1;
-        }
-        if (warp == FM_WARPS - 1) {
-            int nseg = 0;
-            for (int i = lane; i < nbm; i += 32) nseg += __popc(bm[i]);
-            nseg = (int)__reduce_add_sync(0xffffffffu, (unsigned)nseg);
-            fm_finish_segments(a, sp, nseg);
+            if (lane < K) sp.slot_of[lane] = ok ? slot : -1;
+            fm_finish_segments(a, sp, __popc(okm));
         }
     } else {
-        for (int p = threadIdx.x; p < P; p += FM_THREADS) {
-            int e = ids[p];
-            if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
-        }
+        /* Grouping the pairs by expert. Up to FM_THREADS pairs: each thread ranks
+         * its pair against all of them (slot = pairs of lower experts + earlier
+         * pairs of its own) and finds its segment from a bitmap of the experts hit;
+         * more pairs: counts per expert, then warp 0 scans E and places the pairs
+         * 32 at a time. Both give the same stable order. */
+        const bool rank_pairs = P <= FM_THREADS;
+        const int nbm = (E + 31) / 32;
+        for (int e = threadIdx.x; e < (rank_pairs ? nbm : E); e += FM_THREADS) cnt[e] = 0;
         __syncthreads();
-        if (warp == 0) {
-            /* expert order: slot bases and the segment table, 32 experts per step */
-            int run = 0, nseg = 0;
-            for (int e0 = 0; e0 < E; e0 += 32) {
-                int e = e0 + lane, c = e < E ? cnt[e] : 0;
-                int incl = c;
-                for (int o = 1; o < 32; o <<= 1) {
-                    int v = __shfl_up_sync(0xffffffffu, incl, o);
-                    if (lane >= o) incl += v;
+#ifdef FM_TRACE
+        if (threadIdx.x == 0 && blockIdx.x == 0) {
+            fm_ptrace[1] = gtime();
+            fm_rtrace[6] = clock64();
+        }
+#endif
+        if (rank_pairs) {
+            const int p = threadIdx.x;
+            const int e = p < P ? ids[p] : -1;
+            const bool ok = p < P && e >= 0 && e < E;
+            unsigned *bm = (unsigned *)cnt;
+            if (ok) atomicOr(bm + (e >> 5), 1u << (e & 31));
+            __syncthreads();
+            if (ok) {
+                int below = 0, before = 0, same = 0;
+                for (int q = 0; q < P; q++) {
+                    const int f = ids[q];
+                    below += (unsigned)f < (unsigned)e; /* an invalid f (< 0 or >= E) never counts */
+                    same += f == e;
+                    before += f == e && q < p;
                 }
-                unsigned act = __ballot_sync(0xffffffffu, c > 0);
-                int si = nseg + __popc(act & ((1u << lane) - 1));
-                if (e < E) sbase[e] = run + incl - c;
-                if (c > 0) {
-                    sp.seg_begin[si] = run + incl - c;
-                    sp.seg_count[si] = c;
-                    sp.seg_expert[si] = e;
+                const int slot = below + before;
+                int seg = __popc(bm[e >> 5] & ((1u << (e & 31)) - 1));
+                for (int i = 0; i < (e >> 5); i++) seg += __popc(bm[i]);
+                if (before == 0) {
+                    sp.seg_begin[seg] = slot;
+                    sp.seg_count[seg] = same;
+                    sp.seg_expert[seg] = e;
                 }
-                run += __shfl_sync(0xffffffffu, incl, 31);
-                nseg += __popc(act);
+                sp.slot_token[slot] = p / K;
+                sp.slot_weight[slot] = wts[p];
+                sp.slot_of[p] = slot;
+            } else if (p < P) {
+                sp.slot_of[p] = -1;
             }
-            fm_finish_segments(a, sp, nseg);
-            __syncwarp();
-            /* stable slots: pairs in order, 32 at a time; peers with the same expert
-             * take consecutive slots in pair order */
-            for (int p0 = 0; p0 < P; p0 += 32) {
-                int p = p0 + lane;
-                int e = p < P ? ids[p] : -1;
-                bool ok = p < P && e >= 0 && e < E;
-                unsigned peers = __match_any_sync(0xffffffffu, ok ? e : -1);
-                int rank = __popc(peers & ((1u << lane) - 1));
-                int leader = __ffs(peers) - 1;
-                int base = ok && lane == leader ? sbase[e] : 0;
-                base = __shfl_sync(0xffffffffu, base, leader);
-                __syncwarp();
-                if (ok) {
-                    int s = base + rank;
-                    sp.slot_token[s] = p / K;
-                    sp.slot_weight[s] = wts[p];
-                    sp.slot_of[p] = s;
-                    if (lane == leader) sbase[e] = base + __popc(peers);
-                } else if (p < P) {
-                    sp.slot_of[p] = -1;
+            if (warp == FM_WARPS - 1) {
+                int nseg = 0;
+                for (int i = lane; i < nbm; i += 32) nseg += __popc(bm[i]);
+                nseg = (int)__reduce_add_sync(0xffffffffu, (unsigned)nseg);
+                fm_finish_segments(a, sp, nseg);
+            }
+        } else {
+            for (int p = threadIdx.x; p < P; p += FM_THREADS) {
+                int e = ids[p];
+                if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
+            }
+            __syncthreads();
+            if (warp == 0) {
+                /* expert order: slot bases and the segment table, 32 experts per step */
+                int run = 0, nseg = 0;
+                for (int e0 = 0; e0 < E; e0 += 32) {
+                    int e = e0 + lane, c = e < E ? cnt[e] : 0;
+                    int incl = c;
+                    for (int o = 1; o < 32; o <<= 1) {
+                        int v = __shfl_up_sync(0xffffffffu, incl, o);
+                        if (lane >= o) incl += v;
+                    }
+                    unsigned act = __ballot_sync(0xffffffffu, c > 0);
+                    int si = nseg + __popc(act & ((1u << lane) - 1));
+                    if (e < E) sbase[e] = run + incl - c;
+                    if (c > 0) {
+                        sp.seg_begin[si] = run + incl - c;
+                        sp.seg_count[si] = c;
+                        sp.seg_expert[si] = e;
+                    }
+                    run += __shfl_sync(0xffffffffu, incl, 31);
+                    nseg += __popc(act);
                 }
+                fm_finish_segments(a, sp, nseg);
                 __syncwarp();
+                /* stable slots: pairs in order, 32 at a time; peers with the same expert
+                 * take consecutive slots in pair order */
+                for (int p0 = 0; p0 < P; p0 += 32) {
+                    int p = p0 + lane;
+                    int e = p < P ? ids[p] : -1;
+                    bool ok = p < P && e >= 0 && e < E;
+                    unsigned peers = __match_any_sync(0xffffffffu, ok ? e : -1);
+                    int rank = __popc(peers & ((1u << lane) - 1));
+                    int leader = __ffs(peers) - 1;
+                    int base = ok && lane == leader ? sbase[e] : 0;
+                    base = __shfl_sync(0xffffffffu, base, leader);
+                    __syncwarp();
+                    if (ok) {
+                        int s = base + rank;
+                        sp.slot_token[s] = p / K;
+                        sp.slot_weight[s] = wts[p];
+                        sp.slot_of[p] = s;
+                        if (lane == leader) sbase[e] = base + __popc(peers);
+                    } else if (p < P) {
+                        sp.slot_of[p] = -1;
+                    }
+                    __syncwarp();
+                }
             }
         }
-    }
+    } /* grouping */
     /* shared-expert slots: weight 1, or the sigmoid gate of the token */
     for (int i = threadIdx.x; i < S * T; i += FM_THREADS) {
         const int t = i % T;
@@ -1057,7 +1089,8 @@ template <typename DT> static __device__ void publisher_role(const dmoe_fused_ar
             if (lane == 0) red_release(L.done2 + d.tile, 1u);
             continue;
         }
-        if (lane == 0 && seen < (uint32_t)nseg - 1) wait_at_least(L.done2 + d.tile, (uint32_t)nseg - 1, FM_ARRIVE_POLL_NS);
+        if (lane == 0 && seen < (uint32_t)nseg - 1)
+            wait_at_least(L.done2 + d.tile, (uint32_t)nseg - 1, FM_ARRIVE_POLL_NS);
         __syncwarp(); /* lane 0's acquire and the warp's own part stores, for every lane's loads */
         combine_tile<DT>(a, L, sp, d.tile * 16);
 #else
