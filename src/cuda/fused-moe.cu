@@ -110,6 +110,9 @@ __device__ long long fm_rtrace[8];
 #ifndef FM_ONE_TOKEN_SEGMENTS
 #define FM_ONE_TOKEN_SEGMENTS 1 /* T=1: the K picks are the segments in pick order (no grouping pass) */
 #endif
+#ifndef FM_WARP_GROUPING
+#define FM_WARP_GROUPING 1 /* up to 32 (token, k) pairs: grouped by warp 0 with shuffles */
+#endif
 #ifndef FM_EVICT_FIRST
 #define FM_EVICT_FIRST 1 /* weights are read once: L2 evict-first on the bulk copies */
 #endif
@@ -513,6 +516,48 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
             }
             if (lane < K) sp.slot_of[lane] = ok ? slot : -1;
             fm_finish_segments(a, sp, __popc(okm));
+        }
+    } else if (P <= 32 && FM_WARP_GROUPING) {
+        /* Up to 32 pairs: warp 0 ranks them with shuffles, each lane one pair
+         * (the order of the block-wide ranking below, without its barriers and
+         * shared-memory scans): slot = pairs of lower experts + earlier pairs of
+         * its own expert, segment = distinct experts below its own. */
+        __syncthreads(); /* every top-k warp's ids / wts */
+        if (warp == 0) {
+#ifdef FM_TRACE
+            if (threadIdx.x == 0 && blockIdx.x == 0) {
+                fm_ptrace[1] = gtime();
+                fm_rtrace[6] = clock64();
+            }
+#endif
+            const unsigned full = 0xffffffffu;
+            const int e = lane < P ? ids[lane] : -1;
+            const bool ok = lane < P && e >= 0 && e < E;
+            const unsigned okm = __ballot_sync(full, ok);
+            const unsigned peers = __match_any_sync(full, ok ? e : -1);
+            const bool lead = ok && __ffs(peers) - 1 == lane;
+            const unsigned leadm = __ballot_sync(full, lead);
+            int below = 0, seg = 0;
+            for (int q = 0; q < P; q++) {
+                const int f = __shfl_sync(full, e, q);
+                const bool lower = ((okm >> q) & 1u) && f < e;
+                below += lower;
+                seg += lower && ((leadm >> q) & 1u);
+            }
+            if (ok) {
+                const int slot = below + __popc(peers & ((1u << lane) - 1u));
+                if (lead) {
+                    sp.seg_begin[seg] = slot;
+                    sp.seg_count[seg] = __popc(peers);
+                    sp.seg_expert[seg] = e;
+                }
+                sp.slot_token[slot] = lane / K;
+                sp.slot_weight[slot] = wts[lane];
+                sp.slot_of[lane] = slot;
+            } else if (lane < P) {
+                sp.slot_of[lane] = -1;
+            }
+            fm_finish_segments(a, sp, __popc(leadm));
         }
     } else {
         /* Grouping the pairs by expert. Up to FM_THREADS pairs: each thread ranks
