@@ -12,10 +12,12 @@
  *   PLAN    EVERY block computes the routing and the plan redundantly in its
  *           own shared memory (T*E is small here): logits = the split
  *           partials summed in split order, top-k per token by one warp with
- *           the staged router's own code (route-token.cuh), the stable
- *           grouping of (token, k) pairs by expert (each pair ranked against
- *           the others when they are few), the segment table. No block waits
- *           for another one's plan; block 0 writes topk_ids/w.
+ *           the staged router's own code (route-token.cuh), the segment
+ *           table: at T=1 the token's picks in pick order, up to 32 pairs
+ *           grouped by expert by one warp with shuffles, more by the whole
+ *           block (each pair ranked against the others, or counts and a scan
+ *           beyond 192 pairs). No block waits for another one's plan; block 0
+ *           writes topk_ids/w.
  *   TASKS   warp roles, one function each:
  *           producer  (1 warp) claims tasks from one atomic counter (one task
  *                     ahead) and streams each task's 16 weight rows, in chunks
