@@ -338,9 +338,16 @@ static __device__ __forceinline__ void trace(int i) {
 static __device__ __forceinline__ void trace_warp(int i) { /* lane 0 of the calling warp */
     if ((threadIdx.x & 31) == 0 && blockIdx.x < 4096) fm_trace[8 * blockIdx.x + i] = gtime();
 }
+static __device__ __forceinline__ void trace_grouping() { /* block 0, thread 0: the plan's grouping starts */
+    if (threadIdx.x == 0 && blockIdx.x == 0) {
+        fm_ptrace[1] = gtime();
+        fm_rtrace[6] = clock64();
+    }
+}
 #else
 static __device__ __forceinline__ void trace(int) {}
 static __device__ __forceinline__ void trace_warp(int) {}
+static __device__ __forceinline__ void trace_grouping() {}
 #endif
 
 /* The block's shared memory, as pointers. */
@@ -432,6 +439,20 @@ static __device__ __forceinline__ void fm_finish_segments(const dmoe_fused_args 
     }
 }
 
+/* Pair p (expert e, token t, weight w) at slot `slot`; the first pair of its
+ * expert (lead) also writes segment seg of n pairs. */
+static __device__ __forceinline__ void fm_place_pair(const fm_sp &sp, int p, int e, int t, float w, int slot, bool lead,
+                                                     int seg, int n) {
+    if (lead) {
+        sp.seg_begin[seg] = slot;
+        sp.seg_count[seg] = n;
+        sp.seg_expert[seg] = e;
+    }
+    sp.slot_token[slot] = t;
+    sp.slot_weight[slot] = w;
+    sp.slot_of[p] = slot;
+}
+
 /* The routing and the plan of the whole batch, by every thread of the block,
  * into the block's shared memory: segment table (routed experts with pairs in
  * expert order, then the shared experts), slot_token / slot_weight / slot_of
@@ -509,24 +530,13 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
          * output is the same bits (the combine sums in k order whatever order
          * the segments stream in). */
         if (warp == 0) {
-#ifdef FM_TRACE
-            if (threadIdx.x == 0 && blockIdx.x == 0) {
-                fm_ptrace[1] = gtime();
-                fm_rtrace[6] = clock64();
-            }
-#endif
+            trace_grouping();
             const int e = lane < K ? ids[lane] : -1;
             const bool ok = e >= 0 && e < E;
             const unsigned okm = __ballot_sync(0xffffffffu, ok);
             const int slot = __popc(okm & ((1u << lane) - 1u));
-            if (ok) {
-                sp.seg_begin[slot] = slot;
-                sp.seg_count[slot] = 1;
-                sp.seg_expert[slot] = e;
-                sp.slot_token[slot] = 0;
-                sp.slot_weight[slot] = wts[lane];
-            }
-            if (lane < K) sp.slot_of[lane] = ok ? slot : -1;
+            if (ok) fm_place_pair(sp, lane, e, 0, wts[lane], slot, true, slot, 1);
+            else if (lane < K) sp.slot_of[lane] = -1;
             fm_finish_segments(a, sp, __popc(okm));
         }
     } else if (P <= 32 && FM_WARP_GROUPING) {
@@ -536,12 +546,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
          * its own expert, segment = distinct experts below its own. */
         __syncthreads(); /* every top-k warp's ids / wts */
         if (warp == 0) {
-#ifdef FM_TRACE
-            if (threadIdx.x == 0 && blockIdx.x == 0) {
-                fm_ptrace[1] = gtime();
-                fm_rtrace[6] = clock64();
-            }
-#endif
+            trace_grouping();
             const unsigned full = 0xffffffffu;
             const int e = lane < P ? ids[lane] : -1;
             const bool ok = lane < P && e >= 0 && e < E;
@@ -558,14 +563,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
             }
             if (ok) {
                 const int slot = below + __popc(peers & ((1u << lane) - 1u));
-                if (lead) {
-                    sp.seg_begin[seg] = slot;
-                    sp.seg_count[seg] = __popc(peers);
-                    sp.seg_expert[seg] = e;
-                }
-                sp.slot_token[slot] = lane / K;
-                sp.slot_weight[slot] = wts[lane];
-                sp.slot_of[lane] = slot;
+                fm_place_pair(sp, lane, e, lane / K, wts[lane], slot, lead, seg, __popc(peers));
             } else if (lane < P) {
                 sp.slot_of[lane] = -1;
             }
@@ -581,12 +579,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
         const int nbm = (E + 31) / 32;
         for (int e = threadIdx.x; e < (rank_pairs ? nbm : E); e += FM_THREADS) cnt[e] = 0;
         __syncthreads();
-#ifdef FM_TRACE
-        if (threadIdx.x == 0 && blockIdx.x == 0) {
-            fm_ptrace[1] = gtime();
-            fm_rtrace[6] = clock64();
-        }
-#endif
+        trace_grouping();
         if (rank_pairs) {
             const int p = threadIdx.x;
             const int e = p < P ? ids[p] : -1;
@@ -605,14 +598,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
                 const int slot = below + before;
                 int seg = __popc(bm[e >> 5] & ((1u << (e & 31)) - 1));
                 for (int i = 0; i < (e >> 5); i++) seg += __popc(bm[i]);
-                if (before == 0) {
-                    sp.seg_begin[seg] = slot;
-                    sp.seg_count[seg] = same;
-                    sp.seg_expert[seg] = e;
-                }
-                sp.slot_token[slot] = p / K;
-                sp.slot_weight[slot] = wts[p];
-                sp.slot_of[p] = slot;
+                fm_place_pair(sp, p, e, p / K, wts[p], slot, before == 0, seg, same);
             } else if (p < P) {
                 sp.slot_of[p] = -1;
             }
