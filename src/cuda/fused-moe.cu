@@ -109,9 +109,6 @@ __device__ long long fm_rtrace[8];
 #ifndef FM_DONE1_POLL_NS
 #define FM_DONE1_POLL_NS 256 /* the same for a GEMM2 task's wait on its segment's act */
 #endif
-#ifndef FM_LAST_COMBINES
-#define FM_LAST_COMBINES 1 /* an h tile's last-segment task combines it (no answer awaited elsewhere) */
-#endif
 #ifndef FM_ONE_TOKEN_SEGMENTS
 #define FM_ONE_TOKEN_SEGMENTS 1 /* T=1: the K picks are the segments in pick order (no grouping pass) */
 #endif
@@ -1100,10 +1097,11 @@ static __device__ __forceinline__ void publish_stores(const dmoe_fused_args &a, 
 }
 
 /* Publisher warp: per finished task, publish_stores, then the arrival on the
- * task's counter (one release by lane 0 after publish_stores' __syncwarp); an
- * arrival that completes an h tile combines it. (Batching the arrivals of
- * the tasks already waiting, one release for all, measured 1-1.5 us slower at
- * T=1 and 2-5 us faster at T=16: bench/fused-notes.md, session 4.) */
+ * task's counter (one release by lane 0 after publish_stores' __syncwarp), or,
+ * for an h tile's last-segment task, the wait for the tile's other arrivals and
+ * the combine. (Batching the arrivals of the tasks already waiting, one release
+ * for all, measured 1-1.5 us slower at T=1 and 2-5 us faster at T=16 when every
+ * arrival still awaited its answer: bench/fused-notes.md, session 4.) */
 template <typename DT> static __device__ void publisher_role(const dmoe_fused_args &a, const fm_layout &L,
                                                            const fm_sp &sp) {
     const int lane = threadIdx.x & 31;
@@ -1114,7 +1112,6 @@ template <typename DT> static __device__ void publisher_role(const dmoe_fused_ar
         const int task = sp.red_task[b];
         if (task < 0) break;
         const fm_task d = decode(a, sp, (uint32_t)task);
-#if FM_LAST_COMBINES
         /* The h tile's task of the last segment is claimed after the tile's other
          * tasks: its publisher combines the tile once their nseg - 1 arrivals are
          * in (the others' arrivals are releases without an answer; this one does not
@@ -1123,13 +1120,11 @@ template <typename DT> static __device__ void publisher_role(const dmoe_fused_ar
         const bool last = d.gemm == 2 && d.seg == nseg - 1;
         uint32_t seen = 0;
         if (last && lane == 0) seen = ld_acquire(L.done2 + d.tile); /* in flight during the stores */
-#endif
         publish_stores<DT>(a, L, sp, d, b);
         if (d.gemm == 1) { /* act rows published; nobody here needs the count */
             if (lane == 0) red_release(L.done1 + d.seg, 1u);
             continue;
         }
-#if FM_LAST_COMBINES
         if (!last) {
             if (lane == 0) red_release(L.done2 + d.tile, 1u);
             continue;
@@ -1138,15 +1133,6 @@ template <typename DT> static __device__ void publisher_role(const dmoe_fused_ar
             wait_at_least(L.done2 + d.tile, (uint32_t)nseg - 1, FM_ARRIVE_POLL_NS);
         __syncwarp(); /* lane 0's acquire and the warp's own part stores, for every lane's loads */
         combine_tile<DT>(a, L, sp, d.tile * 16);
-#else
-        uint32_t old = 0; /* acquire too: the combine reads the other blocks' part rows */
-        if (lane == 0) old = atom_acq_rel(L.done2 + d.tile, 1u);
-        old = __shfl_sync(0xffffffffu, old, 0);
-        if (old == (uint32_t)nseg - 1) { /* completed the h tile: combine it */
-            __syncwarp(); /* lane 0's acquire, for every lane's loads */
-            combine_tile<DT>(a, L, sp, d.tile * 16);
-        }
-#endif
     }
 }
 
