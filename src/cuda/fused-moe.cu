@@ -13,7 +13,7 @@
  *           own shared memory (T*E is small here): logits = the split
  *           partials summed in split order, top-k per token by one warp with
  *           the staged router's own code (route-token.cuh), the segment
- *           table: at T=1 the token's picks in pick order, up to 32 pairs
+ *           table: at T=1 (routed here) the picks in pick order, up to 32 pairs
  *           grouped by expert by one warp with shuffles, more by the whole
  *           block (each pair ranked against the others, or counts and a scan
  *           beyond 192 pairs). No block waits for another one's plan; block 0
@@ -452,8 +452,9 @@ static __device__ __forceinline__ void fm_place_pair(const fm_sp &sp, int p, int
 
 /* The routing and the plan of the whole batch, by every thread of the block,
  * into the block's shared memory: segment table (routed experts with pairs in
- * expert order, then the shared experts), slot_token / slot_weight / slot_of
- * (pairs stable by expert, then the shared slots), header counts. */
+ * expert order -- in pick order for one token routed here --, then the shared
+ * experts), slot_token / slot_weight / slot_of (pairs stable by expert, then
+ * the shared slots), header counts. */
 static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, const fm_sp &sp, int nsplit) {
     const int E = a.n_experts, K = a.top_k, T = a.n_tokens, S = a.n_shared, P = T * K;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1118,8 +1119,6 @@ template <typename DT> static __device__ void publisher_role(const dmoe_fused_ar
          * arrive, its own part rows are its warp's stores). A wait is only ever
          * on tasks claimed earlier, so it cannot block the tasks it waits for. */
         const bool last = d.gemm == 2 && d.seg == nseg - 1;
-        uint32_t seen = 0;
-        if (last && lane == 0) seen = ld_acquire(L.done2 + d.tile); /* in flight during the stores */
         publish_stores<DT>(a, L, sp, d, b);
         if (d.gemm == 1) { /* act rows published; nobody here needs the count */
             if (lane == 0) red_release(L.done1 + d.seg, 1u);
@@ -1129,8 +1128,9 @@ template <typename DT> static __device__ void publisher_role(const dmoe_fused_ar
             if (lane == 0) red_release(L.done2 + d.tile, 1u);
             continue;
         }
-        if (lane == 0 && seen < (uint32_t)nseg - 1)
-            wait_at_least(L.done2 + d.tile, (uint32_t)nseg - 1, FM_ARRIVE_POLL_NS);
+        /* (an acquire issued before publish_stores would hold the warp there: the
+         * acquire's L1 invalidation waits for its load) */
+        if (lane == 0) wait_at_least(L.done2 + d.tile, (uint32_t)nseg - 1, FM_ARRIVE_POLL_NS);
         __syncwarp(); /* lane 0's acquire and the warp's own part stores, for every lane's loads */
         combine_tile<DT>(a, L, sp, d.tile * 16);
     }

@@ -9,12 +9,15 @@
  *   olmoe-1b-7b      62.7 /  59.5   96.0 /  90.4  142.5 / 137.8   206.5 /  209.9
  *   mixtral-8x7b    286.8 / 268.1        -        727.8 / 726.1   938.7 /  951.7
  *   deepseek-v3     274.0 / 268.9        -        899.6 / 898.4  1633.2 / 1647.5
- * and at T=16 qwen3 294.8 / 312.0, olmoe 278.8 / 292.0.
+ * and at T=16 qwen3 294.8 / 312.0, olmoe 278.8 / 292.0; after the session's
+ * last kernel change (device run 19) T=2 / T=3: qwen3 83.4 / 75.4 and 111.5 /
+ * 98.8, olmoe 95.7 / 89.0 and 123.6 / 114.7, mixtral 432.0 / 381.6 and 494.2 /
+ * 496.8, deepseek 503.3 / 497.4 and 697.8 / 696.9.
  * The fused kernel saves the staged path's launches and hand-offs (a fixed
  * gain, largest at T=1), but plans inside every block with a serial top-k
- * chain per token (a cost that grows with T): it wins up to T=4 on every
- * preset (ties on mixtral / deepseek at T=4) and loses from T=8 (where the
- * staged swap-AB wgmma GEMMs stream better). So AUTO runs fused for
+ * chain per token (a cost that grows with T): it wins at T = 1..4 on every
+ * preset (ties within 0.5% on mixtral T=3, mixtral / deepseek T=4) and loses
+ * from T=8 (where the staged swap-AB wgmma GEMMs stream better). So AUTO runs fused for
  * T <= FUSED_AUTO_MAX_T on layers whose weights per token are large enough to
  * have been measured (>= FUSED_MIN_BYTES_PER_TOKEN: E * (1 - (1 - K/E)^T)
  * distinct experts under uniform routing times one expert's bytes, plus the

@@ -216,45 +216,55 @@ static void test_nan_logits(tu_rng *rng) {
 }
 
 /* dmoe_experts with ids outside [0, E): those pairs contribute nothing. */
-static void test_bad_ids(tu_rng *rng) {
+/* dmoe_experts with caller-supplied ids that are out of range (-1, E, 2^30)
+ * and repeated within a token: such pairs contribute nothing / twice, as in the
+ * host reference. T * K from 4 to 80 pairs, so the fused kernel's grouping runs
+ * in its warp form (<= 32 pairs) and its block form, on the path asked for. */
+static void test_bad_ids(tu_rng *rng, int64_t T, dmoe_path path) {
     fwd_case c = {"ids out of range", base_desc(128, 64, 16, 4), NULL};
+    c.d.path = path;
     tu_model m;
     gpu_model g;
     tu_layer l;
     tu_model_random(&m, &c.d, rng);
     gpu_model_upload(&g, &m);
     if (gpu_layer_open(&l, &c.d, &g) == DMOE_OK) {
-        const int64_t T = 20, H = 128, K = 4;
+        const int64_t H = 128, K = 4, P = T * K;
         const size_t xb = (size_t)(T * H) * 2;
         void *x = tu_malloc(xb), *y = tu_malloc(xb), *yref = tu_malloc(xb);
-        int32_t ids[80];
-        float w[80];
+        int32_t *ids = (int32_t *)tu_malloc((size_t)P * sizeof(int32_t));
+        float *w = (float *)tu_malloc((size_t)P * sizeof(float));
         tu_fill_uniform(rng, x, DMOE_DTYPE_BF16, T * H, -1.0, 1.0);
-        for (int i = 0; i < T * K; i++) {
+        for (int64_t i = 0; i < P; i++) {
             ids[i] = (int32_t)tu_rand_int(rng, 0, 15);
             w[i] = (float)tu_rand_range(rng, 0.1, 1.0);
         }
-        ids[3] = -1;
-        ids[10] = 16;
-        ids[41] = 1 << 30;
+        const int bad[3] = {3, (int)(10 % P), (int)(41 % P)};
+        ids[bad[0]] = -1;
+        if (bad[1] != bad[0]) ids[bad[1]] = 16;
+        if (bad[2] != bad[0] && bad[2] != bad[1]) ids[bad[2]] = 1 << 30;
+        ids[1] = ids[0]; /* the same expert twice in token 0 */
         void *d_x = gpu_upload(x, xb), *d_y = gpu_alloc(xb);
-        int32_t *d_ids = (int32_t *)gpu_upload(ids, sizeof ids);
-        float *d_w = (float *)gpu_upload(w, sizeof w);
+        int32_t *d_ids = (int32_t *)gpu_upload(ids, (size_t)P * sizeof(int32_t));
+        float *d_w = (float *)gpu_upload(w, (size_t)P * sizeof(float));
         dmoe_tensor tx = dmoe_tensor_2d(d_x, DMOE_DTYPE_BF16, T, H, 0), ty = dmoe_tensor_2d(d_y, DMOE_DTYPE_BF16, T, H, 0);
         dmoe_tensor ti = dmoe_tensor_2d(d_ids, DMOE_DTYPE_I32, T, K, 0);
         dmoe_tensor tw = dmoe_tensor_2d(d_w, DMOE_DTYPE_F32, T, K, 0);
         gpu_poison(d_y, xb);
         TU_CHECK_STATUS(l.ctx, dmoe_experts(l.layer, &tx, &ti, &tw, &ty, NULL), DMOE_OK);
         gpu_download(y, d_y, xb);
-        const int bad[] = {3, 10, 41};
         for (int i = 0; i < 3; i++) {
+            if (ids[bad[i]] >= 0 && ids[bad[i]] < 16) continue;
             ids[bad[i]] = 0;
             w[bad[i]] = 0.0f;
         }
+        char name[96];
+        snprintf(name, sizeof name, "experts with ids out of range and repeated, T=%lld, %s", (long long)T,
+                 dmoe_path_name(path));
         TU_CHECK(tu_reference_experts(&m, x, T, ids, w, yref) == DMOE_OK);
-        TU_CHECK(tu_compare("experts with ids out of range", y, DMOE_DTYPE_BF16, yref, DMOE_DTYPE_BF16, T, H, NULL, 1e-2));
+        TU_CHECK(tu_compare(name, y, DMOE_DTYPE_BF16, yref, DMOE_DTYPE_BF16, T, H, NULL, 1e-2));
         gpu_free(d_x); gpu_free(d_y); gpu_free(d_ids); gpu_free(d_w);
-        tu_free(x); tu_free(y); tu_free(yref);
+        tu_free(x); tu_free(y); tu_free(yref); tu_free(ids); tu_free(w);
         tu_layer_close(&l);
     }
     gpu_model_free(&g);
@@ -329,7 +339,12 @@ int main(void) {
     for (int i = first; i < last; i++) run_case(&rng, &v[i], var_T, i == 7 ? 2 : n_var_T);
     if (last == 8) {
         test_nan_logits(&rng);
-        test_bad_ids(&rng);
+        {
+            const int64_t bad_T[] = {1, 2, 8, 20};
+            const dmoe_path bad_path[] = {DMOE_PATH_STAGED, DMOE_PATH_FUSED};
+            for (int pi = 0; pi < 2; pi++)
+                for (int ti = 0; ti < 4; ti++) test_bad_ids(&rng, bad_T[ti], bad_path[pi]);
+        }
     }
     if (!quick) {
         /* Last, as it may run another engineer's kernels (auto picks the sm90

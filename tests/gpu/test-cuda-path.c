@@ -3,7 +3,7 @@
  * the AUTO heuristic of path-choice.c).
  *  - dmoe_layer_query_path: STAGED is staged at every T; FUSED is fused up to
  *    64 tokens and staged above; AUTO follows the bytes-per-token rule: staged
- *    on the small test shapes, fused at T=1,3 and staged at T>=4 on the
+ *    on the small test shapes, fused at T=1,4 and staged at T>=5 on the
  *    deepseek-v3 and qwen3 shapes (query only: no weights needed);
  *  - each forward runs what the query says: with DMOE_PRINT_CONFIG=1 the
  *    fused launch prints "fused kernel:" on stderr (captured here), the staged
@@ -227,7 +227,7 @@ int main(int argc, char **argv) {
             unsetenv("DMOE_PATH");
         }
         dmoe_context_destroy(ctx);
-        printf("auto: deepseek-v3 and qwen3 shapes fused at T=1,3, staged at T>=4; DMOE_PATH overrides\n");
+        printf("auto: deepseek-v3 and qwen3 shapes fused at T=1,4, staged at T>=5; DMOE_PATH overrides\n");
     }
     return tu_finish("test-cuda-path");
 }
