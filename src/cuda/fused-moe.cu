@@ -17,7 +17,10 @@
  *           grouped by expert by one warp with shuffles, more by the whole
  *           block (each pair ranked against the others, or counts and a scan
  *           beyond 192 pairs). No block waits for another one's plan; block 0
- *           writes topk_ids/w.
+ *           writes topk_ids/w. From T = FM_DTK_MIN on the top-k is
+ *           distributed instead: token t is routed by one warp of block
+ *           t % grid only, which writes topk_ids/w and arrives on C_TOPK;
+ *           every block waits for the T arrivals and reads the picks back.
  *   TASKS   warp roles, one function each:
  *           producer  (1 warp) claims tasks from one atomic counter (one task
  *                     ahead) and streams each task's 16 weight rows, in chunks
@@ -119,6 +122,11 @@ __device__ long long fm_rtrace[8];
 #define FM_PLOG_COPIES 2 /* copies of the partial logits; block b reads copy b % 2: half the readers a line
                             (qwen3 T=1 / 4 -1.3 / -2.3 us; 4 copies: -1.5 / -1.3) */
 #endif
+#ifndef FM_DTK_MIN
+#define FM_DTK_MIN 32 /* from this T on, token t is routed by block t % grid alone (one token a warp instead of
+                         T / 6 rounds in every block) and the blocks exchange the picks through topk_ids / topk_w:
+                         qwen3 T=32 / 64 -3.8 / -38 us; from T=8 or 16 it was 3-7 us slower (session 7, run 9) */
+#endif
 #ifndef FM_EVICT_FIRST
 #define FM_EVICT_FIRST 1 /* weights are read once: L2 evict-first on the bulk copies */
 #endif
@@ -133,7 +141,10 @@ __device__ long long fm_rtrace[8];
 static_assert(FM_KC % 64 == 0, "FM_KC must be a multiple of 64");
 
 /* Counter block at the start of the workspace (uint32 each). */
-enum { C_ARRIVE = 0, C_TASK, C_EXIT, C_HEADER = 32 };
+#ifndef FM_TOPK_LINE
+#define FM_TOPK_LINE 1 /* C_TOPK on its own 128-byte line, away from C_TASK's atomics */
+#endif
+enum { C_ARRIVE = 0, C_TASK, C_EXIT, C_TOPK = FM_TOPK_LINE ? 32 : 3, C_HEADER = 64 };
 /* Plan header in shared memory. */
 enum { H_NSEG = 0, H_NROUTED, H_N1, H_N, H_WORDS = 8 };
 
@@ -385,14 +396,44 @@ static __device__ __forceinline__ fm_sp fm_pointers(char *smem, const fm_smem &m
 
 /* ---- PLAN: every block, in its own shared memory ---- */
 
+/* Token t's E logits into out[0..E) (shared memory) by one warp: the split
+ * partials summed in split order (as the block-wide sum does), up to 4 x 8
+ * loads in flight per lane instead of one L2 round trip per split. */
+static __device__ __noinline__ void token_logits(const float *plog, int T, int E, int nsplit, int t, float *out) {
+    const int lane = threadIdx.x & 31;
+    for (int e0 = lane; e0 < E; e0 += 128) {
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int s0 = 0; s0 < nsplit; s0 += 8) {
+            float pv[4][8];
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    const int e = e0 + 32 * q, s = s0 + u;
+                    pv[q][u] = e < E && s < nsplit ? ld_l2f(plog + ((size_t)s * T + t) * (E + 1) + e) : 0.0f;
+                }
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+#pragma unroll
+                for (int u = 0; u < 8; u++)
+                    if (s0 + u < nsplit) v[q] += pv[q][u];
+        }
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            if (e0 + 32 * q < E) out[e0 + 32 * q] = v[q];
+    }
+    __syncwarp();
+}
+
 /* Top-k of token t by one warp from its logits lg (E floats, shared memory)
  * with the staged router's code (route-token.cuh) on logits summed in the same
  * k-split order, so dmoe_route (staged) and the fused forward agree bitwise.
  * s_score / s_choice E floats, s_group n_group. ids/wts (T*K) in shared
  * memory, and the outputs topk_ids / topk_w when out is set. */
-static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int t, float *s_score, float *s_choice,
-                                  float *s_group, int *ids, float *wts, bool out) {
-    const int lane = threadIdx.x & 31, E = a.n_experts, K = a.top_k;
+static __device__ __forceinline__ void topk_token_r(const dmoe_route_rules &r, const float *lg, int t, float *s_score,
+                                                    float *s_choice, float *s_group, int *ids, float *wts,
+                                                    int32_t *out_ids, float *out_w) {
+    const int lane = threadIdx.x & 31, E = r.n_experts, K = r.top_k;
     float mx = -FLT_MAX;
     for (int e = lane; e < E; e += 32) {
         float v = lg[e];
@@ -400,20 +441,28 @@ static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int
         s_score[e] = v;
         mx = fmaxf(mx, v);
     }
-    const dmoe_route_rules r = {a.use_bias ? a.bias : nullptr, a.scale, E, K, a.n_group, a.topk_group,
-                                a.scoring == DMOE_SCORING_SOFTMAX, a.renormalize};
     int id;
     float w;
     dmoe_route_topk(r, mx, s_score, s_choice, s_group, &id, &w);
     if (lane < K) {
         ids[t * K + lane] = id;
         wts[t * K + lane] = w;
-        if (out) {
-            a.topk_ids[t * K + lane] = id;
-            a.topk_w[t * K + lane] = w;
+        if (out_ids) {
+            out_ids[t * K + lane] = id;
+            out_w[t * K + lane] = w;
         }
     }
     __syncwarp();
+}
+static __device__ __forceinline__ dmoe_route_rules fm_rules(const dmoe_fused_args &a) {
+    const dmoe_route_rules r = {a.use_bias ? a.bias : nullptr, a.scale, a.n_experts, a.top_k, a.n_group, a.topk_group,
+                                a.scoring == DMOE_SCORING_SOFTMAX, a.renormalize};
+    return r;
+}
+static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int t, float *s_score, float *s_choice,
+                                  float *s_group, int *ids, float *wts, bool out) {
+    topk_token_r(fm_rules(a), lg, t, s_score, s_choice, s_group, ids, wts, out ? a.topk_ids : nullptr,
+                 out ? a.topk_w : nullptr);
 }
 
 /* The end of the segment table and the plan's header, by one warp once the nseg
@@ -450,6 +499,35 @@ static __device__ __forceinline__ void fm_place_pair(const fm_sp &sp, int p, int
     sp.slot_of[p] = slot;
 }
 
+/* The distributed top-k (T >= FM_DTK_MIN): token t on warp t / grid of block
+ * t % grid, its logits summed there in split order; the picks go out to
+ * topk_ids / topk_w, C_TOPK counts the tokens routed, and every block reads all
+ * of them back into ids / wts (shared memory). Not inlined: the kernel's
+ * register allocation stays that of the paths without it (inlined, qwen3 T=4..8
+ * ran 1.3-1.5 us slower with the code present but unused). sc: this warp's
+ * scratch (2E + G floats). Ends with a block barrier. */
+static __device__ __noinline__ void route_distributed(const dmoe_route_rules r, int T, int32_t *topk_ids, float *topk_w,
+                                                      uint32_t *ctr, const float *plog, int nsplit, float *sc, int *ids,
+                                                      float *wts) {
+    const int E = r.n_experts, P = T * r.top_k, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    uint32_t mine = 0;
+    for (int t = (int)blockIdx.x + (int)gridDim.x * warp; t < T; t += (int)gridDim.x * FM_WARPS) {
+        token_logits(plog, T, E, nsplit, t, sc + E);
+        topk_token_r(r, sc + E, t, sc, sc + E, sc + 2 * E, ids, wts, topk_ids, topk_w);
+        mine++;
+    }
+    if (mine) {
+        __syncwarp(); /* the lanes' topk_ids / topk_w stores before lane 0's release */
+        if (lane == 0) red_release(ctr + C_TOPK, mine);
+    }
+    if (threadIdx.x == 0) wait_at_least(ctr + C_TOPK, (uint32_t)T, FM_ARRIVE_POLL_NS);
+    __syncthreads();
+    for (int p = threadIdx.x; p < P; p += FM_THREADS) {
+        ids[p] = __ldcg(topk_ids + p);
+        wts[p] = __ldcg(topk_w + p);
+    }
+}
+
 /* The routing and the plan of the whole batch, by every thread of the block,
  * into the block's shared memory: segment table (routed experts with pairs in
  * expert order -- in pick order for one token routed here --, then the shared
@@ -459,7 +537,8 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
     const int E = a.n_experts, K = a.top_k, T = a.n_tokens, S = a.n_shared, P = T * K;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int G = a.n_group > 1 ? a.n_group : 0, per_warp = 2 * E + G;
-    const bool lg_smem = fm_logits_in_smem(T, E);
+    const bool dtk = !a.route_from_ids && T >= FM_DTK_MIN; /* distributed top-k (FM_DTK_MIN) */
+    const bool lg_smem = fm_logits_in_smem(T, E) && !dtk;
     const float *plog = L.plog + (size_t)(blockIdx.x % FM_PLOG_COPIES) * L.plog_copy; /* this block's copy */
     /* ring scratch: (T, E+1) logits when lg_smem, FM_WARPS x (2E + G), ids, wts, cnt, sbase */
     float *lg = (float *)sp.ring;
@@ -500,17 +579,15 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
         fm_rtrace[5] = clock64();
     }
 #endif
-    if (!a.route_from_ids) {
+    if (dtk) {
+        route_distributed(fm_rules(a), T, a.topk_ids, a.topk_w, L.ctr, plog, nsplit, fbuf + (size_t)warp * per_warp, ids,
+                          wts);
+    } else if (!a.route_from_ids) {
         float *sc = fbuf + (size_t)warp * per_warp;
         for (int t = warp; t < T; t += FM_WARPS) {
             const float *lt = lg + (size_t)t * (E + 1);
             if (!lg_smem) { /* this token's logits, summed in split order, into s_choice first */
-                for (int e = lane; e < E; e += 32) {
-                    float v = 0.0f;
-                    for (int s = 0; s < nsplit; s++) v += ld_l2f(plog + ((size_t)s * T + t) * (E + 1) + e);
-                    sc[E + e] = v;
-                }
-                __syncwarp();
+                token_logits(plog, T, E, nsplit, t, sc + E);
                 lt = sc + E;
             }
             topk_token(a, lt, t, sc, sc + E, sc + 2 * E, ids, wts, blockIdx.x == 0);
@@ -668,9 +745,17 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
         float v;
         if (lg_smem) {
             v = lg[(size_t)t * (E + 1) + E];
-        } else {
+        } else { /* summed in split order, 8 loads in flight */
             v = 0.0f;
-            for (int s = 0; s < nsplit; s++) v += ld_l2f(plog + ((size_t)s * T + t) * (E + 1) + E);
+            for (int s0 = 0; s0 < nsplit; s0 += 8) {
+                float pv[8];
+#pragma unroll
+                for (int u = 0; u < 8; u++)
+                    pv[u] = s0 + u < nsplit ? ld_l2f(plog + ((size_t)(s0 + u) * T + t) * (E + 1) + E) : 0.0f;
+#pragma unroll
+                for (int u = 0; u < 8; u++)
+                    if (s0 + u < nsplit) v += pv[u];
+            }
         }
         sp.slot_weight[P + i] = a.shared_gate ? __frcp_rn(1.f + __expf(-v)) : 1.f;
     }
@@ -1213,6 +1298,7 @@ template <typename DT> static __device__ __forceinline__ void fused_body(const d
             L.ctr[C_ARRIVE] = 0;
             L.ctr[C_TASK] = 0;
             L.ctr[C_EXIT] = 0;
+            L.ctr[C_TOPK] = 0;
         }
     }
     trace(4);
