@@ -58,7 +58,14 @@
  *
  * Tensor cores with the operands swapped ("swap AB"): the weight rows are the
  * M side of mma.sync m16n8k16 (16 weight rows) and the tokens the N side (8),
- * so a single token wastes nothing of the weight stream. The k order inside
+ * so a single token wastes nothing of the weight stream. Why mma.sync and not
+ * the wgmma warpgroups of shared/DESIGN.md: this kernel serves decode (AUTO
+ * runs it for T <= 4; the staged path's TMA + wgmma GEMMs take larger T), where
+ * the consumers are not the limit -- without the bench's write flush the task
+ * phase moves qwen3's bytes at the copy rate (T=4: 94.2 us of tasks for a 94.6
+ * us floor, T=8: 159.9 for 160.7; bench/fused-notes.md, session 7) -- and
+ * wgmma's 64-row M would make tasks 4x larger: ~2 per block at T=1 on 264
+ * blocks, so the last wave's imbalance would be the tail. The k order inside
  * each 32-wide step is permuted identically for A and B, so every thread reads
  * 16 contiguous bytes of a weight row (from the ring) and of a token row
  * straight into its fragment registers:
