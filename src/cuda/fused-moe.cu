@@ -443,7 +443,8 @@ static __device__ __noinline__ void token_logits(const float *plog, int T, int E
  * with the staged router's code (route-token.cuh) on logits summed in the same
  * k-split order, so dmoe_route (staged) and the fused forward agree bitwise.
  * s_score / s_choice E floats, s_group n_group. ids/wts (T*K) in shared
- * memory, and the outputs topk_ids / topk_w when out is set. */
+ * memory, and the outputs out_ids / out_w when they are not NULL (topk_token:
+ * block 0's topk_ids / topk_w when out is set). */
 static __device__ __forceinline__ void topk_token_r(const dmoe_route_rules &r, const float *lg, int t, float *s_score,
                                                     float *s_choice, float *s_group, int *ids, float *wts,
                                                     int32_t *out_ids, float *out_w) {
@@ -519,7 +520,9 @@ static __device__ __forceinline__ void fm_place_pair(const fm_sp &sp, int p, int
  * of them back into ids / wts (shared memory). Not inlined: the kernel's
  * register allocation stays that of the paths without it (inlined, qwen3 T=4..8
  * ran 1.3-1.5 us slower with the code present but unused). sc: this warp's
- * scratch (2E + G floats). Ends with a block barrier. */
+ * scratch (2E + G floats). Its last step writes ids / wts (shared memory) after
+ * its block barrier: the caller needs another barrier before any other warp reads
+ * them (every grouping path that follows starts with one). */
 static __device__ __noinline__ void route_distributed(const dmoe_route_rules r, int T, int32_t *topk_ids, float *topk_w,
                                                       uint32_t *ctr, const float *plog, int nsplit, float *sc, int *ids,
                                                       float *wts) {
@@ -554,7 +557,8 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
     const bool dtk = !a.route_from_ids && T >= FM_DTK_MIN; /* distributed top-k (FM_DTK_MIN) */
     const bool lg_smem = fm_logits_in_smem(T, E) && !dtk;
     const float *plog = L.plog + (size_t)(blockIdx.x % FM_PLOG_COPIES) * L.plog_copy; /* this block's copy */
-    /* ring scratch: (T, E+1) logits when lg_smem, FM_WARPS x (2E + G), ids, wts, cnt, sbase */
+    /* ring scratch: (T, E+1) logits when lg_smem (fm_smem_layout reserves them whenever they fit,
+     * unused by the distributed top-k), FM_WARPS x (2E + G), ids, wts, cnt, sbase */
     float *lg = (float *)sp.ring;
     float *fbuf = lg + (lg_smem ? (size_t)T * (E + 1) : 0);
     int *ids = (int *)(fbuf + (size_t)FM_WARPS * per_warp);

@@ -299,9 +299,9 @@ int main(void) {
     }
 
     /* Routing variants on a small model; T = 5 (fused router + plan), 40
-     * (split-k router + route kernel; through the fused kernel its
-     * distributed top-k, T >= FM_DTK_MIN = 32), 1100 (mma logits, three-kernel
-     * plan). */
+     * (split-k router + route kernel; in the DMOE_PATH=fused runs of this
+     * test -- AUTO runs staged at T=40 -- the fused kernel's distributed top-k,
+     * T >= FM_DTK_MIN = 32), 1100 (mma logits, three-kernel plan). */
     const int64_t var_T[] = {5, 40, 1100};
     const int n_var_T = quick ? 2 : 3;
     fwd_case v[8];
