@@ -147,8 +147,9 @@ __device__ long long fm_rtrace[8];
 #define FM_SPLIT_MAX DMOE_CUDA_ROUTER_MAX_SPLITS /* k splits of the router: the staged router's, capped alike (heuristics.h) */
 static_assert(FM_KC % 64 == 0, "FM_KC must be a multiple of 64");
 
-/* Counter block at the start of the workspace (uint32 each); C_TOPK on the
- * second 128-byte line (beside C_TASK's atomics: the same speed, run 4). */
+/* Counter block at the start of the workspace (uint32 each). C_TOPK sits on
+ * the second 128-byte line; on the first, beside C_TASK's atomics, it measured
+ * the same (session 7, run 4). */
 enum { C_ARRIVE = 0, C_TASK, C_EXIT, C_TOPK = 32, C_HEADER = 64 };
 /* Plan header in shared memory. */
 enum { H_NSEG = 0, H_NROUTED, H_N1, H_N, H_WORDS = 8 };
