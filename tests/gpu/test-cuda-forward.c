@@ -22,6 +22,7 @@ typedef struct fwd_case {
     const char *name;
     dmoe_layer_desc d;
     const char *gemm; /* DMOE_CUDA_GEMM for this case, NULL = auto */
+    int nonfinite_router; /* 1: router rows with a NaN / +inf / -inf weight (non-finite logits) */
 } fwd_case;
 
 static dmoe_layer_desc base_desc(int64_t H, int64_t F, int E, int K) {
@@ -165,6 +166,15 @@ static void run_case(tu_rng *rng, const fwd_case *c, const int64_t *Ts, int nT) 
     gpu_model g;
     tu_layer l;
     tu_model_random(&m, &c->d, rng);
+    if (c->nonfinite_router) {
+        /* expert 5: a NaN weight (a NaN logit for every token: never picked, as -FLT_MAX);
+         * expert 9: +inf (logit +-inf by the sign of x: +-FLT_MAX, the token's only
+         * non-zero softmax score, the others tie at 0 and go by index); expert 2: -inf */
+        const int64_t H = c->d.hidden;
+        tu_set(m.router, c->d.weight_dtype, 5 * H + 7, NAN);
+        tu_set(m.router, c->d.weight_dtype, 9 * H + 3, INFINITY);
+        tu_set(m.router, c->d.weight_dtype, 2 * H + H - 1, -INFINITY);
+    }
     gpu_model_upload(&g, &m);
     if (c->gemm) setenv("DMOE_CUDA_GEMM", c->gemm, 1);
     else unsetenv("DMOE_CUDA_GEMM");
@@ -298,13 +308,15 @@ int main(void) {
         run_case(&rng, &grid_swap, mma_T, 3);
     }
 
-    /* Routing variants on a small model; T = 5 (fused router + plan), 40
-     * (split-k router + route kernel; in the DMOE_PATH=fused runs of this
-     * test -- AUTO runs staged at T=40 -- the fused kernel's distributed top-k,
-     * T >= FM_DTK_MIN = 32), 1100 (mma logits, three-kernel plan). */
-    const int64_t var_T[] = {5, 40, 1100};
-    const int n_var_T = quick ? 2 : 3;
-    fwd_case v[8];
+    /* Routing variants on a small model; T = 3 and 5 (fused router + plan; the
+     * fused kernel routes T=3 with the whole block, route_block, and T=5 one warp
+     * a token), 40 (split-k router + route kernel; in the DMOE_PATH=fused runs of
+     * this test -- AUTO runs staged at T=40 -- the fused kernel's distributed
+     * top-k, T >= FM_DTK_MIN = 32), 1100 (mma logits, three-kernel plan). */
+    const int64_t var_T[] = {3, 40, 5, 1100};
+    const int n_var_T = quick ? 2 : 4;
+    enum { NV = 10 };
+    fwd_case v[NV];
     v[0] = (fwd_case){"softmax renorm", base_desc(256, 128, 64, 8), NULL};
     v[1] = (fwd_case){"softmax no renorm", base_desc(256, 128, 64, 8), NULL};
     v[1].d.routing.renormalize = 0;
@@ -332,14 +344,27 @@ int main(void) {
     v[7].d.routing.use_correction_bias = 1;
     v[7].d.routing.n_group = 16;
     v[7].d.routing.topk_group = 4;
+    /* Non-finite logits in the forward (the fused kernel at T=40 routes them with its
+     * distributed top-k): dmoe_experts on dmoe_route's picks must give the forward's bits. */
+    v[8] = (fwd_case){"nonfinite router softmax", base_desc(256, 128, 64, 8), NULL};
+    v[8].nonfinite_router = 1;
+    v[9] = (fwd_case){"nonfinite router sigmoid groups", base_desc(256, 128, 64, 8), NULL};
+    v[9].nonfinite_router = 1;
+    v[9].d.routing.scoring = DMOE_SCORING_SIGMOID;
+    v[9].d.routing.use_correction_bias = 1;
+    v[9].d.routing.n_group = 8;
+    v[9].d.routing.topk_group = 3;
+    /* E=1024: T=12 sums each token's logits in its top-k warp (12 x 1025 floats exceed the
+     * fused kernel's 32 KB of shared logits), T=40 is the distributed top-k, T=5 neither */
+    const int64_t e1024_T[] = {12, 40, 5, 3};
     /* DMOE_TEST_VARIANT_FROM=i / _TO=j run routing variants [i, j) only (a sanitizer run split in
      * parts); the NaN-logit and bad-id cases run with the part that reaches the end */
     const char *from = getenv("DMOE_TEST_VARIANT_FROM"), *to = getenv("DMOE_TEST_VARIANT_TO");
     const int first = from && atoi(from) > 0 ? atoi(from) : 0;
-    const int last = to && atoi(to) > 0 && atoi(to) < 8 ? atoi(to) : 8;
-    if (first > 0 || last < 8) printf("routing variants [%d, %d) (DMOE_TEST_VARIANT_FROM/_TO)\n", first, last);
-    for (int i = first; i < last; i++) run_case(&rng, &v[i], var_T, i == 7 ? 2 : n_var_T);
-    if (last == 8) {
+    const int last = to && atoi(to) > 0 && atoi(to) < NV ? atoi(to) : NV;
+    if (first > 0 || last < NV) printf("routing variants [%d, %d) (DMOE_TEST_VARIANT_FROM/_TO)\n", first, last);
+    for (int i = first; i < last; i++) run_case(&rng, &v[i], i == 7 ? e1024_T : var_T, n_var_T);
+    if (last == NV) {
         test_nan_logits(&rng);
         {
             const int64_t bad_T[] = {1, 2, 8, 20};
