@@ -134,6 +134,11 @@ __device__ long long fm_rtrace[8];
                          T / 6 rounds in every block) and the blocks exchange the picks through topk_ids / topk_w:
                          qwen3 T=32 / 64 -3.8 / -38 us; from T=8 or 16 it was 3-7 us slower (session 7, run 9) */
 #endif
+#ifndef FM_BTK_MAX
+#define FM_BTK_MAX 0 /* up to this T (E <= FM_THREADS, no groups) the whole block routes one token after another
+                        (route_block) instead of one warp a token. Off: written in session 8 and not yet run on a
+                        GPU (no machine could be started); dev/fused-s8.sh builds and measures it with 1..5 */
+#endif
 #ifndef FM_EVICT_FIRST
 #define FM_EVICT_FIRST 1 /* weights are read once: L2 evict-first on the bulk copies */
 #endif
@@ -481,6 +486,85 @@ static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int
                  out ? a.topk_w : nullptr);
 }
 
+#if FM_BTK_MAX > 0
+/* Words of route_block's scratch: two buffers of composite keys (2E), the
+ * exponentials and the scores (E each), the picks (K) and the warp maxima. */
+static __device__ __forceinline__ int route_block_words(int E, int K) { return 2 * (4 * E + K + FM_WARPS + 1) + 1; }
+
+/* Routes tokens 0..T-1 one after another with the whole block, thread e
+ * owning expert e (E <= FM_THREADS, no expert groups): the same bits as
+ * dmoe_route_topk (route-token.cuh) by one warp, which costs ~3.4 us a token
+ * at E = 128, mostly its eight dependent selection rounds. Here: the softmax
+ * with the warp version's sums (each warp forms lane l's sum over e = l, l+32,
+ * ... in order and the same butterfly, so every warp holds the same bits),
+ * then every expert's rank among the others, (key, lower index first) as one
+ * 64-bit number, counted against all E in shared memory; rank r < K is the
+ * pick of round r. The weights with the warp version's code, by warp 0.
+ * Scratch: route_block_words(E, K) words, two buffers by token parity, so one
+ * token's picks are read while the next token's are formed. */
+static __device__ __forceinline__ void route_block(const dmoe_route_rules &r, const float *lg, int T, float *scratch,
+                                                   int *ids, float *wts, int32_t *out_ids, float *out_w) {
+    const int E = r.n_experts, K = r.top_k, e = threadIdx.x, warp = e >> 5, lane = e & 31;
+    uint64_t *base = (uint64_t *)(((uintptr_t)scratch + 7) & ~(uintptr_t)7);
+    for (int t = 0; t < T; t++) {
+        uint64_t *s_c = base + (size_t)(t & 1) * (2 * E + (K + FM_WARPS + 1) / 2);
+        float *s_ex = (float *)(s_c + E), *s_score = s_ex + E, *s_max = s_score + E;
+        int *s_sel = (int *)(s_max + FM_WARPS);
+        const float *lt = lg + (size_t)t * (E + 1);
+        float v = -FLT_MAX;
+        if (e < E) {
+            v = lt[e];
+            v = (v != v) ? -FLT_MAX : fminf(fmaxf(v, -FLT_MAX), FLT_MAX);
+        }
+        if (e < K) s_sel[e] = -1;
+        float score = 0.0f;
+        if (r.softmax) {
+            const float m = dmoe_warp_max(v);
+            if (lane == 0) s_max[warp] = m;
+            __syncthreads();
+            float mx = s_max[0];
+#pragma unroll
+            for (int w = 1; w < FM_WARPS; w++) mx = fmaxf(mx, s_max[w]);
+            if (e < E) s_ex[e] = expf(v - mx);
+            __syncthreads();
+            float sum = 0.0f;
+            for (int i = lane; i < E; i += 32) sum += s_ex[i];
+            sum = dmoe_warp_sum(sum);
+            if (e < E) score = s_ex[e] / sum;
+        } else {
+            score = 1.0f / (1.0f + expf(-v));
+        }
+        uint64_t mine_c = 0;
+        if (e < E) {
+            s_score[e] = score;
+            const uint32_t key = dmoe_route_key(score + (r.bias ? r.bias[e] : 0.0f));
+            mine_c = key ? ((uint64_t)key << 32) | (uint32_t)~(uint32_t)e : 0;
+            s_c[e] = mine_c;
+        }
+        __syncthreads();
+        if (mine_c) { /* key 0 (a NaN choice) is never picked */
+            int rank = 0;
+#pragma unroll 4
+            for (int j = 0; j < E; j++) rank += s_c[j] > mine_c;
+            if (rank < K) s_sel[rank] = e;
+        }
+        __syncthreads();
+        if (warp == 0) {
+            const int mine = lane < K ? s_sel[lane] : -1;
+            const float w = dmoe_route_weight(r, mine, s_score);
+            if (lane < K) {
+                ids[t * K + lane] = mine;
+                wts[t * K + lane] = w;
+                if (out_ids) {
+                    out_ids[t * K + lane] = mine;
+                    out_w[t * K + lane] = w;
+                }
+            }
+        }
+    }
+}
+#endif
+
 /* The end of the segment table and the plan's header, by one warp once the nseg
  * routed segments are placed: the shared experts' segments (each takes all T
  * tokens, slots from P on), then the segment count and the GEMM1 and total
@@ -587,7 +671,14 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
     if (dtk) {
         route_distributed(fm_rules(a), T, a.topk_ids, a.topk_w, L.ctr, plog, nsplit, fbuf + (size_t)warp * per_warp, ids,
                           wts);
-    } else if (!a.route_from_ids) {
+    }
+#if FM_BTK_MAX > 0
+    else if (!a.route_from_ids && T <= FM_BTK_MAX && !G && E <= FM_THREADS && lg_smem &&
+             route_block_words(E, K) <= FM_WARPS * per_warp) {
+        route_block(fm_rules(a), lg, T, fbuf, ids, wts, blockIdx.x == 0 ? a.topk_ids : nullptr, a.topk_w);
+    }
+#endif
+    else if (!a.route_from_ids) {
         float *sc = fbuf + (size_t)warp * per_warp;
         for (int t = warp; t < T; t += FM_WARPS) {
             const float *lt = lg + (size_t)t * (E + 1);
