@@ -445,6 +445,21 @@ static __device__ __noinline__ void token_logits(const float *plog, int T, int E
     __syncwarp();
 }
 
+/* Lane k < K's pick of token t (id, weight) into ids / wts, and into out_ids /
+ * out_w when they are not NULL. */
+static __device__ __forceinline__ void store_pick(int t, int K, int id, float w, int *ids, float *wts, int32_t *out_ids,
+                                                  float *out_w) {
+    const int lane = threadIdx.x & 31;
+    if (lane < K) {
+        ids[t * K + lane] = id;
+        wts[t * K + lane] = w;
+        if (out_ids) {
+            out_ids[t * K + lane] = id;
+            out_w[t * K + lane] = w;
+        }
+    }
+}
+
 /* Top-k of token t by one warp from its logits lg (E floats, shared memory)
  * with the staged router's code (route-token.cuh) on logits summed in the same
  * k-split order, so dmoe_route (staged) and the fused forward agree bitwise.
@@ -465,14 +480,7 @@ static __device__ __forceinline__ void topk_token_r(const dmoe_route_rules &r, c
     int id;
     float w;
     dmoe_route_topk(r, mx, s_score, s_choice, s_group, &id, &w);
-    if (lane < K) {
-        ids[t * K + lane] = id;
-        wts[t * K + lane] = w;
-        if (out_ids) {
-            out_ids[t * K + lane] = id;
-            out_w[t * K + lane] = w;
-        }
-    }
+    store_pick(t, K, id, w, ids, wts, out_ids, out_w);
     __syncwarp();
 }
 static __device__ __forceinline__ dmoe_route_rules fm_rules(const dmoe_fused_args &a) {
@@ -551,15 +559,7 @@ static __device__ __forceinline__ void route_block(const dmoe_route_rules &r, co
         __syncthreads();
         if (warp == 0) {
             const int mine = lane < K ? s_sel[lane] : -1;
-            const float w = dmoe_route_weight(r, mine, s_score);
-            if (lane < K) {
-                ids[t * K + lane] = mine;
-                wts[t * K + lane] = w;
-                if (out_ids) {
-                    out_ids[t * K + lane] = mine;
-                    out_w[t * K + lane] = w;
-                }
-            }
+            store_pick(t, K, mine, dmoe_route_weight(r, mine, s_score), ids, wts, out_ids, out_w);
         }
     }
 }
