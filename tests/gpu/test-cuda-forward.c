@@ -169,7 +169,8 @@ static void run_case(tu_rng *rng, const fwd_case *c, const int64_t *Ts, int nT) 
     if (c->nonfinite_router) {
         /* expert 5: a NaN weight (a NaN logit for every token: never picked, as -FLT_MAX);
          * expert 9: +inf (logit +-inf by the sign of x: +-FLT_MAX, the token's only
-         * non-zero softmax score, the others tie at 0 and go by index); expert 2: -inf */
+         * non-zero softmax score, the others tie at 0 and go by index); expert 2: -inf (the
+         * same with the sign flipped) */
         const int64_t H = c->d.hidden;
         tu_set(m.router, c->d.weight_dtype, 5 * H + 7, NAN);
         tu_set(m.router, c->d.weight_dtype, 9 * H + 3, INFINITY);
