@@ -37,7 +37,7 @@ def mult8(v):
 
 def draw_shape(rng, cuda):
     """One layer shape and routing variant as dmoe check options."""
-    H = log_uniform_int(rng, 8 if cuda else 1, 6144)
+    H = log_uniform_int(rng, 16, 6144)  # below ~16 outputs a token, one rounding decides a bf16 rel L2
     F = log_uniform_int(rng, 8 if cuda else 1, 3072)
     if cuda or rng.random() < 0.5:
         H, F = mult8(H), mult8(F)
