@@ -21,6 +21,13 @@
  *           distributed instead: token t is routed by one warp of block
  *           t % grid only, which writes topk_ids/w and arrives on C_TOPK;
  *           every block waits for the T arrivals and reads the picks back.
+ *           At T=1 (FM_PREFETCH_FIRST) the publisher warp claims the block's
+ *           first task before the plan; warp 0's top-k writes each round's
+ *           pick to shared memory as the round ends (a volatile word the
+ *           publisher polls: the word is the data, so racecheck's report of
+ *           it is a flag hand-off, not a race), and the publisher asks L2
+ *           for that task's 16 weight rows (cp.async.bulk.prefetch) as soon
+ *           as its segment's expert is picked, ~1.5 us before the plan ends.
  *   TASKS   warp roles, one function each:
  *           producer  (1 warp) claims tasks from one atomic counter (one task
  *                     ahead) and streams each task's 16 weight rows, in chunks
@@ -119,6 +126,11 @@ __device__ long long fm_rtrace[8];
 #ifndef FM_DONE1_POLL_NS
 #define FM_DONE1_POLL_NS 256 /* the same for a GEMM2 task's wait on its segment's act */
 #endif
+#ifndef FM_PREFETCH_FIRST
+#define FM_PREFETCH_FIRST 1 /* T=1 routed here: the publisher warp claims the block's first task before the plan
+                               and, as soon as the top-k round that picks its segment's expert has run, asks L2
+                               for its 16 weight rows (fm_pick_hook). Session 9: qwen3 T=1 -1.7 us, olmoe -0.8. */
+#endif
 #ifndef FM_ONE_TOKEN_SEGMENTS
 #define FM_ONE_TOKEN_SEGMENTS 1 /* T=1: the K picks are the segments in pick order (no grouping pass) */
 #endif
@@ -133,11 +145,6 @@ __device__ long long fm_rtrace[8];
 #define FM_DTK_MIN 32 /* from this T on, token t is routed by block t % grid alone (one token a warp instead of
                          T / 6 rounds in every block) and the blocks exchange the picks through topk_ids / topk_w:
                          qwen3 T=32 / 64 -3.8 / -38 us; from T=8 or 16 it was 3-7 us slower (session 7, run 9) */
-#endif
-#ifndef FM_BTK_MAX
-#define FM_BTK_MAX 0 /* up to this T (E <= FM_THREADS, no groups) the whole block routes one token after another
-                        (route_block) instead of one warp a token. Off: written in session 8 and not yet run on a
-                        GPU (no machine could be started); dev/fused-s8.sh builds and measures it with 1..5 */
 #endif
 #ifndef FM_EVICT_FIRST
 #define FM_EVICT_FIRST 1 /* weights are read once: L2 evict-first on the bulk copies */
@@ -157,7 +164,7 @@ static_assert(FM_KC % 64 == 0, "FM_KC must be a multiple of 64");
  * the same (session 7, run 4). */
 enum { C_ARRIVE = 0, C_TASK, C_EXIT, C_TOPK = 32, C_HEADER = 64 };
 /* Plan header in shared memory. */
-enum { H_NSEG = 0, H_NROUTED, H_N1, H_N, H_WORDS = 8 };
+enum { H_NSEG = 0, H_NROUTED, H_N1, H_N, H_FIRST, H_WORDS = 8 };
 
 typedef struct fm_layout {
     uint32_t *ctr;      /* (C_HEADER) */
@@ -466,9 +473,10 @@ static __device__ __forceinline__ void store_pick(int t, int K, int id, float w,
  * s_score / s_choice E floats, s_group n_group. ids/wts (T*K) in shared
  * memory, and the outputs out_ids / out_w when they are not NULL (topk_token:
  * block 0's topk_ids / topk_w when out is set). */
+template <typename Hook = dmoe_route_no_hook>
 static __device__ __forceinline__ void topk_token_r(const dmoe_route_rules &r, const float *lg, int t, float *s_score,
                                                     float *s_choice, float *s_group, int *ids, float *wts,
-                                                    int32_t *out_ids, float *out_w) {
+                                                    int32_t *out_ids, float *out_w, const Hook &hook = Hook()) {
     const int lane = threadIdx.x & 31, E = r.n_experts, K = r.top_k;
     float mx = -FLT_MAX;
     for (int e = lane; e < E; e += 32) {
@@ -479,7 +487,7 @@ static __device__ __forceinline__ void topk_token_r(const dmoe_route_rules &r, c
     }
     int id;
     float w;
-    dmoe_route_topk(r, mx, s_score, s_choice, s_group, &id, &w);
+    dmoe_route_topk(r, mx, s_score, s_choice, s_group, &id, &w, hook);
     store_pick(t, K, id, w, ids, wts, out_ids, out_w);
     __syncwarp();
 }
@@ -488,82 +496,26 @@ static __device__ __forceinline__ dmoe_route_rules fm_rules(const dmoe_fused_arg
                                 a.scoring == DMOE_SCORING_SOFTMAX, a.renormalize};
     return r;
 }
-static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int t, float *s_score, float *s_choice,
-                                  float *s_group, int *ids, float *wts, bool out) {
-    topk_token_r(fm_rules(a), lg, t, s_score, s_choice, s_group, ids, wts, out ? a.topk_ids : nullptr,
-                 out ? a.topk_w : nullptr);
-}
-
-#if FM_BTK_MAX > 0
-/* Words of route_block's scratch: two buffers of composite keys (2E), the
- * exponentials and the scores (E each), the picks (K) and the warp maxima. */
-static __device__ __forceinline__ int route_block_words(int E, int K) { return 2 * (4 * E + K + FM_WARPS + 1) + 1; }
-
-/* Routes tokens 0..T-1 one after another with the whole block, thread e
- * owning expert e (E <= FM_THREADS, no expert groups): the same bits as
- * dmoe_route_topk (route-token.cuh) by one warp, which costs ~3.4 us a token
- * at E = 128, mostly its eight dependent selection rounds. Here: the softmax
- * with the warp version's sums (each warp forms lane l's sum over e = l, l+32,
- * ... in order and the same butterfly, so every warp holds the same bits),
- * then every expert's rank among the others, (key, lower index first) as one
- * 64-bit number, counted against all E in shared memory; rank r < K is the
- * pick of round r. The weights with the warp version's code, by warp 0.
- * Scratch: route_block_words(E, K) words, two buffers by token parity, so one
- * token's picks are read while the next token's are formed. */
-static __device__ __forceinline__ void route_block(const dmoe_route_rules &r, const float *lg, int T, float *scratch,
-                                                   int *ids, float *wts, int32_t *out_ids, float *out_w) {
-    const int E = r.n_experts, K = r.top_k, e = threadIdx.x, warp = e >> 5, lane = e & 31;
-    uint64_t *base = (uint64_t *)(((uintptr_t)scratch + 7) & ~(uintptr_t)7);
-    for (int t = 0; t < T; t++) {
-        uint64_t *s_c = base + (size_t)(t & 1) * (2 * E + (K + FM_WARPS + 1) / 2);
-        float *s_ex = (float *)(s_c + E), *s_score = s_ex + E, *s_max = s_score + E;
-        int *s_sel = (int *)(s_max + FM_WARPS);
-        const float *lt = lg + (size_t)t * (E + 1);
-        float v = -FLT_MAX;
-        if (e < E) {
-            v = lt[e];
-            v = (v != v) ? -FLT_MAX : fminf(fmaxf(v, -FLT_MAX), FLT_MAX);
-        }
-        if (e < K) s_sel[e] = -1;
-        float score = 0.0f;
-        if (r.softmax) {
-            const float m = dmoe_warp_max(v);
-            if (lane == 0) s_max[warp] = m;
-            __syncthreads();
-            float mx = s_max[0];
-#pragma unroll
-            for (int w = 1; w < FM_WARPS; w++) mx = fmaxf(mx, s_max[w]);
-            if (e < E) s_ex[e] = expf(v - mx);
-            __syncthreads();
-            float sum = 0.0f;
-            for (int i = lane; i < E; i += 32) sum += s_ex[i];
-            sum = dmoe_warp_sum(sum);
-            if (e < E) score = s_ex[e] / sum;
-        } else {
-            score = 1.0f / (1.0f + expf(-v));
-        }
-        uint64_t mine_c = 0;
-        if (e < E) {
-            s_score[e] = score;
-            const uint32_t key = dmoe_route_key(score + (r.bias ? r.bias[e] : 0.0f));
-            mine_c = key ? ((uint64_t)key << 32) | (uint32_t)~(uint32_t)e : 0;
-            s_c[e] = mine_c;
-        }
-        __syncthreads();
-        if (mine_c) { /* key 0 (a NaN choice) is never picked */
-            int rank = 0;
-#pragma unroll 4
-            for (int j = 0; j < E; j++) rank += s_c[j] > mine_c;
-            if (rank < K) s_sel[rank] = e;
-        }
-        __syncthreads();
-        if (warp == 0) {
-            const int mine = lane < K ? s_sel[lane] : -1;
-            store_pick(t, K, mine, dmoe_route_weight(r, mine, s_score), ids, wts, out_ids, out_w);
-        }
+/* Round j's pick into s_pick[j] (shared memory) as the round ends, when
+ * s_pick is set: the publisher warp waits there to prefetch (FM_PREFETCH_FIRST). */
+struct fm_pick_hook {
+    volatile int *s_pick;
+    __device__ __forceinline__ void operator()(int j, int e) const {
+        if (s_pick && (threadIdx.x & 31) == 0) s_pick[j] = e;
     }
+};
+static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int t, float *s_score, float *s_choice,
+                                  float *s_group, int *ids, float *wts, bool out, volatile int *s_pick) {
+    topk_token_r(fm_rules(a), lg, t, s_score, s_choice, s_group, ids, wts, out ? a.topk_ids : nullptr,
+                 out ? a.topk_w : nullptr, fm_pick_hook{s_pick});
 }
-#endif
+
+/* Whether this forward prefetches its first task during the top-k (FM_PREFETCH_FIRST):
+ * one token routed here, whose K picks are the segments in pick order. */
+static __device__ __forceinline__ bool fm_prefetch_first(const dmoe_fused_args &a) {
+    return FM_PREFETCH_FIRST && FM_ONE_TOKEN_SEGMENTS && a.n_tokens == 1 && !a.route_from_ids &&
+           FM_DTK_MIN > 1 && fm_logits_in_smem(1, a.n_experts);
+}
 
 /* The end of the segment table and the plan's header, by one warp once the nseg
  * routed segments are placed: the shared experts' segments (each takes all T
@@ -635,7 +587,8 @@ static __device__ __noinline__ void route_distributed(const dmoe_route_rules r, 
  * expert order -- in pick order for one token routed here --, then the shared
  * experts), slot_token / slot_weight / slot_of (pairs stable by expert, then
  * the shared slots), header counts. */
-static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, const fm_sp &sp, int nsplit) {
+static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, const fm_sp &sp, int nsplit,
+                                  uint32_t first_claim) {
     const int E = a.n_experts, K = a.top_k, T = a.n_tokens, S = a.n_shared, P = T * K;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int G = a.n_group > 1 ? a.n_group : 0, per_warp = 2 * E + G;
@@ -649,6 +602,9 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
     int *ids = (int *)(fbuf + (size_t)FM_WARPS * per_warp);
     float *wts = (float *)(ids + P);
     int *cnt = (int *)(wts + P), *sbase = cnt + E;
+    const bool pf = fm_prefetch_first(a);
+    volatile int *s_pick = pf ? cnt : nullptr; /* K words; cnt is unused at T=1 */
+    if (pf && warp == 0 && lane < K) s_pick[lane] = -1; /* before the logits' barrier below */
     if (lg_smem && (!a.route_from_ids || a.shared_gate)) {
         /* logits = the split partials summed in split order, 4 x 8 loads in flight per thread */
         const int n = T * (E + 1);
@@ -672,12 +628,6 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
         route_distributed(fm_rules(a), T, a.topk_ids, a.topk_w, L.ctr, plog, nsplit, fbuf + (size_t)warp * per_warp, ids,
                           wts);
     }
-#if FM_BTK_MAX > 0
-    else if (!a.route_from_ids && T <= FM_BTK_MAX && !G && E <= FM_THREADS && lg_smem &&
-             route_block_words(E, K) <= FM_WARPS * per_warp) {
-        route_block(fm_rules(a), lg, T, fbuf, ids, wts, blockIdx.x == 0 ? a.topk_ids : nullptr, a.topk_w);
-    }
-#endif
     else if (!a.route_from_ids) {
         float *sc = fbuf + (size_t)warp * per_warp;
         for (int t = warp; t < T; t += FM_WARPS) {
@@ -686,7 +636,24 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
                 token_logits(plog, T, E, nsplit, t, sc + E);
                 lt = sc + E;
             }
-            topk_token(a, lt, t, sc, sc + E, sc + 2 * E, ids, wts, blockIdx.x == 0);
+            topk_token(a, lt, t, sc, sc + E, sc + 2 * E, ids, wts, blockIdx.x == 0, s_pick);
+            if (pf && lane < K && ids[lane] < 0) s_pick[lane] = -2; /* no pick in that round */
+        }
+        if (pf && warp == FM_PUBLISHER) {
+            /* the block's first task (claimed by this warp's lane 0): once the round that picks
+             * its segment's expert has run, lanes 0-15 ask L2 for its 16 weight rows */
+            const uint32_t c = __shfl_sync(0xffffffffu, first_claim, 0), tiles = (uint32_t)(a.ffn / 8);
+            if (lane == 0) sp.hdr[H_FIRST] = (int)c; /* for the producer, after the plan's barrier */
+            if (c < (uint32_t)K * tiles) {
+                const int seg = (int)(c / tiles), tile = (int)(c % tiles), F = a.ffn, H = a.hidden;
+                int e;
+                while ((e = s_pick[seg]) == -1) __nanosleep(20);
+                if (e >= 0 && lane < 16) {
+                    const int r = lane < 8 ? tile * 8 + lane : F + tile * 8 + (lane - 8);
+                    const uint16_t *src = (const uint16_t *)a.w13 + ((size_t)e * 2 * F + r) * H;
+                    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"((uint32_t)H * 2));
+                }
+            }
         }
     } else {
         for (int p = threadIdx.x; p < P; p += FM_THREADS) {
@@ -1347,8 +1314,12 @@ template <typename DT> static __device__ __forceinline__ void fused_body(const d
     trace(1);
     /* the producer's first claim needs no plan: its round trip overlaps the planning */
     const int warp = threadIdx.x >> 5;
-    const uint32_t first_claim = warp == FM_PRODUCER && (threadIdx.x & 31) == 0 ? atomicAdd(L.ctr + C_TASK, 1u) : 0u;
-    plan_block(a, L, sp, nsplit);
+    const bool pf = fm_prefetch_first(a); /* then the publisher claims it, for its prefetch */
+    uint32_t first_claim = warp == (pf ? FM_PUBLISHER : FM_PRODUCER) && (threadIdx.x & 31) == 0
+                               ? atomicAdd(L.ctr + C_TASK, 1u)
+                               : 0u;
+    plan_block(a, L, sp, nsplit, first_claim);
+    if (pf) first_claim = (uint32_t)sp.hdr[H_FIRST];
     trace(2);
     if (sp.hdr[H_NSEG] == 0) /* every pair out of range and no shared expert: y = 0 */
         for (size_t i = (size_t)blockIdx.x * FM_THREADS + threadIdx.x; i < (size_t)T * H; i += (size_t)gridDim.x * FM_THREADS)

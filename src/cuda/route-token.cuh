@@ -63,13 +63,20 @@ static __device__ __forceinline__ void dmoe_route_lane_best2(const float *arr, i
     }
 }
 
+/* No-op pick hook (see dmoe_route_select). */
+struct dmoe_route_no_hook {
+    __device__ __forceinline__ void operator()(int, int) const {}
+};
+
 /* Selects the k best non-NaN entries of arr[0..n) in order (highest value
  * first, the lower index on ties), marking each chosen entry NaN. Lane j
  * (j < 32, j < k) returns the index chosen in round j, or -1 when fewer than j+1
  * entries were not NaN; the other lanes return -1. A round is two redux.sync;
  * the winning lane moves its second best up and rescans its entries only when
- * it wins again before having rescanned. */
-static __device__ __forceinline__ int dmoe_route_select(float *arr, int n, int k) {
+ * it wins again before having rescanned. hook(j, index) runs on every lane as
+ * soon as round j has chosen (the fused kernel starts a prefetch there). */
+template <typename Hook = dmoe_route_no_hook>
+static __device__ __forceinline__ int dmoe_route_select(float *arr, int n, int k, const Hook &hook = Hook()) {
     const int lane = threadIdx.x & 31;
     const float nan = __int_as_float(0x7fc00000);
     uint32_t k1, k2;
@@ -82,6 +89,7 @@ static __device__ __forceinline__ int dmoe_route_select(float *arr, int n, int k
         if (kmax == 0u) break; /* nothing but NaN left */
         const int w = (int)__reduce_min_sync(0xffffffffu, k1 == kmax ? (uint32_t)i1 : 0xffffffffu);
         if (lane == j) mine = w;
+        hook(j, w);
         if ((w & 31) == lane) {
             arr[w] = nan;
             if (have2) {
@@ -166,11 +174,13 @@ static __device__ __forceinline__ float dmoe_route_weight(const dmoe_route_rules
 
 /* Routes one token with one warp: choices, the top-k in rounds, the weights.
  * On return lane j < K holds the j-th expert in *id (-1 if none) and its
- * weight in *w. */
+ * weight in *w. hook: see dmoe_route_select. */
+template <typename Hook = dmoe_route_no_hook>
 static __device__ __forceinline__ void dmoe_route_topk(const dmoe_route_rules &r, float mx, float *s_score,
-                                                       float *s_choice, float *s_group, int *id, float *w) {
+                                                       float *s_choice, float *s_group, int *id, float *w,
+                                                       const Hook &hook = Hook()) {
     dmoe_route_choices(r, mx, s_score, s_choice, s_group);
-    const int mine = dmoe_route_select(s_choice, r.n_experts, r.top_k);
+    const int mine = dmoe_route_select(s_choice, r.n_experts, r.top_k, hook);
     DMOE_ROUTE_MARK(3);
     *id = mine;
     *w = dmoe_route_weight(r, mine, s_score);
