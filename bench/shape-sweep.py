@@ -101,7 +101,8 @@ def main():
     ap.add_argument("--seed", type=int, default=None, help="sweep seed (default: clock; printed)")
     ap.add_argument("--budget", type=float, default=3e9,
                     help="largest T x (K x H x F + S x H x Fs) per case (oracle cost)")
-    ap.add_argument("--dtypes", default="bf16", help="dtype list handed to dmoe check (f32,bf16,f16)")
+    ap.add_argument("--dtypes", default="bf16",
+                    help="dtype list handed to dmoe check (f32,bf16,f16); a case the backend skips fails")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per dmoe check run")
     ap.add_argument("--time-limit", type=float, default=0, help="stop drawing new shapes after this many s")
     a = ap.parse_args()
@@ -124,6 +125,7 @@ def main():
         cmd = [str(c) for c in cmd]
         for p in paths:
             env = dict(os.environ)
+            env.pop("DMOE_PATH", None)  # "default" is the library's own choice
             if p:
                 env["DMOE_PATH"] = p
             t1 = time.time()
@@ -131,11 +133,14 @@ def main():
                 r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
                 rc, out = r.returncode, r.stdout + r.stderr
             except subprocess.TimeoutExpired as e:
-                rc, out = 124, (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+                def text(v):
+                    return v.decode(errors="replace") if isinstance(v, bytes) else (v or "")
+                rc, out = 124, text(e.stdout) + text(e.stderr) + "\n(timed out after %d s)" % a.timeout
             runs += 1
             m = re.search(r"dmoe check: (\d+) passed, (\d+) failed, (\d+) skipped", out)
             npass, nfail, nskip = (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else (0, -1, 0)
-            ok = rc == 0 and nfail == 0 and npass > 0
+            # every case of a shape drawn within the limits must run: a SKIP is a failure too
+            ok = rc == 0 and nfail == 0 and nskip == 0 and npass > 0
             tag = "ok  " if ok else "FAIL"
             print(f"{tag} {i:3d} path={p or 'default':6s} {' '.join(cmd[2:])}  "
                   f"[{npass} pass, {nskip} skip, {nfail} fail, rc {rc}, {time.time() - t1:.1f} s]", flush=True)
@@ -145,6 +150,9 @@ def main():
     print(f"summary: {runs} runs, {len(fails)} failed, {time.time() - t0:.0f} s, seed {seed}")
     for p, cmd in fails:
         print(f"  repeat: {'DMOE_PATH=' + p + ' ' if p else ''}{' '.join(cmd)}")
+    if runs == 0:
+        print("FAIL: nothing ran (time limit too short?)")
+        return 1
     return 1 if fails else 0
 
 
