@@ -310,9 +310,10 @@ int main(void) {
     }
 
     /* Routing variants on a small model; T = 3 and 5 (fused router + plan; the
-     * fused kernel routes one token a warp), 40 (split-k router + route kernel; in the DMOE_PATH=fused runs of
-     * this test -- AUTO runs staged at T=40 -- the fused kernel's distributed
-     * top-k, T >= FM_DTK_MIN = 32), 1100 (mma logits, three-kernel plan). */
+     * fused kernel routes one token a warp), 40 (split-k router + route kernel;
+     * in the DMOE_PATH=fused runs of this test -- AUTO runs staged at T=40 --
+     * the fused kernel's distributed top-k, T >= FM_DTK_MIN = 32), 1100 (mma
+     * logits, three-kernel plan). */
     const int64_t var_T[] = {3, 40, 5, 1100};
     const int n_var_T = quick ? 2 : 4;
     enum { NV = 11 };
