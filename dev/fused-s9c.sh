@@ -7,10 +7,10 @@ set -u
 R=$PWD; OUT=${OUT:-$PWD/out}; mkdir -p $OUT/h
 cd .cd9 || exit 1
 r() { local n=$1; shift; timeout 60 "$@" > $OUT/h/$n.log 2>&1; echo "$n rc=$?" >> $OUT/summary.txt; }
-for b in f_pf2 f_fo; do
-  FM_FLUSH=1 FM_TOKENS=1,2,3,4 FM_REF_MAXT=4 r q_$b ./$b
-  FM_FLUSH=1 FM_TOKENS=1,2,4 FM_REF_MAXT=4 r o_$b ./$b 2048 1024 64 8
-done
+for rep in 1 2; do for b in f_pf2 f_fo; do
+  FM_FLUSH=1 FM_TOKENS=1,2,3,4,8 FM_REF_MAXT=4 r q_${b}_$rep ./$b
+  FM_FLUSH=1 FM_TOKENS=1,2,4 FM_REF_MAXT=4 r o_${b}_$rep ./$b 2048 1024 64 8
+done; done
 FM_TOKENS=2,3,16 FM_REF_MAXT=16 r shapes_fo_mixtral ./f_fo 4096 14336 8 2
 FM_TOKENS=2,5 FM_REF_MAXT=5 r shapes_fo_odd ./f_fo 2880 1408 60 6 1 2816
 FM_TOKENS=2,8 FM_REF_MAXT=8 r shapes_fo_e4 ./f_fo 256 128 4 4

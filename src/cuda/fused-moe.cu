@@ -14,15 +14,18 @@
  *           partials summed in split order, top-k per token by one warp with
  *           the staged router's own code (route-token.cuh), the segment
  *           table: at T=1 (routed here) the picks in pick order, up to 32 pairs
- *           grouped by expert by one warp with shuffles, more by the whole
+ *           grouped by one warp with shuffles in the order their experts first
+ *           appear, more grouped by expert by the whole
  *           block (each pair ranked against the others, or counts and a scan
  *           beyond 192 pairs). No block waits for another one's plan; block 0
  *           writes topk_ids/w. From T = FM_DTK_MIN on the top-k is
  *           distributed instead: token t is routed by one warp of block
  *           t % grid only, which writes topk_ids/w and arrives on C_TOPK;
  *           every block waits for the T arrivals and reads the picks back.
- *           At T=1 (FM_PREFETCH_FIRST) the publisher warp claims the block's
- *           first task before the plan; warp 0's top-k writes each round's
+ *           Up to 32 (token, k) pairs (FM_PREFETCH_FIRST), whose segments come
+ *           in the order their experts first appear (token 0's picks first),
+ *           the publisher warp claims the block's first task before the plan;
+ *           warp 0's top-k of token 0 writes each round's
  *           pick to shared memory as the round ends (a volatile word the
  *           publisher polls: the word is the data, so racecheck's report of
  *           it is a flag hand-off, not a race), and the publisher asks L2
@@ -127,9 +130,13 @@ __device__ long long fm_rtrace[8];
 #define FM_DONE1_POLL_NS 256 /* the same for a GEMM2 task's wait on its segment's act */
 #endif
 #ifndef FM_PREFETCH_FIRST
-#define FM_PREFETCH_FIRST 1 /* T=1 routed here: the publisher warp claims the block's first task before the plan
-                               and, as soon as the top-k round that picks its segment's expert has run, asks L2
-                               for its 16 weight rows (fm_pick_hook). Session 9: qwen3 T=1 -1.7 us, olmoe -0.8. */
+#define FM_PREFETCH_FIRST 1 /* routed here, T <= 5 with up to 32 pairs: the publisher warp claims the block's first
+                               task before the plan and, as soon as token 0's top-k round that picks its segment's
+                               expert has run, asks L2 for its 16 weight rows (fm_pick_hook). Session 9 (T=1):
+                               qwen3 T=1 -1.7 us, olmoe -0.8; session 10 (T=2..4, first-appearance segments):
+                               qwen3 T=2 / 3 / 4 -0.8 / -2 / -1.5 us. Extending it to T = 7..10 needs the block
+                               grouping in first-appearance order, which cost more than the prefetch saved
+                               (bench/fused-notes.md, session 10). */
 #endif
 #ifndef FM_ONE_TOKEN_SEGMENTS
 #define FM_ONE_TOKEN_SEGMENTS 1 /* T=1: the K picks are the segments in pick order (no grouping pass) */
@@ -510,11 +517,27 @@ static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int
                  out ? a.topk_w : nullptr, fm_pick_hook{s_pick});
 }
 
+/* Row `lane` (0..15) of GEMM1 task `tile` of expert ex (shared expert -1 - ex
+ * when ex < 0, width F): rows 0-7 the gate rows of features tile*8.., rows
+ * 8-15 the up rows of the same features (SwiGLU needs no exchange). */
+static __device__ __forceinline__ const uint16_t *fm_w13_row(const dmoe_fused_args &a, int ex, int F, int tile,
+                                                             int lane) {
+    const int H = a.hidden;
+    const uint16_t *w13 = ex >= 0 ? (const uint16_t *)a.w13 + (size_t)ex * 2 * F * H
+                                  : (const uint16_t *)a.shared_w13 + (size_t)(-1 - ex) * 2 * F * H;
+    const int r = lane < 8 ? tile * 8 + lane : F + tile * 8 + (lane - 8);
+    return w13 + (size_t)r * H;
+}
+
 /* Whether this forward prefetches its first task during the top-k (FM_PREFETCH_FIRST):
- * one token routed here, whose K picks are the segments in pick order. */
+ * tokens routed here whose segments come in first-appearance order (token 0's K
+ * picks first, in pick order), and no more tokens than the warps before the
+ * publisher, so the publisher routes none and is free to wait for the pick. */
 static __device__ __forceinline__ bool fm_prefetch_first(const dmoe_fused_args &a) {
-    return FM_PREFETCH_FIRST && FM_ONE_TOKEN_SEGMENTS && a.n_tokens == 1 && !a.route_from_ids &&
-           FM_DTK_MIN > 1 && fm_logits_in_smem(1, a.n_experts);
+    const int T = a.n_tokens, P = T * a.top_k;
+    const bool first_order = T == 1 ? FM_ONE_TOKEN_SEGMENTS : P <= 32 && FM_WARP_GROUPING;
+    return FM_PREFETCH_FIRST && first_order && !a.route_from_ids && T <= FM_PUBLISHER && T < FM_DTK_MIN &&
+           fm_logits_in_smem(T, a.n_experts);
 }
 
 /* The end of the segment table and the plan's header, by one warp once the nseg
@@ -583,10 +606,11 @@ static __device__ __noinline__ void route_distributed(const dmoe_route_rules r, 
 }
 
 /* The routing and the plan of the whole batch, by every thread of the block,
- * into the block's shared memory: segment table (routed experts with pairs in
- * expert order -- in pick order for one token routed here --, then the shared
- * experts), slot_token / slot_weight / slot_of (pairs stable by expert, then
- * the shared slots), header counts. */
+ * into the block's shared memory: segment table (routed experts; up to 32
+ * pairs in the order their experts first appear -- pick order for one token
+ * --, more in expert order; then the shared experts), slot_token / slot_weight
+ * / slot_of (each segment's pairs contiguous, stable in pair order, then the
+ * shared slots), header counts. */
 static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, const fm_sp &sp, int nsplit,
                                   uint32_t first_claim) {
     const int E = a.n_experts, K = a.top_k, T = a.n_tokens, S = a.n_shared, P = T * K;
@@ -603,7 +627,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
     float *wts = (float *)(ids + P);
     int *cnt = (int *)(wts + P), *sbase = cnt + E;
     const bool pf = fm_prefetch_first(a);
-    volatile int *s_pick = pf ? cnt : nullptr; /* K words; cnt is unused at T=1 */
+    volatile int *s_pick = pf ? cnt : nullptr; /* K words; cnt is unused where pf holds */
     if (pf && warp == 0 && lane < K) s_pick[lane] = -1; /* before the logits' barrier below */
     if (lg_smem && (!a.route_from_ids || a.shared_gate)) {
         /* logits = the split partials summed in split order, 4 x 8 loads in flight per thread */
@@ -636,8 +660,8 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
                 token_logits(plog, T, E, nsplit, t, sc + E);
                 lt = sc + E;
             }
-            topk_token(a, lt, t, sc, sc + E, sc + 2 * E, ids, wts, blockIdx.x == 0, s_pick);
-            if (pf && lane < K && ids[lane] < 0) s_pick[lane] = -2; /* no pick in that round */
+            topk_token(a, lt, t, sc, sc + E, sc + 2 * E, ids, wts, blockIdx.x == 0, t == 0 ? s_pick : nullptr);
+            if (pf && t == 0 && lane < K && ids[lane] < 0) s_pick[lane] = -2; /* no pick in that round */
         }
         if (pf && warp == FM_PUBLISHER) {
             /* the block's first task (claimed by this warp's lane 0): once the round that picks
@@ -648,11 +672,9 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
                 const int seg = (int)(c / tiles), tile = (int)(c % tiles), F = a.ffn, H = a.hidden;
                 int e;
                 while ((e = s_pick[seg]) == -1) __nanosleep(20);
-                if (e >= 0 && lane < 16) {
-                    const int r = lane < 8 ? tile * 8 + lane : F + tile * 8 + (lane - 8);
-                    const uint16_t *src = (const uint16_t *)a.w13 + ((size_t)e * 2 * F + r) * H;
-                    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"((uint32_t)H * 2));
-                }
+                if (e >= 0 && lane < 16)
+                    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(fm_w13_row(a, e, F, tile, lane)),
+                                 "r"((uint32_t)H * 2));
             }
         }
     } else {
@@ -678,10 +700,13 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
             fm_finish_segments(a, sp, __popc(okm));
         }
     } else if (P <= 32 && FM_WARP_GROUPING) {
-        /* Up to 32 pairs: warp 0 ranks them with shuffles, each lane one pair
-         * (the order of the block-wide ranking below, without its barriers and
-         * shared-memory scans): slot = pairs of lower experts + earlier pairs of
-         * its own expert, segment = distinct experts below its own. */
+        /* Up to 32 pairs: warp 0 groups them with shuffles, each lane one pair,
+         * the segments in the order their experts first appear among the pairs
+         * (token 0's picks first, in pick order, as at T=1: so the first
+         * prefetch can start in token 0's top-k rounds): segment = experts
+         * first seen before its own, slot = the pairs of those segments + the
+         * earlier pairs of its own expert. The output is the same bits in any
+         * segment order (the combine sums each token's picks in k order). */
         __syncthreads(); /* every top-k warp's ids / wts */
         if (warp == 0) {
             trace_grouping();
@@ -690,17 +715,20 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
             const bool ok = lane < P && e >= 0 && e < E;
             const unsigned okm = __ballot_sync(full, ok);
             const unsigned peers = __match_any_sync(full, ok ? e : -1);
-            const bool lead = ok && __ffs(peers) - 1 == lane;
+            const int first = __ffs(peers) - 1; /* the pair where this expert first appears */
+            const bool lead = ok && first == lane;
             const unsigned leadm = __ballot_sync(full, lead);
-            int below = 0, seg = 0;
-            for (int q = 0; q < P; q++) {
-                const int f = __shfl_sync(full, e, q);
-                const bool lower = ((okm >> q) & 1u) && f < e;
-                below += lower;
-                seg += lower && ((leadm >> q) & 1u);
+            const int v = lead ? __popc(peers) : 0; /* pairs of the segment this lane leads */
+            int incl = v;
+            for (int o = 1; o < 32; o <<= 1) {
+                const int y = __shfl_up_sync(full, incl, o);
+                if (lane >= o) incl += y;
             }
+            const int before = __shfl_sync(full, incl - v, first); /* pairs of the earlier segments */
+            const int seg = __popc(leadm & ((1u << first) - 1u));
+            (void)okm;
             if (ok) {
-                const int slot = below + __popc(peers & ((1u << lane) - 1u));
+                const int slot = before + __popc(peers & ((1u << lane) - 1u));
                 fm_place_pair(sp, lane, e, lane / K, wts[lane], slot, lead, seg, __popc(peers));
             } else if (lane < P) {
                 sp.slot_of[lane] = -1;
@@ -968,11 +996,8 @@ static __device__ void producer_role(const dmoe_fused_args &a, const fm_layout &
         const uint16_t *src;
         int kd, nvalid;
         bool valid = lane < 16;
-        if (d.gemm == 1) { /* rows 0-7: gate rows f0.., rows 8-15: up rows of the same features */
-            const uint16_t *w13 = ex >= 0 ? (const uint16_t *)a.w13 + (size_t)ex * 2 * F * H
-                                          : (const uint16_t *)a.shared_w13 + (size_t)(-1 - ex) * 2 * F * H;
-            const int r = lane < 8 ? d.tile * 8 + lane : F + d.tile * 8 + (lane - 8);
-            src = w13 + (size_t)r * H;
+        if (d.gemm == 1) {
+            src = fm_w13_row(a, ex, F, d.tile, lane);
             kd = H;
             nvalid = 16;
         } else { /* rows h0 .. h0+15 of W2 (H, F) */
