@@ -4,8 +4,8 @@
  *   part        (T*K, H)  act dtype, routing weight already applied (GEMM2)
  *   slot_of     (T*K)     int32, -1 for pairs that were not placed
  *   shared_part (S*T, H)  act dtype, row s*T + t, gate already applied
- * One thread per 8 columns of a token: K 16-byte loads, summed in fp32 in k
- * order, then the shared experts in s order, rounded once. Every element is
+ * One thread per 8 columns of a token: K 16-byte loads (8 slots, then their 8
+ * parts, in flight at once), summed in fp32 in k order, then the shared experts in s order, rounded once. Every element is
  * summed in the same order on every run: the result is bitwise deterministic.
  */
 #include "combine.h"
@@ -13,6 +13,7 @@
 #include "cuda-context.h"
 
 #define COMBINE_THREADS 128
+#define COMBINE_BATCH 8 /* pairs of a token whose loads are in flight together */
 
 template <typename T>
 static __device__ __forceinline__ void add8(float acc[8], const uint4 &v) {
@@ -33,9 +34,18 @@ combine_kernel(const T *part, const int32_t *slot_of, int64_t n_tokens, int top_
          i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t t = i / chunks, c = i - t * chunks;
         float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        for (int k = 0; k < top_k; k++) {
-            const int s = slot_of[t * top_k + k];
-            if (s >= 0) add8<T>(acc, dmoe_ld_cached16(part + (int64_t)s * hidden + c * 8));
+        for (int k0 = 0; k0 < top_k; k0 += COMBINE_BATCH) {
+            /* a batch of slots, then its parts, all in flight; summed in k order */
+            int s[COMBINE_BATCH];
+            uint4 v[COMBINE_BATCH] = {};
+#pragma unroll
+            for (int j = 0; j < COMBINE_BATCH; j++) s[j] = k0 + j < top_k ? __ldg(slot_of + t * top_k + k0 + j) : -1;
+#pragma unroll
+            for (int j = 0; j < COMBINE_BATCH; j++)
+                if (s[j] >= 0) v[j] = dmoe_ld_cached16(part + (int64_t)s[j] * hidden + c * 8);
+#pragma unroll
+            for (int j = 0; j < COMBINE_BATCH; j++)
+                if (s[j] >= 0) add8<T>(acc, v[j]);
         }
         for (int s = 0; s < n_shared; s++)
             add8<T>(acc, dmoe_ld_cached16(shared_part + ((int64_t)s * n_tokens + t) * hidden + c * 8));

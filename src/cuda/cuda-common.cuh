@@ -173,6 +173,11 @@ static __device__ __forceinline__ unsigned long long dmoe_globaltimer(void) {
 static __device__ __forceinline__ void dmoe_griddep_wait(void) {
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 }
+/* Lets the next kernel on the stream launch before this one ends (it waits with
+ * dmoe_griddep_wait before reading what this one writes). */
+static __device__ __forceinline__ void dmoe_griddep_launch(void) {
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
 static __device__ __forceinline__ void dmoe_prefetch_l2_bulk(const void *p, uint32_t bytes) {
     /* bytes: a multiple of 16, p 16-byte aligned */
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");

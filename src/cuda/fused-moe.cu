@@ -421,37 +421,12 @@ static __device__ __forceinline__ fm_sp fm_pointers(char *smem, const fm_smem &m
 
 /* ---- PLAN: every block, in its own shared memory ---- */
 
-/* The router's split partials summed in split order (s = 0, 1, ... from 0.0f,
- * as the staged router sums them), for up to 4 elements at once: v[q] = sum
- * over s of base[s * sstride + first + q * step], for first + q * step < limit
- * (the others 0). 4 x 8 loads in flight instead of one L2 round trip per split. */
-static __device__ __forceinline__ void split_sums4(const float *base, size_t sstride, int first, int step, int limit,
-                                                   int nsplit, float v[4]) {
-#pragma unroll
-    for (int q = 0; q < 4; q++) v[q] = 0.0f;
-    for (int s0 = 0; s0 < nsplit; s0 += 8) {
-        float pv[4][8];
-#pragma unroll
-        for (int q = 0; q < 4; q++)
-#pragma unroll
-            for (int u = 0; u < 8; u++) {
-                const int i = first + q * step, s = s0 + u;
-                pv[q][u] = i < limit && s < nsplit ? ld_l2f(base + (size_t)s * sstride + i) : 0.0f;
-            }
-#pragma unroll
-        for (int q = 0; q < 4; q++)
-#pragma unroll
-            for (int u = 0; u < 8; u++)
-                if (s0 + u < nsplit) v[q] += pv[q][u];
-    }
-}
-
 /* Token t's E logits into out[0..E) (shared memory) by one warp. */
 static __device__ __noinline__ void token_logits(const float *plog, int T, int E, int nsplit, int t, float *out) {
     const int lane = threadIdx.x & 31;
     for (int e0 = lane; e0 < E; e0 += 128) {
         float v[4];
-        split_sums4(plog + (size_t)t * (E + 1), (size_t)T * (E + 1), e0, 32, E, nsplit, v);
+        dmoe_route_split_sums4(plog + (size_t)t * (E + 1), (size_t)T * (E + 1), e0, 32, E, nsplit, v);
 #pragma unroll
         for (int q = 0; q < 4; q++)
             if (e0 + 32 * q < E) out[e0 + 32 * q] = v[q];
@@ -635,7 +610,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
         const size_t sstride = (size_t)T * (E + 1);
         for (int i0 = threadIdx.x; i0 < n; i0 += 4 * FM_THREADS) {
             float v[4];
-            split_sums4(plog, sstride, i0, FM_THREADS, n, nsplit, v);
+            dmoe_route_split_sums4(plog, sstride, i0, FM_THREADS, n, nsplit, v);
 #pragma unroll
             for (int q = 0; q < 4; q++)
                 if (i0 + q * FM_THREADS < n) lg[i0 + q * FM_THREADS] = v[q];
@@ -838,7 +813,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
             v = lg[(size_t)t * (E + 1) + E];
         } else {
             float g[4];
-            split_sums4(plog + (size_t)t * (E + 1) + E, (size_t)T * (E + 1), 0, 1, 1, nsplit, g);
+            dmoe_route_split_sums4(plog + (size_t)t * (E + 1) + E, (size_t)T * (E + 1), 0, 1, 1, nsplit, g);
             v = g[0];
         }
         sp.slot_weight[P + i] = a.shared_gate ? __frcp_rn(1.f + __expf(-v)) : 1.f;

@@ -33,6 +33,31 @@ typedef struct dmoe_route_rules {
     int softmax, renorm;
 } dmoe_route_rules;
 
+/* The router's split partials summed in split order (s = 0, 1, ... from 0.0f:
+ * both paths sum them so), for up to 4 elements at once: v[q] = sum over s of
+ * base[s * sstride + first + q * step], for first + q * step < limit (the
+ * others 0). 4 x 8 loads in flight instead of one L2 round trip per split. */
+static __device__ __forceinline__ void dmoe_route_split_sums4(const float *base, size_t sstride, int first, int step,
+                                                              int limit, int nsplit, float v[4]) {
+#pragma unroll
+    for (int q = 0; q < 4; q++) v[q] = 0.0f;
+    for (int s0 = 0; s0 < nsplit; s0 += 8) {
+        float pv[4][8];
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const int i = first + q * step, s = s0 + u;
+                pv[q][u] = i < limit && s < nsplit ? __ldcg(base + (size_t)s * sstride + i) : 0.0f;
+            }
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                if (s0 + u < nsplit) v[q] += pv[q][u];
+    }
+}
+
 /* An order-preserving key of a float: larger float, larger key; every non-NaN
  * value maps above 0, NaN to 0; -0 and +0 share a key (as a float compare). */
 static __device__ __forceinline__ uint32_t dmoe_route_key(float v) {

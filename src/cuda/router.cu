@@ -49,12 +49,17 @@ static __device__ void route_token(const float *part, int k_splits, int64_t n_to
                                    float *s_group, int32_t *ids_out, float *w_out) {
     const int lane = threadIdx.x & 31, E = rc.n_experts;
     float mx = -FLT_MAX;
-    for (int e = lane; e < E; e += 32) {
-        float v = 0.0f;
-        for (int ks = 0; ks < k_splits; ks++) v += __ldcg(part + ((int64_t)ks * n_tokens + t) * E + e);
-        v = (v != v) ? -FLT_MAX : fminf(fmaxf(v, -FLT_MAX), FLT_MAX);
-        s_score[e] = v;
-        mx = fmaxf(mx, v);
+    for (int e0 = lane; e0 < E; e0 += 128) { /* 4 experts x 8 splits of loads in flight */
+        float v[4];
+        dmoe_route_split_sums4(part + t * E, (size_t)n_tokens * E, e0, 32, E, k_splits, v);
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int e = e0 + 32 * q;
+            if (e >= E) break;
+            const float c = (v[q] != v[q]) ? -FLT_MAX : fminf(fmaxf(v[q], -FLT_MAX), FLT_MAX);
+            s_score[e] = c;
+            mx = fmaxf(mx, c);
+        }
     }
     const dmoe_route_rules r = {rc.bias, rc.scale, E, rc.top_k, rc.n_group, rc.topk_group, rc.softmax, rc.renorm};
     int id;
@@ -119,6 +124,9 @@ router_stream_kernel(router_params p) {
     const T *wb = eb < E ? w + (int64_t)eb * H : nullptr;
     float *out = p.part + (int64_t)ks * n_tok * E;
     dmoe_griddep_wait();
+    /* the next kernel may launch now (its blocks fill the SMs this small grid leaves free);
+     * every kernel that follows the router waits for it before reading its output */
+    dmoe_griddep_launch();
 
     for (int64_t t0 = 0; t0 < n_tok; t0 += NT * 8) {
         const T *xr[NT];

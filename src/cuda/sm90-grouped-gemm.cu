@@ -53,6 +53,7 @@
 #include <type_traits>
 
 #include "sm90-grouped-gemm.h"
+#include "cuda-context.h"
 
 namespace {
 
@@ -692,6 +693,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)&tmap_w) : "memory");
         if (t_by_tma) asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)&tmap_t) : "memory");
     }
+    /* Programmatic dependent launch (a no-op without it): GEMM1 reads the plan
+     * and x, so it waits for the kernels before it first; then it lets the next
+     * kernel (GEMM2) launch, whose blocks take each SM as this kernel's block
+     * there finishes. GEMM2 reads only the plan (from before GEMM1, which has
+     * waited for it) until its producer has sent the weight boxes of its first
+     * stages; then it waits for GEMM1 (the act rows) and lets the combine launch. */
+    if constexpr (Kind == GEMM1_SWIGLU) {
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    }
     build_tile_prefix(p, tile_start, warp_sums, NT);
     const int32_t n_kb = (int32_t)((p.k_dim + kBlockK - 1) / kBlockK);
 
@@ -704,6 +715,23 @@ __global__ void __launch_bounds__(kThreads, 1)
         const uint32_t t_off = rbase * 128 + ((chunk ^ (rbase & 7)) << 4);
         const T *a = (const T *)p.a;
         uint32_t it = 0;
+        uint32_t pre = 0; /* GEMM2: stages whose weight boxes went out before the wait */
+        if constexpr (Kind == GEMM2_SCALE) {
+            if ((int32_t)blockIdx.x < n_tiles) {
+                const tile_info t0 = decode_item(p, tile_start, blockIdx.x, NT);
+                const int32_t w0 = (int32_t)(t0.expert * p.b_rows_per_expert + (int64_t)t0.n_tile * p.tile_n);
+                pre = (uint32_t)min(S, n_kb);
+                if (tid == 0)
+                    for (uint32_t kb = 0; kb < pre; ++kb) { /* a fresh ring: no empty-barrier wait */
+                        const uint32_t sw = ring + kb * C::kStageBytes, fb = smem_addr(full_bar + kb);
+                        mbar_arrive_expect_tx(fb, tma_bytes);
+                        tma_load_2d(sw, &tmap_w, fb, kb * kBlockK, w0);
+                        tma_load_2d(sw + kSwapWBytes / 2, &tmap_w, fb, kb * kBlockK, w0 + p.b_second);
+                    }
+            }
+            asm volatile("griddepcontrol.wait;" ::: "memory");
+            asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+        }
         for (int32_t t = blockIdx.x; t < n_tiles; t += gridDim.x) {
             const tile_info ti = decode_item(p, tile_start, t, NT);
             if (!t_by_tma) {
@@ -718,15 +746,18 @@ __global__ void __launch_bounds__(kThreads, 1)
                 (int32_t)(ti.expert * p.b_rows_per_expert + (int64_t)ti.n_tile * p.tile_n);
             for (int32_t kb = 0; kb < n_kb; ++kb, ++it) {
                 const uint32_t stage = it % S;
-                mbar_wait(smem_addr(empty_bar + stage), ((it / S) & 1) ^ 1);
+                const bool sent = it < pre; /* weight boxes already out (GEMM2's first stages) */
+                if (!sent) mbar_wait(smem_addr(empty_bar + stage), ((it / S) & 1) ^ 1);
                 const uint32_t sw = ring + stage * C::kStageBytes;
                 const uint32_t st = sw + kSwapWBytes;
                 const uint32_t fb = smem_addr(full_bar + stage);
                 if (tid == 0) {
-                    mbar_arrive_expect_tx(fb, tma_bytes);
-                    tma_load_2d(sw, &tmap_w, fb, kb * kBlockK, w_row0);
-                    tma_load_2d(sw + kSwapWBytes / 2, &tmap_w, fb, kb * kBlockK,
-                                w_row0 + p.b_second);
+                    if (!sent) {
+                        mbar_arrive_expect_tx(fb, tma_bytes);
+                        tma_load_2d(sw, &tmap_w, fb, kb * kBlockK, w_row0);
+                        tma_load_2d(sw + kSwapWBytes / 2, &tmap_w, fb, kb * kBlockK,
+                                    w_row0 + p.b_second);
+                    }
                     if (t_by_tma) tma_load_2d(st, &tmap_t, fb, kb * kBlockK, ti.row0);
                 }
                 if (!t_by_tma) {
@@ -1037,7 +1068,11 @@ static dmoe_status swap_launch(dmoe_context *ctx, const dmoe_cuda_grouped_args *
                 "grid %d x %d threads, smem %zu B\n",
                 name, a->dtype == DMOE_DTYPE_BF16 ? "bf16" : "f16", kSwapWRows, NT, kBlockK,
                 C::kStages, num_sms, kThreads, smem);
-    kernel<<<num_sms, kThreads, smem, stream>>>(tmap_w, tmap_t, p);
+    /* programmatic dependent launch where the context asks for it (the kernel's
+     * griddepcontrol steps say what it reads before the previous kernel ends) */
+    const int pdl = ctx->backend_data ? dmoe__cuda_ctx(ctx)->pdl : 0;
+    DMOE_CUDA_CHECK(ctx, dmoe_launch(kernel, dim3((unsigned)num_sms), dim3(kThreads), smem, stream, pdl, tmap_w,
+                                     tmap_t, p));
     DMOE_CUDA_CHECK(ctx, cudaGetLastError());
     return DMOE_OK;
 }
