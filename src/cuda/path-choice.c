@@ -1,22 +1,23 @@
 /*
  * path-choice.c: staged or fused, per (T, H, F, E, K, S).
  *
- * Measured on the H100 (bench/gpu_bench.py, 2026-11-24, session 6, device run
- * 7: graph-replayed, L2 flushed by a 256 MB write, both paths in the same run;
- * bench/RESULTS.md), staged / fused us:
- *                   T=1            T=2           T=4            T=8
- *   qwen3-30b-a3b    56.4 /  52.6   84.5 /  78.2  126.3 / 123.8   201.4 /  204.9
- *   olmoe-1b-7b      62.7 /  59.5   96.0 /  90.4  142.5 / 137.8   206.5 /  209.9
- *   mixtral-8x7b    286.8 / 268.1        -        727.8 / 726.1   938.7 /  951.7
- *   deepseek-v3     274.0 / 268.9        -        899.6 / 898.4  1633.2 / 1647.5
- * and at T=16 qwen3 294.8 / 312.0, olmoe 278.8 / 292.0; after the session's
- * last kernel change (device run 19) T=2 / T=3: qwen3 83.4 / 75.4 and 111.5 /
- * 98.8, olmoe 95.7 / 89.0 and 123.6 / 114.7, mixtral 432.0 / 381.6 and 494.2 /
- * 496.8, deepseek 503.3 / 497.4 and 697.8 / 696.9.
+ * Measured on the H100 (bench/gpu_bench.py, graph-replayed, L2 flushed by a
+ * 256 MB write, both paths in the same run; bench/RESULTS.md, 2026-12-06,
+ * session 10 runs 3 and 5: the staged path with PDL through its swap-AB
+ * GEMMs), staged / fused us:
+ *                   T=1            T=2           T=4            T=8             T=16
+ *   qwen3-30b-a3b    55.5 /  50.1   83.4 /  74.7  125.4 / 118.8   187.5 /  193.3  270.7 /  293.2
+ *   olmoe-1b-7b      61.4 /  57.3   94.4 /  87.5  139.2 / 132.1   198.7 /  204.4  267.1 /  280.4
+ *   mixtral-8x7b    276.4 / 258.3        -        708.1 / 705.9        -         915.8 /  933.9
+ *   deepseek-v3     254.9 / 251.5        -        910.6 / 913.4        -        2845.0 / 2868.8
+ * (qwen3 and olmoe T=1..4 from run 3, before that change; the rest from run
+ * 5, with it.) Session 6 (2026-11-24, device run 19), T=2 / T=3: mixtral
+ * 432.0 / 381.6 and 494.2 / 496.8, deepseek 503.3 / 497.4 and 697.8 / 696.9.
  * The fused kernel saves the staged path's launches and hand-offs (a fixed
  * gain, largest at T=1), but plans inside every block with a serial top-k
  * chain per token (a cost that grows with T): it wins at T = 1..4 on every
- * preset (ties within 0.5% on mixtral T=3, mixtral / deepseek T=4) and loses
+ * preset (ties within 0.5% on mixtral T=3, mixtral / deepseek T=4: deepseek
+ * T=4 staged 0.3% ahead in run 5, fused 0.1% ahead in session 6) and loses
  * from T=8 (where the staged swap-AB wgmma GEMMs stream better). So AUTO runs fused for
  * T <= FUSED_AUTO_MAX_T on layers whose weights per token are large enough to
  * have been measured (>= FUSED_MIN_BYTES_PER_TOKEN: E * (1 - (1 - K/E)^T)
