@@ -254,7 +254,11 @@ DMOE_API dmoe_status dmoe_layer_set_weights(dmoe_layer *layer, const dmoe_weight
 DMOE_API dmoe_status dmoe_forward(dmoe_layer *layer, const dmoe_tensor *x, dmoe_tensor *y,
                                   void *stream);
 
-/* The routing half: topk_ids (T, K) int32, topk_weights (T, K) float32. */
+/* The routing half: topk_ids (T, K) int32, topk_weights (T, K) float32.
+ * On the cuda backend, on a stream the caller created, the kernels may use
+ * programmatic dependent launch: a kernel of the caller's launched after it
+ * with that attribute must execute griddepcontrol.wait (cudaGridDependencySynchronize)
+ * before it reads the outputs; kernels launched without it need nothing. */
 DMOE_API dmoe_status dmoe_route(dmoe_layer *layer, const dmoe_tensor *x, dmoe_tensor *topk_ids,
                                 dmoe_tensor *topk_weights, void *stream);
 

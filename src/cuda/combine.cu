@@ -5,8 +5,9 @@
  *   slot_of     (T*K)     int32, -1 for pairs that were not placed
  *   shared_part (S*T, H)  act dtype, row s*T + t, gate already applied
  * One thread per 8 columns of a token: K 16-byte loads (8 slots, then their 8
- * parts, in flight at once), summed in fp32 in k order, then the shared experts in s order, rounded once. Every element is
- * summed in the same order on every run: the result is bitwise deterministic.
+ * parts, in flight at once), summed in fp32 in k order, then the shared
+ * experts in s order, rounded once. Every element is summed in the same order
+ * on every run: the result is bitwise deterministic.
  */
 #include "combine.h"
 #include "cuda-common.cuh"

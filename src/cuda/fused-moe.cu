@@ -134,7 +134,7 @@ __device__ long long fm_rtrace[8];
                                task before the plan and, as soon as token 0's top-k round that picks its segment's
                                expert has run, asks L2 for its 16 weight rows (fm_pick_hook). Session 9 (T=1):
                                qwen3 T=1 -1.7 us, olmoe -0.8; session 10 (T=2..4, first-appearance segments):
-                               qwen3 T=2 / 3 / 4 -0.8 / -2 / -1.5 us. Extending it to T = 7..10 needs the block
+                               qwen3 T=2 / 3 / 4 -0.8 / -1.6 / -1.3 us. Extending it to T = 7..10 needs the block
                                grouping in first-appearance order, which cost more than the prefetch saved
                                (bench/fused-notes.md, session 10). */
 #endif
@@ -701,7 +701,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
             }
             const int before = __shfl_sync(full, incl - v, first); /* pairs of the earlier segments */
             const int seg = __popc(leadm & ((1u << first) - 1u));
-            (void)okm;
+            (void)okm; /* unused; removing the ballot reschedules the measured SASS */
             if (ok) {
                 const int slot = before + __popc(peers & ((1u << lane) - 1u));
                 fm_place_pair(sp, lane, e, lane / K, wts[lane], slot, lead, seg, __popc(peers));

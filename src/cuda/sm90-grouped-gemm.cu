@@ -696,9 +696,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     /* Programmatic dependent launch (a no-op without it): GEMM1 reads the plan
      * and x, so it waits for the kernels before it first; then it lets the next
      * kernel (GEMM2) launch, whose blocks take each SM as this kernel's block
-     * there finishes. GEMM2 reads only the plan (from before GEMM1, which has
-     * waited for it) until its producer has sent the weight boxes of its first
-     * stages; then it waits for GEMM1 (the act rows) and lets the combine launch. */
+     * there finishes. GEMM2 reads the plan and the routing weights (offsets,
+     * pairs, topk_w: from before GEMM1, which has waited for them) without
+     * waiting -- its consumers never wait --; its producer sends the weight
+     * boxes of its first stages, then waits for GEMM1 (the act rows, which only
+     * the producer's TMA reads) and lets the next kernel launch. */
     if constexpr (Kind == GEMM1_SWIGLU) {
         asm volatile("griddepcontrol.wait;" ::: "memory");
         asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -1070,7 +1072,7 @@ static dmoe_status swap_launch(dmoe_context *ctx, const dmoe_cuda_grouped_args *
                 C::kStages, num_sms, kThreads, smem);
     /* programmatic dependent launch where the context asks for it (the kernel's
      * griddepcontrol steps say what it reads before the previous kernel ends) */
-    const int pdl = ctx->backend_data ? dmoe__cuda_ctx(ctx)->pdl : 0;
+    const int pdl = ctx && ctx->backend_data ? dmoe__cuda_ctx(ctx)->pdl : 0; /* dev harnesses pass NULL */
     DMOE_CUDA_CHECK(ctx, dmoe_launch(kernel, dim3((unsigned)num_sms), dim3(kThreads), smem, stream, pdl, tmap_w,
                                      tmap_t, p));
     DMOE_CUDA_CHECK(ctx, cudaGetLastError());

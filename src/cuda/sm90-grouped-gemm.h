@@ -40,7 +40,12 @@ dmoe_status dmoe__cuda_gemm2_sm90(dmoe_context *ctx, const dmoe_cuda_grouped_arg
  * few rows per expert (32..128): an item is (expert, chunk of `tokens` rows,
  * 256 weight rows), tokens = 16, 32, 64 or 128 (compile-time instances); the
  * weights of an expert are read once per chunk. The _n forms take the chunk;
- * the plain forms ask dmoe__cuda_swap_tokens (heuristics.cu). */
+ * the plain forms ask dmoe__cuda_swap_tokens (heuristics.cu).
+ * Launched with programmatic dependent launch where the context allows it:
+ * GEMM1 waits for the previous kernel before it reads anything; GEMM2 reads
+ * offsets, pairs and topk_w BEFORE its wait (only act after it), so it must
+ * follow a GEMM1 that waited for the kernels writing those (as run_experts
+ * does), never directly the kernel that writes them. */
 dmoe_status dmoe__cuda_gemm1_sm90_swap_n(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
                                          int tokens, const void *x, const void *w13, void *act,
                                          cudaStream_t stream);

@@ -156,6 +156,33 @@ static void run_tokens(tu_rng *rng, const fwd_case *c, const tu_model *m, tu_lay
     gpu_download(y2, d_y2, xbytes);
     TU_CHECKF(memcmp(y, y2, xbytes) == 0, "%s: two forwards differ", what);
 
+    /* three forwards back to back on a stream of our own, where the kernels use programmatic
+     * dependent launch (not on the default stream): each output the same bits as the first
+     * forward's (the workspace of one forward reused by the next while it may still drain) */
+    {
+        cudaStream_t st;
+        GPU_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+        void *d_y3[3];
+        int same = 1;
+        for (int r = 0; r < 3; r++) {
+            d_y3[r] = gpu_alloc(xbytes);
+            gpu_poison(d_y3[r], xbytes);
+        }
+        GPU_CHECK(cudaDeviceSynchronize()); /* the memsets ran on the legacy stream */
+        for (int r = 0; r < 3; r++) {
+            dmoe_tensor t3 = dmoe_tensor_2d(d_y3[r], dt, T, H, 0);
+            TU_CHECK_STATUS(l->ctx, dmoe_forward(l->layer, &tx, &t3, (void *)st), DMOE_OK);
+        }
+        GPU_CHECK(cudaStreamSynchronize(st));
+        for (int r = 0; r < 3; r++) {
+            gpu_download(y2, d_y3[r], xbytes);
+            same &= memcmp(y, y2, xbytes) == 0;
+            gpu_free(d_y3[r]);
+        }
+        TU_CHECKF(same, "%s: back-to-back forwards on a created stream (PDL) differ", what);
+        GPU_CHECK(cudaStreamDestroy(st));
+    }
+
     gpu_free(d_x); gpu_free(d_y); gpu_free(d_y2); gpu_free(d_ids); gpu_free(d_w);
     tu_free(x); tu_free(y); tu_free(y2); tu_free(ids); tu_free(w); tu_free(sel); tu_free(xs);
     tu_free(logits); tu_free(rid); tu_free(rw); tu_free(ids_s); tu_free(w_s); tu_free(ys); tu_free(yref);
