@@ -11,8 +11,8 @@ peers are plain PyTorch:
            also timed as a CUDA-graph replay for T <= 128).
 Every cell: median microseconds over events around each call (L2 flushed with
 a 256 MB write before each timed call, inputs rotated over 4 sets), the floor
-max(bytes of the experts hit / copy BW, FLOPs / GEMM rate) measured in the
-same run, dmoe's fraction of the floor (floor / time), the speedup over the
+max(bytes of the experts hit (mean over the 4 input sets) / copy BW, FLOPs /
+GEMM rate) measured in the same run, dmoe's fraction of the floor (floor / time), the speedup over the
 best torch, and rel L2 of each output against an fp32 reference on the same
 routing (a subset of tokens at large T).
 Decode cells (T <= 16, --clean 1) are also timed (graph replays of dmoe's
@@ -327,7 +327,11 @@ def main():
                 ref = reference(xs[0], w, ids, wts, sel)
                 r["nan_out"] = int(torch.isnan(y).sum().item())
                 r["l2_dmoe"] = rel_l2(y[sel], ref)
-                hit = torch.unique(ids).numel()
+                # the experts hit, averaged over the 4 rotated inputs the timings cycle through
+                # (input 0 alone made the floor of a decode cell move by up to ~20% between runs)
+                hits = [torch.unique(ids).numel()] + [torch.unique(dm.route(layer, xs[i], K)[0]).numel()
+                                                      for i in range(1, 4)]
+                hit = sum(hits) / 4.0
                 r["experts_hit"] = hit
                 bytes_ = hit * 3 * H * F * 2 + E * H * 2 + 2 * T * H * 2
                 flops = 2 * T * K * 3 * H * F + 2 * T * H * E
