@@ -12,9 +12,9 @@ peers are plain PyTorch:
 Every cell: median microseconds over events around each call (L2 flushed with
 a 256 MB write before each timed call, inputs rotated over 4 sets), the floor
 max(bytes of the experts hit (mean over the 4 input sets) / copy BW, FLOPs /
-GEMM rate) measured in the same run, dmoe's fraction of the floor (floor / time), the speedup over the
-best torch, and rel L2 of each output against an fp32 reference on the same
-routing (a subset of tokens at large T).
+GEMM rate) measured in the same run, dmoe's fraction of the floor (floor /
+time), the speedup over the best torch, and rel L2 of each output against an
+fp32 reference on the same routing (a subset of tokens at large T).
 Decode cells (T <= 16, --clean 1) are also timed (graph replays of dmoe's
 default path and of the graphed torch peer) with L2 flushed by a 256 MB READ
 instead: the write flush leaves ~50 MB of dirty lines in L2 that the timed
@@ -329,9 +329,8 @@ def main():
                 r["l2_dmoe"] = rel_l2(y[sel], ref)
                 # the experts hit, averaged over the 4 rotated inputs the timings cycle through
                 # (input 0 alone made the floor of a decode cell move by up to ~20% between runs)
-                hits = [torch.unique(ids).numel()] + [torch.unique(dm.route(layer, xs[i], K)[0]).numel()
-                                                      for i in range(1, 4)]
-                hit = sum(hits) / 4.0
+                routes = [(ids, wts)] + [dm.route(layer, xs[i], K) for i in range(1, 4)]
+                hit = sum(torch.unique(ri).numel() for ri, _ in routes) / 4.0
                 r["experts_hit"] = hit
                 bytes_ = hit * 3 * H * F * 2 + E * H * 2 + 2 * T * H * 2
                 flops = 2 * T * K * 3 * H * F + 2 * T * H * E
@@ -340,7 +339,7 @@ def main():
                 r["dmoe_us"] = timer.median_us(lambda i: dm.forward(layer, txs[i % 4], ty))
                 if T <= 128:
                     r["dmoe_graph_us"] = graph_us(dm, layer, xs, y, timer)  # leaves y = the forward of xs[1]
-                    ids1, wts1 = dm.route(layer, xs[1], K)
+                    ids1, wts1 = routes[1]
                     sel1 = torch.arange(T, device="cuda")
                     r["l2_dmoe_graph"] = rel_l2(y, reference(xs[1], w, ids1, wts1, sel1))
                 ye, ti, tw = torch_eager(xs[0], w, K)

@@ -462,8 +462,7 @@ static __device__ __forceinline__ void topk_token_r(const dmoe_route_rules &r, c
     const int lane = threadIdx.x & 31, E = r.n_experts, K = r.top_k;
     float mx = -FLT_MAX;
     for (int e = lane; e < E; e += 32) {
-        float v = lg[e];
-        v = (v != v) ? -FLT_MAX : fminf(fmaxf(v, -FLT_MAX), FLT_MAX);
+        const float v = dmoe_route_clamp_logit(lg[e]);
         s_score[e] = v;
         mx = fmaxf(mx, v);
     }

@@ -11,15 +11,16 @@
  *   mixtral-8x7b    276.4 / 258.3        -        708.1 / 705.9        -         915.8 /  933.9
  *   deepseek-v3     254.9 / 251.5        -        910.6 / 913.4        -        2845.0 / 2868.8
  * (qwen3 and olmoe T=1 from run 3, before that change, which does not touch
- * T=1 (streaming GEMMs there); T=2 and 4 from run 7, the rest from run 5.) Session 6 (2026-11-24, device run 19), T=2 / T=3: mixtral
- * 432.0 / 381.6 and 494.2 / 496.8, deepseek 503.3 / 497.4 and 697.8 / 696.9.
+ * T=1 (streaming GEMMs there); T=2 and 4 from run 7, the rest from run 5.)
+ * Session 6 (2026-11-24, device run 19), T=2 / T=3: mixtral 432.0 / 381.6
+ * and 494.2 / 496.8, deepseek 503.3 / 497.4 and 697.8 / 696.9.
  * The fused kernel saves the staged path's launches and hand-offs (a fixed
  * gain, largest at T=1), but plans inside every block with a serial top-k
  * chain per token (a cost that grows with T): it wins at T = 1..4 on every
  * preset (ties within 0.5% on mixtral T=3, mixtral / deepseek / olmoe T=4,
- * qwen3 T=4 and olmoe T=2 within 1%: deepseek
- * T=4 staged 0.3% ahead in run 5, fused 0.1% ahead in session 6) and loses
- * from T=8 (where the staged swap-AB wgmma GEMMs stream better). So AUTO runs fused for
+ * qwen3 T=4 and olmoe T=2 within 1%: deepseek T=4 staged 0.3% ahead in run
+ * 5, fused 0.1% ahead in session 6) and loses from T=8 (where the staged
+ * swap-AB wgmma GEMMs stream better). So AUTO runs fused for
  * T <= FUSED_AUTO_MAX_T on layers whose weights per token are large enough to
  * have been measured (>= FUSED_MIN_BYTES_PER_TOKEN: E * (1 - (1 - K/E)^T)
  * distinct experts under uniform routing times one expert's bytes, plus the

@@ -58,6 +58,11 @@ static __device__ __forceinline__ void dmoe_route_split_sums4(const float *base,
     }
 }
 
+/* A logit as the routing takes it: NaN -> -FLT_MAX, +-inf clamped to +-FLT_MAX. */
+static __device__ __forceinline__ float dmoe_route_clamp_logit(float v) {
+    return (v != v) ? -FLT_MAX : fminf(fmaxf(v, -FLT_MAX), FLT_MAX);
+}
+
 /* An order-preserving key of a float: larger float, larger key; every non-NaN
  * value maps above 0, NaN to 0; -0 and +0 share a key (as a float compare). */
 static __device__ __forceinline__ uint32_t dmoe_route_key(float v) {

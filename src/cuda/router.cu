@@ -56,7 +56,7 @@ static __device__ void route_token(const float *part, int k_splits, int64_t n_to
         for (int q = 0; q < 4; q++) {
             const int e = e0 + 32 * q;
             if (e >= E) break;
-            const float c = (v[q] != v[q]) ? -FLT_MAX : fminf(fmaxf(v[q], -FLT_MAX), FLT_MAX);
+            const float c = dmoe_route_clamp_logit(v[q]);
             s_score[e] = c;
             mx = fmaxf(mx, c);
         }
