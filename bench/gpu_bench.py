@@ -279,12 +279,27 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", default=os.environ.get("DMOE_LIB", "build-cuda/lib/libdmoe.so"))
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--presets", default=",".join(PRESETS))
+    ap.add_argument("--presets", default=None, help="comma-separated preset names (default: all, or none with --shapes)")
+    ap.add_argument("--shapes", default="", help="extra layers, name=HxFxExK comma-separated (shapes beyond the presets)")
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     ap.add_argument("--paths", type=int, default=1, help="1: also time DMOE_PATH=staged and fused (T <= 64)")
+    ap.add_argument("--peers", type=int, default=1, help="0: skip the PyTorch peers (A/B runs of dmoe alone)")
     ap.add_argument("--clean", type=int, default=1, help="1: also time T <= 16 after a read (clean) L2 flush")
     ap.add_argument("--time-limit", type=float, default=1e9, help="stop starting new cells after this many s")
     args = ap.parse_args()
+    extra = []
+    for spec in filter(None, args.shapes.split(",")):
+        try:
+            name, dims = spec.split("=")
+            H, F, E, K = (int(v) for v in dims.lower().split("x"))
+        except ValueError:
+            sys.exit("gpu_bench.py: --shapes wants name=HxFxExK, got %r" % spec)
+        if min(H, F, E, K) < 1 or K > E:
+            sys.exit("gpu_bench.py: bad shape %r" % spec)
+        PRESETS[name] = (H, F, E, K)
+        extra.append(name)
+    if args.presets is None:
+        args.presets = ",".join(extra) if extra else ",".join(PRESETS)
     t_start = time.time()
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name()
@@ -342,11 +357,12 @@ def main():
                     ids1, wts1 = routes[1]
                     sel1 = torch.arange(T, device="cuda")
                     r["l2_dmoe_graph"] = rel_l2(y, reference(xs[1], w, ids1, wts1, sel1))
-                ye, ti, tw = torch_eager(xs[0], w, K)
-                r["l2_eager"] = rel_l2(ye[sel], reference(xs[0], w, ti, tw, sel))
-                r["eager_us"] = timer.median_us(lambda i: torch_eager(xs[i % 4], w, K), budget_s=0.15, max_reps=20)
                 g2 = None
-                if have_grouped:
+                if args.peers:
+                    ye, ti, tw = torch_eager(xs[0], w, K)
+                    r["l2_eager"] = rel_l2(ye[sel], reference(xs[0], w, ti, tw, sel))
+                    r["eager_us"] = timer.median_us(lambda i: torch_eager(xs[i % 4], w, K), budget_s=0.15, max_reps=20)
+                if have_grouped and args.peers:
                     try:
                         yg, ti, tw = torch_grouped(xs[0], w, K)
                         r["l2_grouped"] = rel_l2(yg[sel], reference(xs[0], w, ti, tw, sel))
@@ -390,8 +406,9 @@ def main():
                         r["grouped_graph_clean_us"] = timer_clean.median_us(lambda i: g2.replay(),
                                                                             pre=lambda i: xg2.copy_(xs[i % 4]))
                 best_dmoe = min(v for v in (r.get("dmoe_us"), r.get("dmoe_graph_us")) if v)
-                best_torch = min(v for v in (r.get("eager_us"), r.get("grouped_us"), r.get("grouped_graph_us")) if v)
-                r["speedup"] = best_torch / best_dmoe
+                torch_us = [v for v in (r.get("eager_us"), r.get("grouped_us"), r.get("grouped_graph_us")) if v]
+                if torch_us:
+                    r["speedup"] = min(torch_us) / best_dmoe
                 r["frac_floor"] = r["floor_us"] / best_dmoe
             except Exception as ex:  # noqa: BLE001
                 r["error"] = repr(ex)[:300]

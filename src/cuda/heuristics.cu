@@ -24,11 +24,13 @@
  *   elsewhere: m <= 64 stream (8/16/32/64 tokens a pass), else mma.sync with
  *   64- or 128-row tiles.
  * DMOE_CUDA_SWAP_N=16|32|64|128 forces the swap kernels' rows per item.
- * Router. Up to T = 1024 a split-k streaming kernel: 16 experts x k_chunk per
- * block, with k_splits chosen so that ~2 blocks per SM read the router
- * weights (at most DMOE_CUDA_ROUTER_MAX_SPLITS); T <= 16 routes inside that
- * launch (fused). Beyond, tiled mma logits split along H into up to 8 partial
- * sets so that ~2 blocks per SM are busy.
+ * Router. Up to T = 1024 (dmoe__cuda_router_stream_max) a split-k streaming
+ * kernel: 16 experts x k_chunk x a share of the token passes per block, with
+ * k_splits chosen so that ~2 blocks per SM read the router weights (at most
+ * DMOE_CUDA_ROUTER_MAX_SPLITS; above the fused kernel's 64 tokens, fewer as
+ * the token passes fill the SMs) and the passes spread over blocks (t_splits);
+ * T <= 16 routes inside that launch (fused). Beyond, tiled mma logits split
+ * along H into up to 8 partial sets so that ~2 blocks per SM are busy.
  */
 #include <math.h>
 #include <stdio.h>
@@ -37,6 +39,7 @@
 
 #include "gemm.h"
 #include "heuristics.h"
+#include "path-choice.h" /* DMOE_FUSED_MAX_TOKENS */
 #ifdef DMOE_HAVE_SM90_GEMM
 #include "sm90-grouped-gemm.h"
 #endif
@@ -182,11 +185,21 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
     return c;
 }
 
+extern "C" int64_t dmoe__cuda_router_stream_max(void) {
+    static int64_t v = -1;
+    if (v < 0) {
+        const char *e = getenv("DMOE_CUDA_ROUTER_STREAM_MAX");
+        const long long n = e ? atoll(e) : 0;
+        v = n > 0 ? (int64_t)n : 1024;
+    }
+    return v;
+}
+
 extern "C" dmoe_cuda_router_cfg dmoe__cuda_router_config(int64_t n_tokens, int64_t hidden,
                                                          int32_t n_experts, int32_t num_sms) {
     dmoe_cuda_router_cfg c;
     memset(&c, 0, sizeof c);
-    if (n_tokens > 1024) {
+    if (n_tokens > dmoe__cuda_router_stream_max()) {
         /* Tiled mma logits, 128 x 128 tiles, two blocks per SM. With few tiles
          * (T = 2048, E = 128: 16) the GEMM ran on 16 SMs for ~55 us (ncu,
          * bench/sm90-gemm-notes.md), so H is split until ~2 blocks per SM are
@@ -207,14 +220,32 @@ extern "C" dmoe_cuda_router_cfg dmoe__cuda_router_config(int64_t n_tokens, int64
     c.tok_tiles = n_tokens <= 8 ? 1 : (n_tokens <= 16 ? 2 : 4);
     const int64_t row_tiles = (n_experts + 15) / 16;
     const int64_t max_splits = (hidden + 255) / 256;
-    int64_t splits = (2 * (int64_t)num_sms + row_tiles - 1) / row_tiles;
+    const int64_t slots = 2 * (int64_t)num_sms; /* two blocks per SM */
+    int64_t splits = (slots + row_tiles - 1) / row_tiles;
     if (splits > max_splits) splits = max_splits;
     if (splits > DMOE_CUDA_ROUTER_MAX_SPLITS) splits = DMOE_CUDA_ROUTER_MAX_SPLITS;
+    /* A block's pass over 8 * tok_tiles tokens is a round of dependent steps (loads,
+     * the block's reduction, the stores) whatever its k_chunk, so many tokens are
+     * spread over blocks too (t_splits) -- one block row per (16 experts, split) walked
+     * all 32 passes of T = 1024 alone; with the split, staged forwards at T = 1024 went
+     * 186 -> 146 us on a granite-3b-like layer, 529 -> 494 qwen3, 406 -> 368 olmoe,
+     * 705 -> 663 gpt-oss-20b-like, T = 256 / 512 5-13% faster, session 11 run 3) -- and above the fused
+     * kernel's token limit the split along H shrinks while the passes fill the slots
+     * (fewer, longer passes; fewer partial sums to add). Up to that limit the split
+     * depends on (H, E) only: the fused kernel and the resident mode route with it. */
+    const int64_t passes = (n_tokens + 8 * c.tok_tiles - 1) / (8 * c.tok_tiles);
+    if (n_tokens > DMOE_FUSED_MAX_TOKENS) {
+        const int64_t need = (slots + row_tiles * passes - 1) / (row_tiles * passes);
+        if (need < splits) splits = need;
+    }
     if (splits < 1) splits = 1;
     int64_t chunk = (hidden + splits - 1) / splits;
     chunk = (chunk + 255) / 256 * 256;
     c.k_chunk = chunk;
     c.k_splits = (int32_t)((hidden + chunk - 1) / chunk);
+    int64_t ts = (slots + row_tiles * c.k_splits - 1) / (row_tiles * c.k_splits);
+    if (ts > passes) ts = passes;
+    c.t_splits = (int32_t)(ts < 1 ? 1 : ts);
     c.fused = n_tokens <= 16;
     return c;
 }

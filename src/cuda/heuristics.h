@@ -53,7 +53,12 @@ typedef struct dmoe_cuda_router_cfg {
     int32_t k_splits;     /* blocks along H (streaming; mma logits: partial logit sets) */
     int64_t k_chunk;      /* H per split: a multiple of 256 (streaming) or of 32 (mma) */
     int32_t fused;        /* streaming: the last block also routes (and plans) */
+    int32_t t_splits;     /* streaming: blocks along T (each takes every t_splits-th pass) */
 } dmoe_cuda_router_cfg;
+
+/* Largest T the streaming router takes (above: the mma logits);
+ * DMOE_CUDA_ROUTER_STREAM_MAX=N overrides it (development, read once). */
+int64_t dmoe__cuda_router_stream_max(void);
 
 dmoe_cuda_router_cfg dmoe__cuda_router_config(int64_t n_tokens, int64_t hidden, int32_t n_experts,
                                               int32_t num_sms);

@@ -21,12 +21,22 @@
  * qwen3 T=4 and olmoe T=2 within 1%: deepseek T=4 staged 0.3% ahead in run
  * 5, fused 0.1% ahead in session 6) and loses from T=8 (where the staged
  * swap-AB wgmma GEMMs stream better). So AUTO runs fused for
- * T <= FUSED_AUTO_MAX_T on layers whose weights per token are large enough to
- * have been measured (>= FUSED_MIN_BYTES_PER_TOKEN: E * (1 - (1 - K/E)^T)
- * distinct experts under uniform routing times one expert's bytes, plus the
- * shared experts, over T; 72-352 MiB per token on the presets at T=1), and
- * staged everywhere else (small layers were not measured: the staged path is
- * the baseline).
+ * T <= FUSED_AUTO_MAX_T on layers with enough weights per token
+ * (>= FUSED_MIN_BYTES_PER_TOKEN: E * (1 - (1 - K/E)^T) distinct experts under
+ * uniform routing times one expert's bytes, plus the shared experts, over T;
+ * 72-352 MiB per token on the presets at T=1), and staged everywhere else.
+ * Shapes beyond the presets (session 11, gpu_bench.py --shapes, staged /
+ * fused graph us at T=1 and 4; MiB per token in brackets): granite-3b-like
+ * H=1536 F=512 E=40 K=8 37.4 / 37.8 [36] and 61.8 / 63.4 [26.5], odd-small
+ * H=1000 F=200 E=60 K=6 25.6 / 27.1 [2.2] and 34.9 / 36.2; but qwen3-next-like
+ * H=2048 F=512 E=512 K=10 53.4 / 51.1 [60] and 123.4 / 122.2 [58],
+ * deepseek-v2-lite-like H=2048 F=1408 E=64 K=6 63.0 / 58.0 [99] and
+ * 150.4 / 141.2 [86], gpt-oss-20b-like, qwen2-57b-like and phi-3.5-moe-like
+ * layers 7-14% faster fused at T=1 and 2-10% at T=4: so the threshold sits
+ * at 48 MiB, between 36 and 58. (At T=16 the fused kernel also won on
+ * gpt-oss-20b-like 490.7 / 516.7, deepseek-v2-lite-like 323.0 / 332.7 and
+ * phi-3.5-moe-like 786.5 / 798.8 and lost on the others; no rule here
+ * predicts which, so T > 4 stays staged.)
  * DMOE_PRINT_CONFIG=1 prints the decision with its numbers.
  */
 #include <math.h>
@@ -37,7 +47,7 @@
 #include "path-choice.h"
 
 #define FUSED_AUTO_MAX_T 4
-#define FUSED_MIN_BYTES_PER_TOKEN (16.0 * 1024 * 1024)
+#define FUSED_MIN_BYTES_PER_TOKEN (48.0 * 1024 * 1024)
 
 /* Expected bytes of weights a forward of T tokens reads per token. */
 static double bytes_per_token(const dmoe_layer_desc *d, int64_t T) {

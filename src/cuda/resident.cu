@@ -364,7 +364,7 @@ static dmoe_status rs_create_locked(dmoe_resident *r) {
     a.topk_w = (float *)(base + off_w);
     a.ws = base;
     /* the staged router's k split, as dmoe__fused_forward sets it (it does not depend on T
-     * up to 1024 tokens), so every batch routes bitwise like the ordinary launch */
+     * up to the fused kernel's 64 tokens), so every batch routes bitwise like the ordinary launch */
     a.route_kchunk = (int32_t)dmoe__cuda_router_config(T, d->hidden, d->n_experts, dmoe__cuda_ctx(ctx)->num_sms).k_chunk;
 
     /* fused_body lays out its shared memory for each batch's T, and a smaller T can need

@@ -104,8 +104,9 @@ typedef struct router_params {
     int32_t *counts, *offsets, *pairs, *slot_of; /* fused plan, or NULL */
 } router_params;
 
-/* grid (ceil(E/16), k_splits), 256 threads. NT 8-token tiles per pass over T,
- * U loads in flight per thread and weight row. FUSED: the last block routes. */
+/* grid (ceil(E/16), k_splits, t_splits), 256 threads. NT 8-token tiles per
+ * pass over T, block z taking passes z, z + t_splits, ...; U loads in flight
+ * per thread and weight row. FUSED: the last block routes. */
 template <typename T, int NT, int U, bool FUSED>
 static __global__ void __launch_bounds__(ROUTER_THREADS, 2)
 router_stream_kernel(router_params p) {
@@ -128,7 +129,7 @@ router_stream_kernel(router_params p) {
      * every kernel that follows the router waits for it before reading its output */
     dmoe_griddep_launch();
 
-    for (int64_t t0 = 0; t0 < n_tok; t0 += NT * 8) {
+    for (int64_t t0 = (int64_t)blockIdx.z * NT * 8; t0 < n_tok; t0 += (int64_t)gridDim.z * NT * 8) {
         const T *xr[NT];
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
@@ -187,7 +188,7 @@ router_stream_kernel(router_params p) {
         __shared__ int s_last;
         __threadfence();
         __syncthreads();
-        if (tid == 0) s_last = atomicAdd(p.counter, 1u) == gridDim.x * gridDim.y - 1;
+        if (tid == 0) s_last = atomicAdd(p.counter, 1u) == gridDim.x * gridDim.y * gridDim.z - 1;
         __syncthreads();
         if (!s_last) return;
         __threadfence();
@@ -210,14 +211,16 @@ router_stream_kernel(router_params p) {
 
 extern "C" size_t dmoe__cuda_router_ws_floats(int64_t max_tokens, int64_t hidden, int32_t n_experts,
                                               int32_t num_sms) {
-    /* Streaming (T <= 1024): the split count depends on (H, E) only. Above,
-     * the mma logits split H by a count that falls as T grows: take the
-     * largest splits x T over the token counts a call may pass (the count
-     * changes only at multiples of 128 tokens). */
-    const int64_t t_stream = max_tokens < 1024 ? max_tokens : 1024;
-    dmoe_cuda_router_cfg c = dmoe__cuda_router_config(t_stream, hidden, n_experts, num_sms);
+    /* Streaming (T <= stream_max): the split count is largest at T <= 64 (where
+     * it depends on (H, E) only; above, it falls as T grows). Above, the mma
+     * logits split H by a count that falls as T grows: take the largest
+     * splits x T over the token counts a call may pass (the count changes
+     * only at multiples of 128 tokens). */
+    const int64_t smax = dmoe__cuda_router_stream_max();
+    const int64_t t_stream = max_tokens < smax ? max_tokens : smax;
+    dmoe_cuda_router_cfg c = dmoe__cuda_router_config(t_stream < 64 ? t_stream : 64, hidden, n_experts, num_sms);
     size_t need = (size_t)c.k_splits * (size_t)t_stream * (size_t)n_experts;
-    for (int64_t m = 9; 128 * (m - 1) < max_tokens; m++) { /* T in (128(m-1), 128m]: one count */
+    for (int64_t m = smax / 128 + 1; 128 * (m - 1) < max_tokens; m++) { /* T in (128(m-1), 128m]: one count */
         const int64_t tt = 128 * m < max_tokens ? 128 * m : max_tokens;
         c = dmoe__cuda_router_config(tt, hidden, n_experts, num_sms);
         const size_t n = (size_t)c.k_splits * (size_t)tt * (size_t)n_experts;
@@ -228,12 +231,12 @@ extern "C" size_t dmoe__cuda_router_ws_floats(int64_t max_tokens, int64_t hidden
 }
 
 template <typename T, int NT, int U, bool FUSED>
-static cudaError_t launch_router_stream(const router_params &p, int k_splits, size_t smem,
+static cudaError_t launch_router_stream(const router_params &p, const dmoe_cuda_router_cfg &c, size_t smem,
                                        cudaStream_t stream, const dmoe_cuda_context *cc) {
     static unsigned long long smem_done = 0;
     cudaError_t err = dmoe_set_smem(router_stream_kernel<T, NT, U, FUSED>, smem, cc->device, &smem_done);
     if (err != cudaSuccess) return err;
-    dim3 grid((p.n_experts + 15) / 16, k_splits);
+    dim3 grid((p.n_experts + 15) / 16, c.k_splits, c.t_splits);
     return dmoe_launch(router_stream_kernel<T, NT, U, FUSED>, grid, dim3(ROUTER_THREADS), smem,
                        stream, cc->pdl, p);
 }
@@ -243,12 +246,12 @@ static cudaError_t router_stream_dispatch(const router_params &p, const dmoe_cud
                                           size_t smem, cudaStream_t stream,
                                           const dmoe_cuda_context *cc) {
     if (c.fused) {
-        if (c.tok_tiles == 1) return launch_router_stream<T, 1, 4, true>(p, c.k_splits, smem, stream, cc);
-        return launch_router_stream<T, 2, 4, true>(p, c.k_splits, smem, stream, cc);
+        if (c.tok_tiles == 1) return launch_router_stream<T, 1, 4, true>(p, c, smem, stream, cc);
+        return launch_router_stream<T, 2, 4, true>(p, c, smem, stream, cc);
     }
-    if (c.tok_tiles == 1) return launch_router_stream<T, 1, 4, false>(p, c.k_splits, 0, stream, cc);
-    if (c.tok_tiles == 2) return launch_router_stream<T, 2, 4, false>(p, c.k_splits, 0, stream, cc);
-    return launch_router_stream<T, 4, 2, false>(p, c.k_splits, 0, stream, cc);
+    if (c.tok_tiles == 1) return launch_router_stream<T, 1, 4, false>(p, c, 0, stream, cc);
+    if (c.tok_tiles == 2) return launch_router_stream<T, 2, 4, false>(p, c, 0, stream, cc);
+    return launch_router_stream<T, 4, 2, false>(p, c, 0, stream, cc);
 }
 
 extern "C" dmoe_status dmoe__cuda_router(dmoe_context *ctx, const dmoe_cuda_router_args *a,

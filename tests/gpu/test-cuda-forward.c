@@ -318,9 +318,10 @@ int main(void) {
 
     fwd_case grid = {"grid 2880/1408/60/6", base_desc(2880, 1408, 60, 6), NULL};
     if (!quick) {
-        /* The odd grid of STYLE.md: every path of router, plan and GEMMs. */
-        const int64_t grid_T[] = {1, 3, 127};
-        run_case(&rng, &grid, grid_T, 3);
+        /* The odd grid of STYLE.md: every path of router, plan and GEMMs (T = 127: the
+         * streaming router split along T; 1100: the mma logits, above 1024 tokens). */
+        const int64_t grid_T[] = {1, 3, 127, 1100};
+        run_case(&rng, &grid, grid_T, 4);
         fwd_case grid_mma = grid, grid_stream = grid;
         grid_mma.name = "grid, gemm=mma";
         grid_mma.gemm = "mma";
