@@ -674,7 +674,7 @@ static dmoe_status run_experts(dmoe_layer *layer, const void *x, int64_t T, cons
                 "(~%lld rows/expert)%s%s\n",
                 (long long)T, (long long)d->hidden, (long long)d->ffn, (int)E, (int)K,
                 rc.use_mma ? b3 : (rc.fused ? "stream split-k, fused route" : "stream split-k + route"),
-                plan_done ? "fused in router" : (T * K <= DMOE_CUDA_PLAN_SMALL ? "1 block" : "3 kernels"),
+                plan_done ? "fused in router" : dmoe__cuda_plan_kind(ctx, T * K, E),
                 choice_str(&c, b1, sizeof b1), (long long)dmoe__cuda_rows_estimate(&a1),
                 S > 0 ? ", shared " : "", S > 0 ? choice_str(&cs, b2, sizeof b2) : "");
     }

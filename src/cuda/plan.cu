@@ -4,9 +4,21 @@
  *   -> counts (E), offsets (E+1), pairs (n_pairs) sorted by (expert, p),
  *      slot_of (n_pairs) with slot_of[pairs[s]] = s, -1 for ids outside [0, E).
  *
- * Small plans (n_pairs <= DMOE_CUDA_PLAN_SMALL) take one block and one launch
- * (plan-block.cuh). Larger ones take three launches, one pass of a radix sort
- * with the expert as the digit:
+ * Up to PLAN_TABLE_MAX_PAIRS pairs whose table fits in shared memory, one
+ * block of 1024 threads and one launch (plan_table_kernel): pair p sits in
+ * register r = p / 1024 of thread p % 1024, so its warp of 32 consecutive
+ * pairs is v = p / 32 ("virtual warp", <= 512 of them). __match_any_sync
+ * gives each pair its rank among equal experts in v, and the leader of each
+ * expert writes the count into a (E x V) uint16 table. One warp per expert
+ * then turns its row into the exclusive prefix over v (lanes own runs of
+ * PT entries: conflict-free), and the row's total is the expert's count; a
+ * block scan over the counts gives offsets, and pair p goes to slot
+ * offsets[e] + table[e][v] + rank. Every id is read once, into registers;
+ * the launch is 3-5 us where the three kernels below took ~13 (ncu, 8192
+ * pairs, bench/cuda-notes.md).
+ * Other small plans (n_pairs <= DMOE_CUDA_PLAN_SMALL with a table too large,
+ * E ~ 1024) take plan-block.cuh's one-block plan. Larger ones take three
+ * launches, one pass of a radix sort with the expert as the digit:
  *   count  block b counts the experts of its chunk of pairs -> hist[e*NB + b];
  *   scan   one block turns hist, read in (e, b) order, into its exclusive
  *          prefix sum, so hist[e*NB + b] = offsets[e] + pairs of expert e in
@@ -14,6 +26,8 @@
  *   place  block b places its chunk from the cursors hist[e*NB + b].
  * NB <= 1024 blocks; each handles a run of 1024-pair sub-chunks.
  */
+#include <stdlib.h>
+
 #include "plan-block.cuh"
 #include "cuda-context.h"
 #include "plan.h"
@@ -29,10 +43,134 @@ static void plan_shape(int64_t n_pairs, int *n_blocks, int64_t *chunk) {
 }
 
 extern "C" size_t dmoe__cuda_plan_ws_ints(int64_t max_pairs, int32_t n_experts) {
-    int nb;
-    int64_t chunk;
-    plan_shape(max_pairs, &nb, &chunk);
+    /* plan_shape's block count is not monotone in n_pairs (2^20 pairs take 1024
+     * blocks, one more pair 513): size for the most any n <= max_pairs takes */
+    int64_t nb = (max_pairs + PLAN_THREADS - 1) / PLAN_THREADS;
+    if (nb > PLAN_MAX_BLOCKS) nb = PLAN_MAX_BLOCKS;
+    if (nb < 1) nb = 1;
     return (size_t)nb * (size_t)n_experts;
+}
+
+/* plan_table_kernel: pairs per thread (a template value: 1, 2, 4, 8, 16), most pairs, largest
+ * table (bytes: below every device's opt-in maximum, sm_86's 99 KB included). */
+#define PLAN_TABLE_MAX_PAIRS (16 * PLAN_THREADS)
+#define PLAN_TABLE_MAX_BYTES (88 * 1024)
+
+static int plan_table_pt(int64_t n_pairs) {
+    int pt = 1;
+    while ((int64_t)pt * PLAN_THREADS < n_pairs) pt *= 2;
+    return pt;
+}
+
+/* Shared memory of plan_table_kernel: the table (E rows of 32 * pt uint16), E ints, 33 ints. */
+static size_t plan_table_smem(int64_t n_pairs, int n_experts) {
+    const int pt = plan_table_pt(n_pairs);
+    return (size_t)n_experts * 32 * pt * sizeof(uint16_t) + (size_t)n_experts * sizeof(int) + 33 * sizeof(int);
+}
+
+/* DMOE_CUDA_PLAN_TABLE=0 turns the table plan off (development A/B, read once). */
+static int plan_table_enabled(void) {
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("DMOE_CUDA_PLAN_TABLE");
+        v = !(e && e[0] == '0' && e[1] == 0);
+    }
+    return v;
+}
+
+static int plan_table_fits(int64_t n_pairs, int n_experts, size_t smem_optin) {
+    if (n_pairs > PLAN_TABLE_MAX_PAIRS || !plan_table_enabled()) return 0;
+    const size_t table = (size_t)n_experts * 32 * plan_table_pt(n_pairs) * sizeof(uint16_t);
+    return table <= PLAN_TABLE_MAX_BYTES && plan_table_smem(n_pairs, n_experts) <= smem_optin;
+}
+
+template <int PT>
+static __global__ void __launch_bounds__(PLAN_THREADS)
+plan_table_kernel(const int32_t *topk_ids, int64_t n_pairs, int n_experts, int32_t *counts,
+                  int32_t *offsets, int32_t *pairs, int32_t *slot_of) {
+    constexpr int V = 32 * PT; /* virtual warps (table columns) */
+    extern __shared__ __align__(16) unsigned char smem[];
+    uint16_t *s_tab = (uint16_t *)smem;                      /* [e][v] */
+    int *s_off = (int *)(smem + (size_t)n_experts * V * 2); /* per expert: count, then offset */
+    int *s_warp = s_off + n_experts;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int E = n_experts;
+    {
+        uint4 *z = (uint4 *)s_tab;
+        const int n16 = E * V * 2 / 16; /* V * 2 bytes = 64 * PT: a multiple of 16 */
+        for (int i = tid; i < n16; i += PLAN_THREADS) z[i] = make_uint4(0, 0, 0, 0);
+    }
+    dmoe_griddep_wait();
+    int key[PT], rank[PT];
+#pragma unroll
+    for (int r = 0; r < PT; r++) {
+        const int64_t p = (int64_t)r * PLAN_THREADS + tid;
+        const int e = p < n_pairs ? topk_ids[p] : -1;
+        key[r] = p >= n_pairs ? -1 : (e >= 0 && e < E ? e : -2); /* -2: out of range, no slot */
+    }
+    __syncthreads(); /* the table is zero */
+#pragma unroll
+    for (int r = 0; r < PT; r++) {
+        const unsigned mask = __match_any_sync(0xffffffffu, key[r]);
+        rank[r] = __popc(mask & ((1u << lane) - 1u));
+        if (key[r] >= 0 && rank[r] == 0) s_tab[key[r] * V + r * 32 + warp] = (uint16_t)__popc(mask);
+    }
+    __syncthreads();
+    /* each expert's row -> exclusive prefix over v; lane l owns entries [l*PT, l*PT + PT) */
+    for (int e = warp; e < E; e += PLAN_THREADS / 32) {
+        uint16_t *row = s_tab + e * V + lane * PT;
+        int v[PT], sum = 0;
+#pragma unroll
+        for (int j = 0; j < PT; j++) {
+            v[j] = row[j];
+            sum += v[j];
+        }
+        int incl = sum;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int n = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += n;
+        }
+        int run = incl - sum;
+#pragma unroll
+        for (int j = 0; j < PT; j++) {
+            row[j] = (uint16_t)run;
+            run += v[j];
+        }
+        if (lane == 31) s_off[e] = incl;
+    }
+    __syncthreads();
+    /* offsets: exclusive scan of the counts, each thread owning a run of experts */
+    const int per = (E + PLAN_THREADS - 1) / PLAN_THREADS;
+    const int e0 = tid * per;
+    int mine = 0;
+    for (int i = 0; i < per; i++)
+        if (e0 + i < E) mine += s_off[e0 + i];
+    int total;
+    int pos = dmoe_block_exclusive_scan(mine, s_warp, &total); /* syncs: every s_off read is done */
+    for (int i = 0; i < per; i++) {
+        const int e = e0 + i;
+        if (e < E) {
+            const int c = s_off[e];
+            counts[e] = c;
+            offsets[e] = pos;
+            s_off[e] = pos;
+            pos += c;
+        }
+    }
+    if (tid == 0) offsets[E] = total;
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < PT; r++) {
+        const int64_t p = (int64_t)r * PLAN_THREADS + tid;
+        if (key[r] >= 0) {
+            const int slot = s_off[key[r]] + s_tab[key[r] * V + r * 32 + warp] + rank[r];
+            slot_of[p] = slot;
+            pairs[slot] = (int32_t)p;
+        } else if (key[r] == -2) {
+            slot_of[p] = -1;
+        }
+    }
 }
 
 static size_t plan_block_smem(int n_experts, int threads) {
@@ -111,12 +249,41 @@ plan_place_kernel(const int32_t *topk_ids, int64_t n_pairs, int n_experts, int64
         dmoe_plan_place_chunk(topk_ids, p, p1, n_experts, s_cursor, s_tab, pairs, slot_of);
 }
 
+template <int PT>
+static cudaError_t launch_plan_table(const dmoe_cuda_context *cc, size_t smem, cudaStream_t stream,
+                                     const int32_t *topk_ids, int64_t n_pairs, int E, int32_t *counts,
+                                     int32_t *offsets, int32_t *pairs, int32_t *slot_of) {
+    static unsigned long long smem_done = 0;
+    cudaError_t err = dmoe_set_smem(plan_table_kernel<PT>, smem, cc->device, &smem_done);
+    if (err != cudaSuccess) return err;
+    return dmoe_launch(plan_table_kernel<PT>, dim3(1), dim3(PLAN_THREADS), smem, stream, cc->pdl, topk_ids,
+                       n_pairs, E, counts, offsets, pairs, slot_of);
+}
+
+extern "C" const char *dmoe__cuda_plan_kind(dmoe_context *ctx, int64_t n_pairs, int32_t n_experts) {
+    if (plan_table_fits(n_pairs, n_experts, dmoe__cuda_ctx(ctx)->smem_optin)) return "table, 1 block";
+    return n_pairs <= DMOE_CUDA_PLAN_SMALL ? "1 block" : "3 kernels";
+}
+
 extern "C" dmoe_status dmoe__cuda_plan(dmoe_context *ctx, const int32_t *topk_ids, int64_t n_pairs,
                                        int32_t n_experts, int32_t *counts, int32_t *offsets,
                                        int32_t *pairs, int32_t *slot_of, int32_t *ws,
                                        cudaStream_t stream) {
     const dmoe_cuda_context *cc = dmoe__cuda_ctx(ctx);
     const int E = n_experts;
+    if (plan_table_fits(n_pairs, E, cc->smem_optin)) {
+        const int pt = plan_table_pt(n_pairs);
+        const size_t smem = plan_table_smem(n_pairs, E);
+        cudaError_t err;
+        if (pt == 1) err = launch_plan_table<1>(cc, smem, stream, topk_ids, n_pairs, E, counts, offsets, pairs, slot_of);
+        else if (pt == 2) err = launch_plan_table<2>(cc, smem, stream, topk_ids, n_pairs, E, counts, offsets, pairs, slot_of);
+        else if (pt == 4) err = launch_plan_table<4>(cc, smem, stream, topk_ids, n_pairs, E, counts, offsets, pairs, slot_of);
+        else if (pt == 8) err = launch_plan_table<8>(cc, smem, stream, topk_ids, n_pairs, E, counts, offsets, pairs, slot_of);
+        else err = launch_plan_table<16>(cc, smem, stream, topk_ids, n_pairs, E, counts, offsets, pairs, slot_of);
+        DMOE_CUDA_CHECK(ctx, err);
+        DMOE_CUDA_CHECK(ctx, cudaGetLastError());
+        return DMOE_OK;
+    }
     if (n_pairs <= DMOE_CUDA_PLAN_SMALL) {
         DMOE_CUDA_CHECK(ctx, dmoe_launch(plan_small_kernel, dim3(1), dim3(PLAN_THREADS),
                                          plan_block_smem(E, PLAN_THREADS), stream, cc->pdl,

@@ -14,6 +14,9 @@ extern "C" {
 /* Pairs up to which one block builds the whole plan in one launch. */
 #define DMOE_CUDA_PLAN_SMALL 2048
 
+/* Which plan dmoe__cuda_plan runs for n_pairs ("table, 1 block", "1 block", "3 kernels"). */
+const char *dmoe__cuda_plan_kind(dmoe_context *ctx, int64_t n_pairs, int32_t n_experts);
+
 /* int32 workspace (hist) the plan needs for up to max_pairs pairs. */
 size_t dmoe__cuda_plan_ws_ints(int64_t max_pairs, int32_t n_experts);
 

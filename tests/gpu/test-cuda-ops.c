@@ -1,8 +1,10 @@
 /*
  * test-cuda-ops: the CUDA ops one at a time against host references.
  *  - plan (src/cuda/plan.cu): counts, offsets, pairs and slot_of equal to a
- *    host stable counting sort, for the one-block path and the three-kernel
- *    path, with ids outside [0, E) (they must get no slot);
+ *    host stable counting sort, for the table plan (1..16 pairs a thread), the
+ *    one-block path and the three-kernel path, with ids outside [0, E) (they
+ *    must get no slot), and nothing written past the workspace (2^20 pairs in
+ *    a workspace sized for 2^20 + 1);
  *  - every grouped GEMM variant of this backend (stream with 8/16/32/64 tokens a
  *    pass, mma with 64/128-row tiles, on sm_90 the swap-AB wgmma kernels with
  *    16/32/64/128 rows per item), GEMM1+SwiGLU and GEMM2+weight, against
@@ -12,7 +14,7 @@
  *    outputs poisoned with NaN first, rows past the segments never looked at;
  *    on sm_90 also the 128x256 wgmma kernels (the staged path's large-T GEMMs).
  * DMOE_GPU_TEST_QUICK=1 keeps small sizes (for compute-sanitizer): plan sizes
- * up to 2049 pairs, GEMMs at T = 40 (bf16) and 12 (f16), every kernel still run.
+ * up to 5000 pairs, GEMMs at T = 40 (bf16) and 12 (f16), every kernel still run.
  */
 #include <math.h>
 
@@ -44,7 +46,10 @@ static void host_plan(const int32_t *ids, int64_t n, int E, int32_t *counts, int
 }
 
 /* Runs the device plan on ids and compares it with host_plan. */
-static void check_plan(dmoe_context *ctx, const char *what, const int32_t *ids, int64_t n, int E) {
+/* ws_pairs >= n: the workspace is sized for that many pairs (a layer's max_tokens * K) and followed
+ * by a poisoned guard that must come back untouched. */
+static void check_plan(dmoe_context *ctx, const char *what, const int32_t *ids, int64_t n, int E,
+                       int64_t ws_pairs) {
     int32_t *hc = (int32_t *)tu_malloc(sizeof(int32_t) * (size_t)E);
     int32_t *ho = (int32_t *)tu_malloc(sizeof(int32_t) * (size_t)(E + 1));
     int32_t *hp = (int32_t *)tu_malloc(sizeof(int32_t) * (size_t)n);
@@ -55,7 +60,9 @@ static void check_plan(dmoe_context *ctx, const char *what, const int32_t *ids, 
     int32_t *dof = (int32_t *)gpu_alloc(sizeof(int32_t) * (size_t)(E + 1));
     int32_t *dp = (int32_t *)gpu_alloc(sizeof(int32_t) * (size_t)n);
     int32_t *ds = (int32_t *)gpu_alloc(sizeof(int32_t) * (size_t)n);
-    int32_t *dws = (int32_t *)gpu_alloc(sizeof(int32_t) * dmoe__cuda_plan_ws_ints(n, E));
+    const size_t n_ws = dmoe__cuda_plan_ws_ints(ws_pairs, E), n_guard = 4096;
+    int32_t *dws = (int32_t *)gpu_alloc(sizeof(int32_t) * (n_ws + n_guard));
+    GPU_CHECK(cudaMemset(dws + n_ws, 0x5a, sizeof(int32_t) * n_guard));
     GPU_CHECK(cudaMemset(dp, 0x7f, sizeof(int32_t) * (size_t)n));
     GPU_CHECK(cudaMemset(ds, 0x7f, sizeof(int32_t) * (size_t)n));
     TU_CHECK_STATUS(ctx, dmoe__cuda_plan(ctx, d_ids, n, E, dc, dof, dp, ds, dws, 0), DMOE_OK);
@@ -76,12 +83,18 @@ static void check_plan(dmoe_context *ctx, const char *what, const int32_t *ids, 
             bad_p++;
         }
     for (int64_t p = 0; p < n; p++) bad_s += gs[p] != hs[p];
-    printf("  plan %-36s n=%lld E=%d valid=%d: counts %lld offsets %lld pairs %lld slot_of %lld wrong%s\n",
+    int32_t *gg = (int32_t *)tu_malloc(sizeof(int32_t) * n_guard);
+    gpu_download(gg, dws + n_ws, sizeof(int32_t) * n_guard);
+    int64_t bad_g = 0;
+    for (size_t i = 0; i < n_guard; i++) bad_g += gg[i] != 0x5a5a5a5a;
+    tu_free(gg);
+    printf("  plan %-36s n=%lld E=%d valid=%d: counts %lld offsets %lld pairs %lld slot_of %lld wrong, "
+           "%lld guard words past the workspace changed%s\n",
            what, (long long)n, E, ho[E], (long long)bad_c, (long long)bad_o, (long long)bad_p,
-           (long long)bad_s, bad_c + bad_o + bad_p + bad_s ? "  <-- FAIL" : "");
+           (long long)bad_s, (long long)bad_g, bad_c + bad_o + bad_p + bad_s + bad_g ? "  <-- FAIL" : "");
     if (first >= 0)
         printf("    first wrong slot %lld: got pair %d want %d\n", (long long)first, gp[first], hp[first]);
-    TU_CHECK(bad_c == 0 && bad_o == 0 && bad_p == 0 && bad_s == 0);
+    TU_CHECK(bad_c == 0 && bad_o == 0 && bad_p == 0 && bad_s == 0 && bad_g == 0);
     gpu_free(d_ids); gpu_free(dc); gpu_free(dof); gpu_free(dp); gpu_free(ds); gpu_free(dws);
     tu_free(hc); tu_free(ho); tu_free(hp); tu_free(hs);
     tu_free(gc); tu_free(go); tu_free(gp); tu_free(gs);
@@ -90,9 +103,11 @@ static void check_plan(dmoe_context *ctx, const char *what, const int32_t *ids, 
 static int quick;
 
 static void test_plan(dmoe_context *ctx, tu_rng *rng) {
-    const int64_t sizes[] = {1, 6, 37, 1000, 2048, 2049, 65536, 300001};
+    /* the table plan up to 16384 pairs (1, 2, 4, 8, 16 per thread; with E = 1024 only to 1024), the
+     * one-block plan (E = 1024, 2048 pairs), the three kernels */
+    const int64_t sizes[] = {1, 6, 37, 1000, 2048, 2049, 5000, 16384, 16385, 65536, 300001};
     const int experts[] = {1, 60, 1024};
-    const size_t n_sizes = quick ? 6 : sizeof sizes / sizeof *sizes;
+    const size_t n_sizes = quick ? 7 : sizeof sizes / sizeof *sizes;
     for (size_t i = 0; i < n_sizes; i++) {
         if (quick && (sizes[i] == 6 || sizes[i] == 1000)) continue;
         for (size_t j = 0; j < sizeof experts / sizeof *experts; j++) {
@@ -106,11 +121,20 @@ static void test_plan(dmoe_context *ctx, tu_rng *rng) {
                 else ids[p] = (int32_t)tu_rand_int(rng, 0, E - 1);
             }
             char what[64];
-            snprintf(what, sizeof what, "%s", n <= DMOE_CUDA_PLAN_SMALL ? "(one block)" : "(three kernels)");
-            check_plan(ctx, what, ids, n, E);
+            snprintf(what, sizeof what, "(%s)", dmoe__cuda_plan_kind(ctx, n, E));
+            check_plan(ctx, what, ids, n, E, n);
             tu_free(ids);
         }
     }
+    /* 2^20 pairs with the workspace of a layer sized for 2^20 + 1: the three-kernel plan's block count
+     * is not monotone in the pairs (1024 blocks here, 513 at the workspace's size), which once
+     * overran the histogram */
+    const int64_t n = (int64_t)1 << 20;
+    const int E = 60;
+    int32_t *ids = (int32_t *)tu_malloc(sizeof(int32_t) * (size_t)n);
+    for (int64_t p = 0; p < n; p++) ids[p] = (int32_t)tu_rand_int(rng, 0, E - 1);
+    check_plan(ctx, "(three kernels, workspace for n + 1)", ids, n, E, n + 1);
+    tu_free(ids);
 }
 
 typedef struct gemm_case {
@@ -227,6 +251,8 @@ static void test_gemms(dmoe_context *ctx, tu_rng *rng, dmoe_dtype dt, int64_t T)
         {"sm90-swap", dmoe__cuda_gemm1_sm90_swap, dmoe__cuda_gemm2_sm90_swap, 64},
         {"sm90-swap", dmoe__cuda_gemm1_sm90_swap, dmoe__cuda_gemm2_sm90_swap, 100000},
         {"sm90-128x256", dmoe__cuda_gemm1_sm90, dmoe__cuda_gemm2_sm90, 100000},
+        /* 64 rows an item at any rows an expert (AUTO's pick where the 128x256 tiles fill waves badly) */
+        {"sm90-swap64", dmoe__cuda_gemm1_sm90_swap64, dmoe__cuda_gemm2_sm90_swap64, 100000},
     };
     int num_sms = 0, cc_major = 0, cc_minor = 0;
     GPU_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, 0));
@@ -236,7 +262,8 @@ static void test_gemms(dmoe_context *ctx, tu_rng *rng, dmoe_dtype dt, int64_t T)
     GPU_CHECK(cudaDeviceGetAttribute(&cc_minor, cudaDevAttrComputeCapabilityMinor, 0));
     const int sm90 = dmoe__cuda_sm90_available(cc_major, cc_minor);
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
-        const int is_swap = cases[c].g1 == dmoe__cuda_gemm1_sm90_swap;
+        const int is_swap64 = cases[c].g1 == dmoe__cuda_gemm1_sm90_swap64;
+        const int is_swap = is_swap64 || cases[c].g1 == dmoe__cuda_gemm1_sm90_swap;
         const int is_sm90 = is_swap || cases[c].g1 == dmoe__cuda_gemm1_sm90;
         if (is_sm90 && !sm90) continue;
         dmoe_cuda_grouped_args a;
@@ -250,6 +277,7 @@ static void test_gemms(dmoe_context *ctx, tu_rng *rng, dmoe_dtype dt, int64_t T)
         a.dtype = dt;
         a.num_sms = num_sms;
         const int tile = cases[c].g1 == dmoe__cuda_gemm1_stream ? dmoe__cuda_stream_tokens(&a)
+                         : is_swap64                            ? 64
                          : is_swap                              ? dmoe__cuda_swap_tokens(&a)
                          : is_sm90                              ? 128
                                                                 : dmoe__cuda_mma_rows(&a);
