@@ -20,7 +20,16 @@
  *               splits K and measured 4-15% faster there
  *               (bench/sm90-gemm-notes.md, v06);
  *     else      the 128x256-tile wgmma kernels (at 64 < m <= 128 they beat
- *               swap128 by 2-5% in the harness: olmoe T=512, deepseek T=2048);
+ *               swap128 by 2-5% in the harness: olmoe T=512, deepseek T=2048),
+ *               unless m <= 128 and their tiles fill the last wave badly:
+ *               with S SMs and t tiles, fill(t) = t / (ceil(t / S) * S),
+ *               GEMM1 t = hit * ceil(F / 128), GEMM2 t = hit * ceil(H / 256),
+ *               weighted 2:1 (GEMM1 reads twice the weights); below 0.75 the
+ *               swap kernels with 64 rows an item (2 items an expert, ~4x the
+ *               tiles) measured faster: granite-3b-like (E=40, F=512) T=256,
+ *               fill 0.71, 122.8 -> 115.7 us (session 12); at fill >= 0.8
+ *               (dsv2-lite, gpt-oss, olmoe T=512) swap64 was 1% faster to 6%
+ *               slower, so the margin;
  *   elsewhere: m <= 64 stream (8/16/32/64 tokens a pass), else mma.sync with
  *   64- or 128-row tiles.
  * DMOE_CUDA_SWAP_N=16|32|64|128 forces the swap kernels' rows per item.
@@ -133,6 +142,18 @@ extern "C" int32_t dmoe__cuda_swap_tokens(const dmoe_cuda_grouped_args *a) {
     return 128;
 }
 
+/* The 128x256-tile kernels' wave fill for m rows an expert (see the top). */
+static double sm90_wave_fill(const dmoe_cuda_grouped_args *a, int64_t m) {
+    const double E = (double)a->n_experts, K = (double)a->top_k;
+    double hit = E * (1.0 - pow(1.0 - (K < E ? K : E) / E, (double)a->n_tokens));
+    if (hit < 1.0) hit = 1.0;
+    const double row_tiles = (double)((m + 127) / 128), S = (double)(a->num_sms > 0 ? a->num_sms : 132);
+    const double t1 = ceil(hit) * row_tiles * (double)((a->n_dim + 127) / 128);
+    const double t2 = ceil(hit) * row_tiles * (double)((a->k_dim + 255) / 256);
+    const double f1 = t1 / (ceil(t1 / S) * S), f2 = t2 / (ceil(t2 / S) * S);
+    return (2.0 * f1 + f2) / 3.0;
+}
+
 extern "C" int32_t dmoe__cuda_mma_rows(const dmoe_cuda_grouped_args *a) {
     return dmoe__cuda_rows_estimate(a) <= 64 ? 64 : 128;
 }
@@ -142,6 +163,7 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
                                                         int cc_major, int cc_minor) {
     dmoe_cuda_gemm_kind kind = forced;
     const int64_t m = dmoe__cuda_rows_estimate(a);
+    int swap_tile = 0; /* set: AUTO chose swap above 64 rows for the wave fill */
     if ((kind == DMOE_CUDA_GEMM_SM90 || kind == DMOE_CUDA_GEMM_SWAP) &&
         !dmoe__cuda_sm90_available(cc_major, cc_minor))
         kind = DMOE_CUDA_GEMM_AUTO;
@@ -151,7 +173,10 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
             kind = swap_items(a) * 2 >= (double)(a->num_sms > 0 ? a->num_sms : 132)
                        ? DMOE_CUDA_GEMM_SWAP
                        : DMOE_CUDA_GEMM_STREAM;
-        else if (sm90) kind = DMOE_CUDA_GEMM_SM90;
+        else if (sm90 && m <= 128 && sm90_wave_fill(a, m) < 0.75) {
+            kind = DMOE_CUDA_GEMM_SWAP;
+            swap_tile = 64;
+        } else if (sm90) kind = DMOE_CUDA_GEMM_SM90;
         else kind = m <= 64 ? DMOE_CUDA_GEMM_STREAM : DMOE_CUDA_GEMM_MMA;
     }
     dmoe_cuda_gemm_choice c;
@@ -172,10 +197,15 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
     case DMOE_CUDA_GEMM_SWAP:
         c.gemm1 = dmoe__cuda_gemm1_sm90_swap;
         c.gemm2 = dmoe__cuda_gemm2_sm90_swap;
-        c.tile = dmoe__cuda_swap_tokens(a);
+        c.tile = swap_tile ? swap_tile : dmoe__cuda_swap_tokens(a);
+        if (swap_tile) {
+            c.gemm1 = dmoe__cuda_gemm1_sm90_swap64;
+            c.gemm2 = dmoe__cuda_gemm2_sm90_swap64;
+        }
         break;
 #endif
     default:
+        (void)swap_tile;
         c.kind = DMOE_CUDA_GEMM_MMA;
         c.gemm1 = dmoe__cuda_gemm1_mma;
         c.gemm2 = dmoe__cuda_gemm2_mma;

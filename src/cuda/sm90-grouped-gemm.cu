@@ -1150,3 +1150,16 @@ extern "C" dmoe_status dmoe__cuda_gemm2_sm90_swap(dmoe_context *ctx, const dmoe_
     return dmoe__cuda_gemm2_sm90_swap_n(ctx, a, dmoe__cuda_swap_tokens(a), act, w2, topk_w, part,
                                         stream);
 }
+
+extern "C" dmoe_status dmoe__cuda_gemm1_sm90_swap64(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
+                                                    const void *x, const void *w13, void *act,
+                                                    cudaStream_t stream) {
+    return dmoe__cuda_gemm1_sm90_swap_n(ctx, a, 64, x, w13, act, stream);
+}
+
+extern "C" dmoe_status dmoe__cuda_gemm2_sm90_swap64(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
+                                                    const void *act, const void *w2,
+                                                    const float *topk_w, void *part,
+                                                    cudaStream_t stream) {
+    return dmoe__cuda_gemm2_sm90_swap_n(ctx, a, 64, act, w2, topk_w, part, stream);
+}

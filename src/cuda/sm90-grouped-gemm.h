@@ -58,6 +58,14 @@ dmoe_status dmoe__cuda_gemm1_sm90_swap(dmoe_context *ctx, const dmoe_cuda_groupe
 dmoe_status dmoe__cuda_gemm2_sm90_swap(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
                                        const void *act, const void *w2, const float *topk_w,
                                        void *part, cudaStream_t stream);
+/* The swap kernels with 64 rows an item whatever the rows (heuristics.cu's
+ * choice above 64 rows an expert where the 128x256 tiles fill waves badly). */
+dmoe_status dmoe__cuda_gemm1_sm90_swap64(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
+                                         const void *x, const void *w13, void *act,
+                                         cudaStream_t stream);
+dmoe_status dmoe__cuda_gemm2_sm90_swap64(dmoe_context *ctx, const dmoe_cuda_grouped_args *a,
+                                         const void *act, const void *w2, const float *topk_w,
+                                         void *part, cudaStream_t stream);
 /* Rows per item of the swap kernels for this launch (heuristics.cu). */
 int32_t dmoe__cuda_swap_tokens(const dmoe_cuda_grouped_args *a);
 
