@@ -23,9 +23,10 @@ if [ "${1:-}" = pack ]; then
   DIR=${2:-.cudadev}
   cmake -S . -B build-cuda -G Ninja >/dev/null && cmake --build build-cuda | tail -1 || exit 1
   rm -rf "$DIR" && mkdir -p "$DIR"
+  # offload-example needs the store (cJSON): copied when it was built
   cp build-cuda/bin/test-cuda-* build-cuda/bin/resident-bench build-cuda/bin/offload-bench build-cuda/bin/dmoe \
-     build-cuda/bin/offload-example "$DIR"/ &&
-    cp -P build-cuda/lib/libdmoe.so* "$DIR"/
+     "$DIR"/ && cp -P build-cuda/lib/libdmoe.so* "$DIR"/ || exit 1
+  [ -x build-cuda/bin/offload-example ] && cp build-cuda/bin/offload-example "$DIR"/
   strip -g "$DIR"/test-cuda-* "$DIR"/resident-bench "$DIR"/offload-bench "$DIR"/dmoe "$DIR"/offload-example \
     "$DIR"/libdmoe.so.* 2>/dev/null
   for lib in $(ldd build-cuda/lib/libdmoe.so | awk '/=> \// && /cudart|cjson/ {print $3}'); do cp -L "$lib" "$DIR"/; done
