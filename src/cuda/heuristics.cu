@@ -29,7 +29,8 @@
  *               tiles) measured faster: granite-3b-like (E=40, F=512) T=256,
  *               fill 0.71, 122.8 -> 115.7 us (session 12); at fill >= 0.8
  *               (dsv2-lite, gpt-oss, olmoe T=512) swap64 was 1% faster to 6%
- *               slower, so the margin;
+ *               slower, so the margin. Shared experts (hit = S, 1 or 2) fill
+ *               a wave poorly either way and take the rule too (not timed);
  *   elsewhere: m <= 64 stream (8/16/32/64 tokens a pass), else mma.sync with
  *   64- or 128-row tiles.
  * DMOE_CUDA_SWAP_N=16|32|64|128 forces the swap kernels' rows per item.
@@ -127,13 +128,19 @@ static double swap_items(const dmoe_cuda_grouped_args *a) {
     return hit * (b1 < b2 ? b1 : b2);
 }
 
-extern "C" int32_t dmoe__cuda_swap_tokens(const dmoe_cuda_grouped_args *a) {
+/* DMOE_CUDA_SWAP_N (read once): the swap kernels' rows an item, or 0. */
+static int swap_n_forced(void) {
     static int forced = -1;
     if (forced < 0) {
         const char *v = getenv("DMOE_CUDA_SWAP_N");
         const int n = v ? atoi(v) : 0;
         forced = (n == 16 || n == 32 || n == 64 || n == 128) ? n : 0;
     }
+    return forced;
+}
+
+extern "C" int32_t dmoe__cuda_swap_tokens(const dmoe_cuda_grouped_args *a) {
+    const int forced = swap_n_forced();
     if (forced) return forced;
     const int64_t m = dmoe__cuda_rows_estimate(a);
     if (m <= 16) return 16;
@@ -175,7 +182,7 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
                        : DMOE_CUDA_GEMM_STREAM;
         else if (sm90 && m <= 128 && sm90_wave_fill(a, m) < 0.75) {
             kind = DMOE_CUDA_GEMM_SWAP;
-            swap_tile = 64;
+            swap_tile = swap_n_forced() ? 0 : 64; /* DMOE_CUDA_SWAP_N still forces the rows an item */
         } else if (sm90) kind = DMOE_CUDA_GEMM_SM90;
         else kind = m <= 64 ? DMOE_CUDA_GEMM_STREAM : DMOE_CUDA_GEMM_MMA;
     }

@@ -55,6 +55,7 @@ extern "C" size_t dmoe__cuda_plan_ws_ints(int64_t max_pairs, int32_t n_experts) 
  * table (bytes: below every device's opt-in maximum, sm_86's 99 KB included). */
 #define PLAN_TABLE_MAX_PAIRS (16 * PLAN_THREADS)
 #define PLAN_TABLE_MAX_BYTES (88 * 1024)
+static_assert(PLAN_TABLE_MAX_PAIRS <= 65536, "the table's prefix sums are uint16");
 
 static int plan_table_pt(int64_t n_pairs) {
     int pt = 1;

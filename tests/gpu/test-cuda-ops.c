@@ -128,7 +128,8 @@ static void test_plan(dmoe_context *ctx, tu_rng *rng) {
     }
     /* 2^20 pairs with the workspace of a layer sized for 2^20 + 1: the three-kernel plan's block count
      * is not monotone in the pairs (1024 blocks here, 513 at the workspace's size), which once
-     * overran the histogram */
+     * overran the histogram (not under DMOE_GPU_TEST_QUICK: large) */
+    if (quick) return;
     const int64_t n = (int64_t)1 << 20;
     const int E = 60;
     int32_t *ids = (int32_t *)tu_malloc(sizeof(int32_t) * (size_t)n);
