@@ -69,12 +69,14 @@ static size_t plan_table_smem(int64_t n_pairs, int n_experts) {
     return (size_t)n_experts * 32 * pt * sizeof(uint16_t) + (size_t)n_experts * sizeof(int) + 33 * sizeof(int);
 }
 
-/* DMOE_CUDA_PLAN_TABLE=0 turns the table plan off (development A/B, read once). */
+/* DMOE_CUDA_PLAN_TABLE=1 turns the table plan on (read once). Off by default until a GPU run has
+ * checked and timed it (it was written in session 12 while no device could be had). */
+#define PLAN_TABLE_DEFAULT 0
 static int plan_table_enabled(void) {
     static int v = -1;
     if (v < 0) {
         const char *e = getenv("DMOE_CUDA_PLAN_TABLE");
-        v = !(e && e[0] == '0' && e[1] == 0);
+        v = e && (e[0] == '0' || e[0] == '1') && e[1] == 0 ? e[0] == '1' : PLAN_TABLE_DEFAULT;
     }
     return v;
 }
