@@ -30,19 +30,6 @@ for n in 1 2; do
   gb noplan$n DMOE_CUDA_ROUTE_PLAN=0
   gb plan$n DMOE_CUDA_ROUTE_PLAN=1
 done
-cd $OUT && python3 - > table.txt <<'PY'
-import glob, re, collections
-cells = collections.defaultdict(dict)
-for f in sorted(glob.glob('h/gb-*.txt')):
-    tag = f[5:-4]
-    for l in open(f):
-        m = re.match(r'^([a-z0-9-]+) +(\d+) +([\d.]+) +(\S+) +([\d.]+) +([\d.]+)', l)
-        if m: cells[(m.group(1), int(m.group(2)))][tag] = (float(m.group(3)), float(m.group(6)))
-tags = sorted({t for c in cells.values() for t in c})
-print('%-16s %5s %8s ' % ('layer', 'T', 'floor') + ' '.join('%11s' % t for t in tags))
-for k in sorted(cells):
-    c = cells[k]; fl = next(iter(c.values()))[1]
-    print('%-16s %5d %8.1f ' % (k[0], k[1], fl) + ' '.join('%11s' % ('%.1f' % c[t][0] if t in c else '-') for t in tags))
-PY
+cd $OUT && python3 $OLDPWD/dev/ab-table.py gb > table.txt
 tar czf logs.tgz h 2>/dev/null; rm -rf h
 cat summary.txt table.txt

@@ -40,23 +40,7 @@ for n in 1 2; do
   gp notable$n DMOE_CUDA_PLAN_TABLE=0
   gp table$n DMOE_CUDA_PLAN_TABLE=1
 done
-cd $OUT && python3 - > table.txt <<'PY'
-import glob, re, collections
-cells = collections.defaultdict(dict)
-for f in sorted(glob.glob('h/g[bp]-*.txt')):
-    tag = f[5:-4]
-    for l in open(f):
-        m = re.match(r'^([a-z0-9-]+) +(\d+) +([\d.]+) +(\S+) +([\d.]+) +([\d.]+)', l)
-        if m: cells[(f[2:4] + ':' + m.group(1), int(m.group(2)))][tag] = (float(m.group(3)), float(m.group(6)))
-tags = sorted({t for c in cells.values() for t in c})
-for grp in ('gb', 'gp'):
-    tg = [t for t in tags if any(t in c for k, c in cells.items() if k[0].startswith(grp))]
-    print('%-19s %5s %8s ' % ('layer', 'T', 'floor') + ' '.join('%11s' % t for t in tg))
-    for k in sorted(cells):
-        if not k[0].startswith(grp): continue
-        c = cells[k]; fl = next(iter(c.values()))[1]
-        print('%-19s %5d %8.1f ' % (k[0], k[1], fl) + ' '.join('%11s' % ('%.1f' % c[t][0] if t in c else '-') for t in tg))
-PY
+cd $OUT && python3 $OLDPWD/dev/ab-table.py gb gp > table.txt
 tar czf logs.tgz h 2>/dev/null; rm -rf h
 cd - >/dev/null && OUT=$OUT bash dev/s12-prof.sh > /dev/null 2>&1
 cd $OUT && cat summary.txt table.txt prof/ncu.txt
