@@ -59,6 +59,31 @@ static __device__ __forceinline__ void dmoe_plan_place_chunk(const int32_t *topk
     __syncthreads();
 }
 
+/* s_cnt (E, shared): each expert's count on entry, its first slot on return;
+ * counts, offsets (E + 1) written. An exclusive scan with each thread owning a
+ * run of experts. Every thread calls it; the caller syncs before reading s_cnt. */
+static __device__ __forceinline__ void dmoe_plan_offsets(int *s_cnt, int n_experts, int32_t *counts,
+                                                         int32_t *offsets, int *s_warp) {
+    const int per = (n_experts + (int)blockDim.x - 1) / (int)blockDim.x;
+    const int e0 = (int)threadIdx.x * per;
+    int mine = 0;
+    for (int i = 0; i < per; i++)
+        if (e0 + i < n_experts) mine += s_cnt[e0 + i];
+    int total;
+    int pos = dmoe_block_exclusive_scan(mine, s_warp, &total); /* syncs: every s_cnt read is done */
+    for (int i = 0; i < per; i++) {
+        const int e = e0 + i;
+        if (e < n_experts) {
+            const int c = s_cnt[e];
+            counts[e] = c;
+            offsets[e] = pos;
+            s_cnt[e] = pos;
+            pos += c;
+        }
+    }
+    if (threadIdx.x == 0) offsets[n_experts] = total;
+}
+
 /* The whole plan in one block, for small n_pairs. Shared memory: s_cursor (E
  * ints), s_tab (n_warps * E bytes), s_warp (33 ints). Every thread calls it. */
 static __device__ __forceinline__ void dmoe_plan_block(const int32_t *topk_ids, int64_t n_pairs,
@@ -75,25 +100,7 @@ static __device__ __forceinline__ void dmoe_plan_block(const int32_t *topk_ids, 
         if (e >= 0 && e < n_experts) atomicAdd(&s_cursor[e], 1);
     }
     __syncthreads();
-    /* exclusive scan of the counts, each thread owning a run of experts */
-    const int per = (n_experts + (int)blockDim.x - 1) / (int)blockDim.x;
-    const int e0 = (int)threadIdx.x * per;
-    int mine = 0;
-    for (int i = 0; i < per; i++)
-        if (e0 + i < n_experts) mine += s_cursor[e0 + i];
-    int total;
-    int pos = dmoe_block_exclusive_scan(mine, s_warp, &total);
-    for (int i = 0; i < per; i++) {
-        const int e = e0 + i;
-        if (e < n_experts) {
-            const int c = s_cursor[e];
-            counts[e] = c;
-            offsets[e] = pos;
-            s_cursor[e] = pos;
-            pos += c;
-        }
-    }
-    if (threadIdx.x == 0) offsets[n_experts] = total;
+    dmoe_plan_offsets(s_cursor, n_experts, counts, offsets, s_warp);
     __syncthreads();
     for (int64_t p0 = 0; p0 < n_pairs; p0 += blockDim.x)
         dmoe_plan_place_chunk(topk_ids, p0, n_pairs, n_experts, s_cursor, s_tab, pairs, slot_of);

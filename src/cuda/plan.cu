@@ -143,25 +143,7 @@ plan_table_kernel(const int32_t *topk_ids, int64_t n_pairs, int n_experts, int32
         if (lane == 31) s_off[e] = incl;
     }
     __syncthreads();
-    /* offsets: exclusive scan of the counts, each thread owning a run of experts */
-    const int per = (E + PLAN_THREADS - 1) / PLAN_THREADS;
-    const int e0 = tid * per;
-    int mine = 0;
-    for (int i = 0; i < per; i++)
-        if (e0 + i < E) mine += s_off[e0 + i];
-    int total;
-    int pos = dmoe_block_exclusive_scan(mine, s_warp, &total); /* syncs: every s_off read is done */
-    for (int i = 0; i < per; i++) {
-        const int e = e0 + i;
-        if (e < E) {
-            const int c = s_off[e];
-            counts[e] = c;
-            offsets[e] = pos;
-            s_off[e] = pos;
-            pos += c;
-        }
-    }
-    if (tid == 0) offsets[E] = total;
+    dmoe_plan_offsets(s_off, E, counts, offsets, s_warp);
     __syncthreads();
 #pragma unroll
     for (int r = 0; r < PT; r++) {
