@@ -117,12 +117,19 @@ extern "C" int32_t dmoe__cuda_stream_tokens(const dmoe_cuda_grouped_args *a) {
     return 64;
 }
 
+/* Experts a uniform routing of n_tokens hits, E (1 - (1 - K/E)^T). */
+static double experts_hit(const dmoe_cuda_grouped_args *a) {
+    const double E = (double)a->n_experts, K = (double)a->top_k;
+    return E * (1.0 - pow(1.0 - (K < E ? K : E) / E, (double)a->n_tokens));
+}
+
+static double grid_sms(const dmoe_cuda_grouped_args *a) { return (double)(a->num_sms > 0 ? a->num_sms : 132); }
+
 /* Items of the smaller swap launch (per expert hit: GEMM1 ceil(F / 128)
  * feature blocks, GEMM2 ceil(H / 256) row blocks), with the experts hit
  * estimated for uniform routing. a: GEMM1's arguments (k_dim H, n_dim F). */
 static double swap_items(const dmoe_cuda_grouped_args *a) {
-    const double E = (double)a->n_experts, K = (double)a->top_k;
-    double hit = E * (1.0 - pow(1.0 - (K < E ? K : E) / E, (double)a->n_tokens));
+    double hit = experts_hit(a);
     if (hit > (double)a->n_rows) hit = (double)a->n_rows;
     const double b1 = (double)((a->n_dim + 127) / 128), b2 = (double)((a->k_dim + 255) / 256);
     return hit * (b1 < b2 ? b1 : b2);
@@ -151,10 +158,9 @@ extern "C" int32_t dmoe__cuda_swap_tokens(const dmoe_cuda_grouped_args *a) {
 
 /* The 128x256-tile kernels' wave fill for m rows an expert (see the top). */
 static double sm90_wave_fill(const dmoe_cuda_grouped_args *a, int64_t m) {
-    const double E = (double)a->n_experts, K = (double)a->top_k;
-    double hit = E * (1.0 - pow(1.0 - (K < E ? K : E) / E, (double)a->n_tokens));
+    double hit = experts_hit(a);
     if (hit < 1.0) hit = 1.0;
-    const double row_tiles = (double)((m + 127) / 128), S = (double)(a->num_sms > 0 ? a->num_sms : 132);
+    const double row_tiles = (double)((m + 127) / 128), S = grid_sms(a);
     const double t1 = ceil(hit) * row_tiles * (double)((a->n_dim + 127) / 128);
     const double t2 = ceil(hit) * row_tiles * (double)((a->k_dim + 255) / 256);
     const double f1 = t1 / (ceil(t1 / S) * S), f2 = t2 / (ceil(t2 / S) * S);
@@ -177,7 +183,7 @@ extern "C" dmoe_cuda_gemm_choice dmoe__cuda_choose_gemm(dmoe_cuda_gemm_kind forc
     if (kind == DMOE_CUDA_GEMM_AUTO) {
         const int sm90 = dmoe__cuda_sm90_available(cc_major, cc_minor);
         if (sm90 && m <= 64)
-            kind = swap_items(a) * 2 >= (double)(a->num_sms > 0 ? a->num_sms : 132)
+            kind = swap_items(a) * 2 >= grid_sms(a)
                        ? DMOE_CUDA_GEMM_SWAP
                        : DMOE_CUDA_GEMM_STREAM;
         else if (sm90 && m <= 128 && sm90_wave_fill(a, m) < 0.75) {
