@@ -11,11 +11,11 @@
  * gives each pair its rank among equal experts in v, and the leader of each
  * expert writes the count into a (E x V) uint16 table. One warp per expert
  * then turns its row into the exclusive prefix over v (lanes own runs of
- * PT entries: conflict-free), and the row's total is the expert's count; a
- * block scan over the counts gives offsets, and pair p goes to slot
- * offsets[e] + table[e][v] + rank. Every id is read once, into registers;
- * the launch is 3-5 us where the three kernels below took ~13 (ncu, 8192
- * pairs, bench/cuda-notes.md).
+ * PT entries), and the row's total is the expert's count; a block scan over
+ * the counts gives offsets, and pair p goes to slot offsets[e] + table[e][v]
+ * + rank. Every id is read once, into registers. Meant to replace plan_small
+ * (9.6 us at 2048 pairs) and the three kernels below (3.0 + 4.1 + 5.8 us at
+ * 8192; ncu, bench/cuda-notes.md); not yet timed, so off by default.
  * Other small plans (n_pairs <= DMOE_CUDA_PLAN_SMALL with a table too large,
  * E ~ 1024) take plan-block.cuh's one-block plan. Larger ones take three
  * launches, one pass of a radix sort with the expert as the digit:
@@ -63,10 +63,14 @@ static int plan_table_pt(int64_t n_pairs) {
     return pt;
 }
 
-/* Shared memory of plan_table_kernel: the table (E rows of 32 * pt uint16), E ints, 33 ints. */
+/* plan_table_kernel's table: E rows of 32 * pt uint16. */
+static size_t plan_table_bytes(int64_t n_pairs, int n_experts) {
+    return (size_t)n_experts * 32 * plan_table_pt(n_pairs) * sizeof(uint16_t);
+}
+
+/* Its shared memory: the table, E ints, 33 ints. */
 static size_t plan_table_smem(int64_t n_pairs, int n_experts) {
-    const int pt = plan_table_pt(n_pairs);
-    return (size_t)n_experts * 32 * pt * sizeof(uint16_t) + (size_t)n_experts * sizeof(int) + 33 * sizeof(int);
+    return plan_table_bytes(n_pairs, n_experts) + (size_t)n_experts * sizeof(int) + 33 * sizeof(int);
 }
 
 /* DMOE_CUDA_PLAN_TABLE=1 turns the table plan on (read once). Off by default until a GPU run has
@@ -83,8 +87,8 @@ static int plan_table_enabled(void) {
 
 static int plan_table_fits(int64_t n_pairs, int n_experts, size_t smem_optin) {
     if (n_pairs > PLAN_TABLE_MAX_PAIRS || !plan_table_enabled()) return 0;
-    const size_t table = (size_t)n_experts * 32 * plan_table_pt(n_pairs) * sizeof(uint16_t);
-    return table <= PLAN_TABLE_MAX_BYTES && plan_table_smem(n_pairs, n_experts) <= smem_optin;
+    return plan_table_bytes(n_pairs, n_experts) <= PLAN_TABLE_MAX_BYTES &&
+           plan_table_smem(n_pairs, n_experts) <= smem_optin;
 }
 
 template <int PT>
