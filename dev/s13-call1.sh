@@ -20,8 +20,8 @@ bash dev/s12-call3.sh
 ( cd /tmp/b && LD_LIBRARY_PATH=/tmp/b timeout 60 ./resident-bench 2048 768 128 8 --batches 10000 ) > $OUT/resident.txt 2>&1
 echo "resident rc=$?"; tail -8 $OUT/resident.txt
 # random CUDA shapes with the table plan on (it runs wherever the pairs fit 16384)
-DMOE_CUDA_PLAN_TABLE=1 LD_LIBRARY_PATH=/tmp/b timeout 130 python3 bench/shape-sweep.py --dmoe /tmp/b/dmoe --backend cuda \
-  --cuda-limits --paths auto,fused,staged --n 40 --seed 1313 --time-limit 110 > $OUT/sweep.txt 2>&1
+DMOE_CUDA_PLAN_TABLE=1 LD_LIBRARY_PATH=/tmp/b timeout 75 python3 bench/shape-sweep.py --dmoe /tmp/b/dmoe --backend cuda \
+  --cuda-limits --paths auto,fused,staged --n 40 --seed 1313 --time-limit 55 > $OUT/sweep.txt 2>&1
 echo "sweep rc=$?"; tail -6 $OUT/sweep.txt
 # session 3's open question: is T=1 slower on a layer created for max_tokens 8192 than on one for 64?
 mkdir -p /tmp/gp_mt && timeout 90 python3 bench/gpu_bench.py --lib /tmp/b/libdmoe.so --out /tmp/gp_mt --clean 0 --peers 0 \
