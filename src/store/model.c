@@ -372,6 +372,21 @@ static dmoe_status load_layer(dmoe_model *m, dmoe_context *ctx, int32_t layer_id
         return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
                            "desc differs from the model's in more than dtypes and max_tokens");
 
+    if (n_slots > 0) {
+        if (!ctx->backend->weights_offloaded)
+            return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
+                               "backend '%s' has no offloaded experts (cuda only; host backends keep every "
+                               "weight in host memory anyway: dmoe_model_load_layer)",
+                               ctx->backend->name);
+        if (n_slots > desc->n_experts)
+            return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "n_slots must be in [1, E=%d], got %d",
+                               (int)desc->n_experts, (int)n_slots);
+    }
+    /* The layer validates desc first: the sizes below are products of its fields (E * 2F * H),
+     * which only stay far from overflow within the limits. */
+    dmoe_layer *layer = NULL;
+    dmoe_status st = dmoe_layer_create(ctx, desc, &layer);
+    if (st != DMOE_OK) return st;
     const int64_t H = desc->hidden, F = desc->ffn, E = desc->n_experts, Fs = desc->shared_ffn;
     const size_t es = dmoe_dtype_size(desc->weight_dtype);
     const int S = desc->n_shared_experts;
@@ -392,19 +407,6 @@ static dmoe_status load_layer(dmoe_model *m, dmoe_context *ctx, int32_t layer_id
         v[i].bytes = sizes[i];
         total += (sizes[i] + 63) / 64 * 64;
     }
-    if (n_slots > 0) {
-        if (!ctx->backend->weights_offloaded)
-            return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED,
-                               "backend '%s' has no offloaded experts (cuda only; host backends keep every "
-                               "weight in host memory anyway: dmoe_model_load_layer)",
-                               ctx->backend->name);
-        if (n_slots > desc->n_experts)
-            return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "n_slots must be in [1, E=%d], got %d",
-                               (int)desc->n_experts, (int)n_slots);
-    }
-    dmoe_layer *layer = NULL;
-    dmoe_status st = dmoe_layer_create(ctx, desc, &layer);
-    if (st != DMOE_OK) return st;
     uint8_t *arena = (uint8_t *)dmoe__malloc(ctx, total);
     if (!arena) {
         dmoe_layer_destroy(layer);

@@ -216,6 +216,27 @@ static void test_defects(void) {
         dmoe_model_close(m);
         m = NULL;
     }
+    /* config numbers far beyond the limits: refused with a status, no integer overflow on the way */
+    write_file(path, "{\"model_type\":\"qwen3_moe\",\"hidden_size\":1000000000000000,\"num_hidden_layers\":1,"
+                     "\"moe_intermediate_size\":1000000000000000,\"num_experts_per_tok\":2,\"num_experts\":8}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_OK, "open with huge hidden and ffn");
+    if (m) {
+        dmoe_context_desc cd;
+        dmoe_context_desc_init(&cd);
+        cd.backend = DMOE_BACKEND_CPU_REF;
+        dmoe_context *ctx = NULL;
+        dmoe_context_create(&cd, &ctx);
+        int32_t L;
+        dmoe_layer_desc ld;
+        dmoe_model_moe_layer(m, 0, &L, &ld);
+        dmoe_layer *layer = (dmoe_layer *)0x1;
+        CHECK(dmoe_model_load_layer(m, ctx, L, &ld, &layer) == DMOE_ERR_INVALID_ARGUMENT, "huge sizes refused");
+        CHECK(layer == (dmoe_layer *)0x1, "output untouched");
+        CHECK(strstr(dmoe_context_last_error(ctx), "hidden") != NULL, "message names hidden");
+        dmoe_context_destroy(ctx);
+        dmoe_model_close(m);
+        m = NULL;
+    }
     /* more experts in the config than in the file: the first missing tensor is named */
     write_file(path, "{\"model_type\":\"qwen3_moe\",\"hidden_size\":24,\"num_hidden_layers\":1,"
                      "\"moe_intermediate_size\":16,\"num_experts_per_tok\":2,\"num_experts\":8}");
