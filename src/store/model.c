@@ -93,6 +93,12 @@ static int json_first_int(const cJSON *obj, const char *const *keys, int64_t *ou
     return 0;
 }
 
+/* A config integer for an int32_t field, saturated: a value beyond int32 must stay out of
+ * range (and be refused as such), not wrap into a small, valid-looking one. */
+static int32_t sat_i32(int64_t v) {
+    return (int32_t)(v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : v));
+}
+
 static dmoe_status need_int(const cJSON *cfg, const char *const *keys, int64_t *out) {
     if (json_first_int(cfg, keys, out)) return DMOE_OK;
     return dmoe__error(NULL, DMOE_ERR_CORRUPT_FILE, "config.json: missing integer field '%s'%s",
@@ -151,8 +157,8 @@ static dmoe_status parse_config(dmoe_model *m, const cJSON *cfg) {
     dmoe_layer_desc_init(d);
     d->hidden = H;
     d->ffn = F;
-    d->n_experts = (int32_t)(E > INT32_MAX ? INT32_MAX : (E < INT32_MIN ? INT32_MIN : E));
-    d->top_k = (int32_t)(K > INT32_MAX ? INT32_MAX : (K < INT32_MIN ? INT32_MIN : K));
+    d->n_experts = sat_i32(E);
+    d->top_k = sat_i32(K);
     m->n_layers = (int32_t)L;
 
     const cJSON *norm = cJSON_GetObjectItemCaseSensitive(cfg, "norm_topk_prob");
@@ -179,14 +185,18 @@ static dmoe_status parse_config(dmoe_model *m, const cJSON *cfg) {
                            "topk_method 'group_limited_greedy' (group score = max) is not supported; "
                            "dmoe's grouped top-k scores a group by its top-2 sum (noaux_tc)");
     if (n_group > 1) {
-        d->routing.n_group = (int32_t)n_group;
-        d->routing.topk_group = (int32_t)topk_group;
+        d->routing.n_group = sat_i32(n_group);
+        d->routing.topk_group = sat_i32(topk_group);
     }
     if (strcmp(m->sch->model_type, "deepseek_v3") == 0) d->routing.use_correction_bias = 1;
 
     if (m->sch->shared && strcmp(m->sch->shared, "shared_experts") == 0) {
         int64_t ns = 0;
         json_int(cfg, "n_shared_experts", &ns);
+        /* bounded first: ns * F must not overflow (F is at most 1e15 here, from json_int) */
+        if (ns < 0 || ns > DMOE_MAX_EXPERTS)
+            return dmoe__error(NULL, DMOE_ERR_CORRUPT_FILE, "config.json: n_shared_experts=%lld outside [0, %d]",
+                               (long long)ns, DMOE_MAX_EXPERTS);
         if (ns > 0) {
             d->n_shared_experts = 1; /* DeepSeek stores its shared experts as one wide MLP */
             d->shared_ffn = ns * F;

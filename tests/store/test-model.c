@@ -7,7 +7,8 @@
  * against the file's own tensors), a loaded layer's forward equals a forward
  * over the file's views assembled by hand, and defective directories (missing
  * config field, missing tensor, wrong shape, unknown architecture, missing
- * shard) each fail with their status.
+ * shard, config numbers out of range or beyond int32) each fail with their
+ * status.
  */
 #define _GNU_SOURCE
 #include <math.h>
@@ -233,6 +234,35 @@ static void test_defects(void) {
         CHECK(dmoe_model_load_layer(m, ctx, L, &ld, &layer) == DMOE_ERR_INVALID_ARGUMENT, "huge sizes refused");
         CHECK(layer == (dmoe_layer *)0x1, "output untouched");
         CHECK(strstr(dmoe_context_last_error(ctx), "hidden") != NULL, "message names hidden");
+        dmoe_context_destroy(ctx);
+        dmoe_model_close(m);
+        m = NULL;
+    }
+    write_file(path, "{\"model_type\":\"deepseek_v3\",\"hidden_size\":24,\"num_hidden_layers\":1,"
+                     "\"moe_intermediate_size\":1000000000000000,\"num_experts_per_tok\":2,\"n_routed_experts\":8,"
+                     "\"n_shared_experts\":1000000000000000}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "n_shared_experts = 1e15 (ns x ffn overflows)");
+    CHECK(strstr(dmoe_context_last_error(NULL), "n_shared_experts") != NULL, "message names n_shared_experts");
+    CHECK(m == NULL, "output untouched");
+    /* group counts beyond int32 must not wrap into valid ones (2^32 + 4 -> 4, 2^32 + 2 -> 2) */
+    write_file(path, "{\"model_type\":\"deepseek_v3\",\"hidden_size\":24,\"num_hidden_layers\":1,"
+                     "\"moe_intermediate_size\":16,\"num_experts_per_tok\":2,\"n_routed_experts\":8,"
+                     "\"n_group\":4294967300,\"topk_group\":4294967298}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_OK, "open with n_group = 2^32 + 4");
+    if (m) {
+        int32_t L;
+        dmoe_layer_desc ld;
+        dmoe_model_moe_layer(m, 0, &L, &ld);
+        CHECK(ld.routing.n_group != 4 && ld.routing.topk_group != 2, "n_group %d, topk_group %d: wrapped",
+              (int)ld.routing.n_group, (int)ld.routing.topk_group);
+        dmoe_context_desc cd;
+        dmoe_context_desc_init(&cd);
+        cd.backend = DMOE_BACKEND_CPU_REF;
+        dmoe_context *ctx = NULL;
+        dmoe_context_create(&cd, &ctx);
+        dmoe_layer *layer = (dmoe_layer *)0x1;
+        CHECK(dmoe_model_load_layer(m, ctx, L, &ld, &layer) == DMOE_ERR_INVALID_ARGUMENT, "n_group 2^32 + 4 refused");
+        CHECK(strstr(dmoe_context_last_error(ctx), "n_group") != NULL, "message names n_group");
         dmoe_context_destroy(ctx);
         dmoe_model_close(m);
         m = NULL;
