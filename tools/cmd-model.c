@@ -4,6 +4,8 @@
  *                         exits 1 with the reason on a defective file
  *   dmoe synth DIR [...]  writes a synthetic model directory (random bf16 weights)
  */
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,14 +120,17 @@ int dmoe_cli_synth(int argc, char **argv) {
             return 2;
         }
         char *end = NULL;
+        errno = 0;
         long long n = strtoll(v, &end, 10);
-        int numeric = end && *end == '\0';
+        int numeric = end != v && *end == '\0' && errno == 0;
+        /* the int32 fields: a larger value must not wrap into a small, valid one */
+        int numeric32 = numeric && n >= INT32_MIN && n <= INT32_MAX;
         if (strcmp(a, "--arch") == 0) arch = v;
         else if (strcmp(a, "--layers") == 0 && numeric) layers = (long)n;
         else if (strcmp(a, "--hidden") == 0 && numeric) d.hidden = n;
         else if (strcmp(a, "--ffn") == 0 && numeric) d.ffn = n;
-        else if (strcmp(a, "--experts") == 0 && numeric) d.n_experts = (int32_t)n;
-        else if (strcmp(a, "--topk") == 0 && numeric) d.top_k = (int32_t)n;
+        else if (strcmp(a, "--experts") == 0 && numeric32) d.n_experts = (int32_t)n;
+        else if (strcmp(a, "--topk") == 0 && numeric32) d.top_k = (int32_t)n;
         else if (strcmp(a, "--shared-ffn") == 0 && numeric) shared_ffn = n;
         else if (strcmp(a, "--seed") == 0 && numeric) seed = (long)n;
         else {
