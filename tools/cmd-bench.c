@@ -358,9 +358,9 @@ static void parse(int argc, char **argv, bench_opts *o) {
         } else if (cli_is(&a, "--model")) {
             o->model_dir = cli_value(&a);
         } else if (cli_is(&a, "--layer")) {
-            o->model_layer = (int32_t)cli_value_double(&a, 0, 1e6);
+            o->model_layer = (int32_t)cli_value_int(&a, 0, 1000000);
         } else if (cli_is(&a, "--offload")) {
-            o->offload_slots = (int32_t)cli_value_double(&a, 1, 1e6);
+            o->offload_slots = (int32_t)cli_value_int(&a, 1, 1000000);
         } else if (cli_is(&a, "--miss-policy")) {
             const char *v = cli_value(&a);
             if (strcmp(v, "gpu") == 0) o->miss_policy = DMOE_MISS_GPU;
