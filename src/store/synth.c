@@ -112,6 +112,10 @@ static dmoe_status check_arch(const char *arch, const dmoe_layer_desc *d) {
         return dmoe__error(NULL, DMOE_ERR_INVALID_ARGUMENT,
                            "%s routes with plain softmax top-k; use deepseek_v3 for sigmoid, groups, "
                            "bias or scaling", arch);
+    if (ds && !r->use_correction_bias)
+        return dmoe__error(NULL, DMOE_ERR_INVALID_ARGUMENT,
+                           "deepseek_v3 always has e_score_correction_bias (the loader requires it): set "
+                           "routing.use_correction_bias");
     if (mixtral && !r->renormalize)
         return dmoe__error(NULL, DMOE_ERR_INVALID_ARGUMENT, "mixtral always renormalises");
     if (d->n_shared_experts > 1 || (d->n_shared_experts == 1 && !ds && !q2))

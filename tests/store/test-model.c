@@ -284,6 +284,11 @@ static void test_defects(void) {
     d.routing.scoring = DMOE_SCORING_SIGMOID;
     CHECK(dmoe_model_write_synthetic(dir, "mixtral", &d, 1, 1) == DMOE_ERR_INVALID_ARGUMENT, "mixtral sigmoid");
     CHECK(dmoe_model_write_synthetic(dir, "gpt2", &d, 1, 1) == DMOE_ERR_INVALID_ARGUMENT, "unknown arch");
+    /* deepseek_v3 without a correction bias would be written, then refused by the loader */
+    d.routing.use_correction_bias = 0;
+    CHECK(dmoe_model_write_synthetic(dir, "deepseek_v3", &d, 1, 1) == DMOE_ERR_INVALID_ARGUMENT,
+          "deepseek_v3 without correction bias");
+    CHECK(strstr(dmoe_context_last_error(NULL), "correction_bias") != NULL, "message names the bias");
 }
 
 int main(void) {
