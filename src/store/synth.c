@@ -254,7 +254,13 @@ dmoe_status dmoe_model_write_synthetic(const char *dir, const char *arch, const 
     d.max_tokens = 1;
     dmoe_layer *layer = NULL;
     st = dmoe_layer_create(ctx, &d, &layer);
-    if (st != DMOE_OK) dmoe__error(NULL, st, "%s", dmoe_context_last_error(ctx));
+    if (st != DMOE_OK) {
+        /* the layer's message, without repeating the "NAME: " prefix dmoe__error gave it */
+        const char *msg = dmoe_context_last_error(ctx), *name = dmoe_status_name(st);
+        const size_t n = strlen(name);
+        if (strncmp(msg, name, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ') msg += n + 2;
+        dmoe__error(NULL, st, "%s", msg);
+    }
     dmoe_layer_destroy(layer);
     dmoe_context_destroy(ctx);
     if (st != DMOE_OK) return st;

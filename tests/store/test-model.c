@@ -284,6 +284,13 @@ static void test_defects(void) {
     d.routing.scoring = DMOE_SCORING_SIGMOID;
     CHECK(dmoe_model_write_synthetic(dir, "mixtral", &d, 1, 1) == DMOE_ERR_INVALID_ARGUMENT, "mixtral sigmoid");
     CHECK(dmoe_model_write_synthetic(dir, "gpt2", &d, 1, 1) == DMOE_ERR_INVALID_ARGUMENT, "unknown arch");
+    /* a description the layer refuses: its message, with the status name once */
+    dmoe_layer_desc bad = d;
+    bad.hidden = 0;
+    CHECK(dmoe_model_write_synthetic(dir, "qwen3_moe", &bad, 1, 1) == DMOE_ERR_INVALID_ARGUMENT, "hidden = 0");
+    const char *msg = dmoe_context_last_error(NULL), *first = strstr(msg, "DMOE_ERR_INVALID_ARGUMENT");
+    CHECK(first && !strstr(first + 1, "DMOE_ERR_INVALID_ARGUMENT") && strstr(msg, "hidden"),
+          "message names hidden, status once: '%s'", msg);
     /* deepseek_v3 without a correction bias would be written, then refused by the loader */
     d.routing.use_correction_bias = 0;
     CHECK(dmoe_model_write_synthetic(dir, "deepseek_v3", &d, 1, 1) == DMOE_ERR_INVALID_ARGUMENT,
