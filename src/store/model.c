@@ -59,6 +59,12 @@ struct dmoe_model {
 /* ---- small helpers ---- */
 
 static char *read_text(const char *path, dmoe_status *st) {
+    /* a FIFO (or a device) would make fopen or fread wait forever: regular files only */
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        *st = dmoe__error(NULL, DMOE_ERR_IO, "'%s' is not a regular file", path);
+        return NULL;
+    }
     FILE *f = fopen(path, "rb");
     if (!f) {
         *st = dmoe__error(NULL, DMOE_ERR_IO, "cannot open '%s': %s", path, strerror(errno));

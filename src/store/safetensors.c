@@ -256,7 +256,9 @@ dmoe_status dmoe_safetensors_open_memory(const void *buf, size_t len, dmoe_safet
 dmoe_status dmoe_safetensors_open(const char *path, dmoe_safetensors **out) {
     dmoe__clear_error(NULL);
     if (!path || !out) return dmoe__error(NULL, DMOE_ERR_NULL_POINTER, "path and out are required");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; the
+     * regular-file check below refuses it (and the flag does nothing to files) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return dmoe__error(NULL, DMOE_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dmoe-impl.h"
@@ -278,6 +279,17 @@ static void test_defects(void) {
     CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_IO, "missing shard");
     write_file(path, "{\"weight_map\":{\"a\":\"../escape.safetensors\"}}");
     CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "shard path outside the directory");
+    remove(path);
+    /* a FIFO where a file should be is refused at once, not waited on (the alarm ends a hang) */
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    remove(path);
+    if (mkfifo(path, 0600) == 0) {
+        alarm(20);
+        CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_IO, "config.json is a FIFO");
+        alarm(0);
+        CHECK(strstr(dmoe_context_last_error(NULL), "regular file") != NULL, "message says regular file");
+        remove(path);
+    }
     CHECK(dmoe_model_open("/nonexistent-dir", &m) == DMOE_ERR_IO, "missing directory");
     CHECK(m == NULL, "output untouched");
     /* the writer refuses what an architecture cannot express */

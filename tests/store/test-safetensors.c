@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "dmoe.h"
 #include "test-util.h"
@@ -105,6 +107,16 @@ static void test_good_file(void) {
     TU_CHECKF(s == DMOE_ERR_IO, "missing file: %s", dmoe_status_name(s));
     s = dmoe_safetensors_open("/tmp", &st);
     TU_CHECKF(s == DMOE_ERR_IO, "directory: %s", dmoe_status_name(s));
+    /* a FIFO is refused at once, not waited on for a writer (the alarm ends a hang) */
+    if (mkfifo(path, 0600) == 0) {
+        alarm(20);
+        s = dmoe_safetensors_open(path, &st);
+        alarm(0);
+        TU_CHECKF(s == DMOE_ERR_IO, "FIFO: %s", dmoe_status_name(s));
+        TU_CHECKF(strstr(dmoe_context_last_error(NULL), "regular file") != NULL, "FIFO message: %s",
+                  dmoe_context_last_error(NULL));
+        remove(path);
+    }
 }
 
 static void test_defects(void) {
