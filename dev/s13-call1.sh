@@ -1,6 +1,9 @@
 #!/bin/bash
 # dev/s13-call1.sh: session 13 first device call. (1) dev/racecheck-forms.cu (prebuilt .cudadev/rf): which
 # shared-memory hand-offs racecheck models; (2) session 12's owed runs (dev/s12-call3.sh). carry .cudadev.
+# .cudadev: `bash bench/gpu-bench.sh pack .cudadev`, THEN build rf and sf into it (pack empties the folder):
+#   nvcc -std=c++17 -O3 -arch=sm_90a -I/usr/local/cuda/include/cccl dev/racecheck-forms.cu -o .cudadev/rf
+#   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a dev/stream-floor.cu -o .cudadev/sf
 set -u
 OUT=${OUT:-$PWD/out}; mkdir -p $OUT/rf
 CS=/usr/local/cuda/bin/compute-sanitizer
