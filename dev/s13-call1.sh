@@ -18,6 +18,15 @@ timeout 60 $CS --tool synccheck ./.cudadev/rf > $OUT/rf/synccheck.txt 2>&1
 cat $OUT/rf/plain.txt $OUT/rf/summary.txt; tail -3 $OUT/rf/synccheck.txt; cat $OUT/rf/help.txt | head -30
 # the stream-only floor of a single-launch decode forward (dev/stream-floor.cu), qwen3 and olmoe shapes
 ( ./.cudadev/sf; ./.cudadev/sf 2048 1024 64 8 ) > $OUT/stream-floor.txt 2>&1; echo "sf rc=$?"; cat $OUT/stream-floor.txt
+# the correction-bias clamp in route-token.cuh (+72 SASS instructions in the fused kernel): the library
+# before it (.cudadev/old) against this one, decode cells without a bias, alternating, twice
+mkdir -p /tmp/b && tar xzf .cudadev/bin.tgz -C /tmp/b
+for rep in 1 2; do for v in old new; do
+  lib=/tmp/b/libdmoe.so; [ $v = old ] && lib=$PWD/.cudadev/old/libdmoe.so
+  mkdir -p /tmp/ab_$v$rep && LD_LIBRARY_PATH=/tmp/b timeout 60 python3 bench/gpu_bench.py --lib $lib --out /tmp/ab_$v$rep \
+    --clean 0 --peers 0 --paths 0 --presets qwen3-30b-a3b,olmoe-1b-7b --tokens 1,2,4 > $OUT/ab-$v$rep.txt 2>&1
+  echo "ab $v$rep rc=$?"; grep -E "^(qwen3|olmoe)" $OUT/ab-$v$rep.txt
+done; done
 bash dev/s12-call3.sh
 # resident mode with today's kernel (qwen3-30b-a3b layer, 10,000 batches a T)
 ( cd /tmp/b && LD_LIBRARY_PATH=/tmp/b timeout 60 ./resident-bench 2048 768 128 8 --batches 10000 ) > $OUT/resident.txt 2>&1

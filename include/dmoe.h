@@ -35,6 +35,9 @@
  *  - Non-finite logits have defined behaviour: NaN counts as the lowest possible
  *    logit (-FLT_MAX), +inf/-inf are clamped to +FLT_MAX/-FLT_MAX. So a token
  *    whose logits are all NaN is routed to experts 0..K-1 with equal weights.
+ *    correction_bias entries are taken the same way (NaN as -FLT_MAX, +-inf as
+ *    +-FLT_MAX): an expert whose bias is NaN or -inf ranks below every expert
+ *    with a finite bias (among themselves, the lower index first).
  */
 #ifndef DMOE_H
 #define DMOE_H

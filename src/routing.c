@@ -76,7 +76,7 @@ void dmoe__route_token(const dmoe_routing_desc *r, int32_t n_experts, int32_t to
             scores[e] = 1.0 / (1.0 + exp(-dmoe__sanitize_logit(logits[e])));
     }
     for (int32_t e = 0; e < E; e++)
-        choice[e] = scores[e] + (r->use_correction_bias ? (double)correction_bias[e] : 0.0);
+        choice[e] = scores[e] + (r->use_correction_bias ? dmoe__sanitize_logit((double)correction_bias[e]) : 0.0);
 
     const int32_t *mask = NULL;
     if (r->n_group > 1) {

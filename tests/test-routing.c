@@ -6,7 +6,8 @@
  *    index, K = 1, K = E, E = 1, sigmoid with a correction bias that selects
  *    but does not weigh, DeepSeek-style grouped top-k (group score = sum of
  *    the top-2; a case where "max" or "sum of all" would keep other groups),
- *    ties among groups, routed_scaling_factor, and NaN / +-inf logits.
+ *    ties among groups, routed_scaling_factor, NaN / +-inf logits and
+ *    NaN / +-inf correction biases.
  *    Each case runs through dmoe__route_token, through the test's own oracle
  *    (so the oracle that test-backend-agree relies on is checked too), and
  *    through the public API (dmoe_route and dmoe_forward) on cpu-ref and on
@@ -15,7 +16,7 @@
  *    which also carries NaN and inf through unchanged.
  * 2. Tokens are routed independently: T tokens with an identity router
  *    (H = E, x = the logits) against the oracle.
- * 3. Random configurations with many exact ties and non-finite logits:
+ * 3. Random configurations with many exact ties, non-finite logits and biases:
  *    dmoe__route_token against the oracle, ids exactly, weights to 1e-6.
  */
 #include <float.h>
@@ -121,6 +122,17 @@ static const route_case cases[] = {
      {0}, {1, 2}, {1.0, 0.5}},
     {"FLT_MAX ties with +inf (f32 only)", 3, 2, SOFTMAX, 1, 0, 0, 1.0f, 0, 1,
      {FLT_MAX, INFINITY, 0}, {0}, {0, 1}, {0.5, 0.5}},
+    /* Non-finite correction biases are taken like logits (NaN -> -FLT_MAX, +-inf -> +-FLT_MAX):
+     * every token still gets K distinct experts, NaN-biased ones last and by index. */
+    {"NaN bias ranks last, ties by index; weights stay unbiased", 4, 3, SIGMOID, 0, 0, 0, 1.0f, 1, 0,
+     {2, 1, 0, -1}, {NAN, 0, NAN, 0}, {1, 3, 0},
+     {0.7310585786300049, 0.2689414213699951, 0.8807970779778823}},
+    {"+inf bias is FLT_MAX (two tie by index), -inf bias is -FLT_MAX", 4, 2, SIGMOID, 1, 0, 0, 1.0f, 1,
+     0, {0, 0, 0, 0}, {-INFINITY, INFINITY, 0, INFINITY}, {1, 3}, {0.5, 0.5}},
+    /* groups {0,1} {2,3} {4,5} {6,7}, scores 0.5: choices -M -M | 0.5 -M | -M -M | 0.75 0.5
+     * (M = FLT_MAX): groups 3 and 1 kept, then 6 and the tie 2 / 7 to the lower index */
+    {"grouped with NaN biases: K distinct experts from the kept groups", 8, 2, SIGMOID, 1, 4, 2, 1.0f,
+     1, 0, {0, 0, 0, 0, 0, 0, 0, 0}, {NAN, NAN, 0, NAN, NAN, NAN, 0.25f, 0}, {6, 2}, {0.5, 0.5}},
 };
 
 static dmoe_routing_desc case_routing(const route_case *c) {
@@ -369,6 +381,8 @@ static void check_random_configs(tu_rng *rng, int n_configs) {
             else if (mode == 1) logits[e] = pool[tu_rand_int(rng, 0, 7)]; /* finite ties */
             else logits[e] = tu_rand_range(rng, -4, 4);
             bias[e] = (float)(tu_rand_int(rng, 0, 3) * 0.125);
+            if (mode == 0 && tu_rand_int(rng, 0, 3) == 0) /* non-finite biases too */
+                bias[e] = (float)pool[tu_rand_int(rng, 8, 10)];
         }
         void *scratch = tu_malloc(dmoe__route_scratch_bytes(E));
         dmoe__route_token(&r, E, K, logits, r.use_correction_bias ? bias : NULL, scratch, got_ids,

@@ -437,6 +437,13 @@ static double sanitize(double v) {
     return v;
 }
 
+/* Equal values at or beyond FLT_MAX in magnitude come only from clamped (non-finite) logits or
+ * biases, which absorb the score in float as in double: an exact tie, decided by index on every
+ * backend, not a near one. */
+static int exact_clamped_tie(double a, double b) {
+    return a == b && fabs(a) >= FLT_MAX;
+}
+
 static double rel_gap(double gap, double scale) {
     if (scale > 0.0) return gap / scale;
     return gap > 0.0 ? 1e300 : 0.0;
@@ -462,7 +469,7 @@ void tu_route_oracle(const dmoe_routing_desc *r, int32_t n_experts, int32_t top_
         for (int32_t e = 0; e < E; e++) score[e] = 1.0 / (1.0 + exp(-sanitize(logits[e])));
     }
     for (int32_t e = 0; e < E; e++)
-        choice[e] = score[e] + (r->use_correction_bias ? (double)bias[e] : 0.0);
+        choice[e] = score[e] + (r->use_correction_bias ? sanitize(bias[e]) : 0.0);
 
     double m = 1e300;
     for (int32_t e = 0; e < E; e++) kept[e] = 1;
@@ -486,7 +493,8 @@ void tu_route_oracle(const dmoe_routing_desc *r, int32_t n_experts, int32_t top_
             for (int32_t i = 0; i < per; i++) kept[groups[j].idx * per + i] = 1;
         if (r->topk_group < G) {
             const ranked *a = &groups[r->topk_group - 1], *b = &groups[r->topk_group];
-            m = fmin(m, rel_gap(a->value - b->value, fmax(group_mag[a->idx], group_mag[b->idx])));
+            if (!exact_clamped_tie(a->value, b->value))
+                m = fmin(m, rel_gap(a->value - b->value, fmax(group_mag[a->idx], group_mag[b->idx])));
         }
     }
     int32_t n_cand = 0;
@@ -495,7 +503,8 @@ void tu_route_oracle(const dmoe_routing_desc *r, int32_t n_experts, int32_t top_
     qsort(cand, (size_t)n_cand, sizeof *cand, ranked_cmp);
     if (top_k < n_cand) {
         const ranked *a = &cand[top_k - 1], *b = &cand[top_k];
-        m = fmin(m, rel_gap(a->value - b->value, fmax(score[a->idx], score[b->idx])));
+        if (!exact_clamped_tie(a->value, b->value))
+            m = fmin(m, rel_gap(a->value - b->value, fmax(score[a->idx], score[b->idx])));
     }
     double sum = 0.0;
     for (int32_t k = 0; k < top_k; k++) {

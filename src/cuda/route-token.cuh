@@ -158,7 +158,10 @@ static __device__ __forceinline__ void dmoe_route_choices(const dmoe_route_rules
     } else {
         for (int e = lane; e < E; e += 32) s_score[e] = 1.0f / (1.0f + expf(-s_score[e]));
     }
-    for (int e = lane; e < E; e += 32) s_choice[e] = s_score[e] + (r.bias ? r.bias[e] : 0.0f);
+    /* a bias is taken like a logit (NaN -> -FLT_MAX, +-inf clamped), so no choice is NaN: a NaN
+     * choice would read as already picked and leave a token with fewer than K experts */
+    for (int e = lane; e < E; e += 32)
+        s_choice[e] = s_score[e] + (r.bias ? dmoe_route_clamp_logit(r.bias[e]) : 0.0f);
     __syncwarp(); /* the weights read any lane's scores; the groups any lane's choices */
     DMOE_ROUTE_MARK(1);
     if (r.n_group > 1) {

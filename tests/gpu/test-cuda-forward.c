@@ -7,8 +7,8 @@
  *    on the GPU's routing (a subset of tokens when T is large): rel L2 <= 1e-2;
  *  - dmoe_experts on the GPU's routing gives the same bits as the forward,
  *    and a second forward gives the same bits again (determinism).
- * Plus: non-finite logits route as dmoe.h says, and ids outside [0, E) given
- * to dmoe_experts contribute nothing.
+ * Plus: non-finite logits and correction biases route as dmoe.h says, and ids
+ * outside [0, E) given to dmoe_experts contribute nothing.
  * DMOE_GPU_TEST_QUICK=1 keeps only small shapes (for compute-sanitizer);
  * DMOE_TEST_VARIANT_FROM=i / DMOE_TEST_VARIANT_TO=j run routing variants [i, j) only.
  */
@@ -23,6 +23,7 @@ typedef struct fwd_case {
     dmoe_layer_desc d;
     const char *gemm; /* DMOE_CUDA_GEMM for this case, NULL = auto */
     int nonfinite_router; /* 1: router rows with a NaN / +inf / -inf weight (non-finite logits) */
+    int nonfinite_bias;   /* 1: a correction bias of mostly NaN, one +inf, one -inf (E >= 64) */
 } fwd_case;
 
 static dmoe_layer_desc base_desc(int64_t H, int64_t F, int E, int K) {
@@ -203,6 +204,13 @@ static void run_case(tu_rng *rng, const fwd_case *c, const int64_t *Ts, int nT) 
         tu_set(m.router, c->d.weight_dtype, 9 * H + 3, INFINITY);
         tu_set(m.router, c->d.weight_dtype, 2 * H + H - 1, -INFINITY);
     }
+    if (c->nonfinite_bias) {
+        /* finite only at e % 16 == 3 (4 experts at E=64), +inf at 12, -inf at 40, NaN elsewhere:
+         * fewer finite choices than K, so every token also takes NaN-biased experts (as -FLT_MAX,
+         * by index); a NaN choice once read as "already picked" and left ids of -1 */
+        for (int64_t e = 0; e < c->d.n_experts; e++)
+            if (e % 16 != 3) m.bias[e] = e == 12 ? INFINITY : e == 40 ? -INFINITY : NAN;
+    }
     gpu_model_upload(&g, &m);
     if (c->gemm) setenv("DMOE_CUDA_GEMM", c->gemm, 1);
     else unsetenv("DMOE_CUDA_GEMM");
@@ -344,7 +352,7 @@ int main(void) {
      * logits, three-kernel plan). */
     const int64_t var_T[] = {3, 40, 5, 1100};
     const int n_var_T = quick ? 2 : 4;
-    enum { NV = 11 };
+    enum { NV = 13 };
     fwd_case v[NV];
     v[0] = (fwd_case){"softmax renorm", base_desc(256, 128, 64, 8), NULL};
     v[1] = (fwd_case){"softmax no renorm", base_desc(256, 128, 64, 8), NULL};
@@ -392,6 +400,15 @@ int main(void) {
     /* E=1024: T=12 sums each token's logits in its top-k warp (12 x 1025 floats exceed the
      * fused kernel's 32 KB of shared logits), T=40 is the distributed top-k, T=5 neither */
     const int64_t e1024_T[] = {12, 40, 5, 3};
+    /* non-finite correction biases, without and with groups (every token gets K distinct experts) */
+    v[11] = (fwd_case){"nonfinite bias sigmoid", base_desc(256, 128, 64, 8), NULL};
+    v[11].d.routing.scoring = DMOE_SCORING_SIGMOID;
+    v[11].d.routing.use_correction_bias = 1;
+    v[11].nonfinite_bias = 1;
+    v[12] = v[9];
+    v[12].name = "nonfinite bias sigmoid groups";
+    v[12].nonfinite_router = 0;
+    v[12].nonfinite_bias = 1;
     /* DMOE_TEST_VARIANT_FROM=i / _TO=j run routing variants [i, j) only (a sanitizer run split in
      * parts); the NaN-logit and bad-id cases run with the part that reaches the end */
     const char *from = getenv("DMOE_TEST_VARIANT_FROM"), *to = getenv("DMOE_TEST_VARIANT_TO");
