@@ -175,9 +175,14 @@ static int evict_one(void) {
     return 1;
 }
 
-static int64_t round_max_tokens(int64_t T, int32_t top_k) {
+/* The most tokens one layer takes (dmoe.h: max_tokens <= 2^24, max_tokens * K <= 2^30). */
+static int64_t max_tokens_cap(int64_t top_k) {
     int64_t cap = DMOE_MAX_TOKENS, by_k = ((int64_t)1 << 30) / (top_k > 0 ? top_k : 1);
-    if (by_k < cap) cap = by_k;
+    return by_k < cap ? by_k : cap;
+}
+
+static int64_t round_max_tokens(int64_t T, int32_t top_k) {
+    int64_t cap = max_tokens_cap(top_k);
     int64_t m = 16;
     while (m < T && m < cap) m *= 2;
     if (m > cap) m = cap;
@@ -560,6 +565,14 @@ static PyObject *py_run(PyObject *self, PyObject *args, PyObject *kwargs) {
     if (T == 0) { /* nothing to compute; the Python side normally answers this itself */
         result = Py_None;
         Py_INCREF(result);
+        goto done;
+    }
+    if (K >= 1 && K <= E && T > max_tokens_cap(K)) {
+        /* Said here in the caller's terms: dmoe would blame a max_tokens they never set. */
+        dmoe_py_raise(DMOE_ERR_TOO_MANY_TOKENS,
+                      "%s has %lld tokens; one call takes at most %lld with top_k=%lld (dmoe.h: "
+                      "2^24 tokens, tokens * top_k <= 2^30): split the batch",
+                      names[T_X], (long long)T, (long long)max_tokens_cap(K), (long long)K);
         goto done;
     }
 

@@ -193,3 +193,15 @@ def test_cuda_producers_get_the_stream(p):
     with pytest.raises(ValueError):
         dmoe.fused_experts(f, p["w13"], p["w2"], w, ids, stream=0)
     assert f.streams == [1]  # the legacy default stream, as the protocol spells it
+
+
+def test_too_many_tokens_is_reported_as_tokens_not_max_tokens():
+    # One call takes at most 2^30 / top_k tokens (dmoe.h); E = K = 4096 makes that 2^18,
+    # small enough to build the arrays. The caller never set max_tokens: name the tokens.
+    E = K = 4096
+    x = np.ones((2**18 + 1, 1), np.float32)
+    w = np.ones((E, 1), np.float32), np.ones((E, 2, 1), np.float32), np.ones((E, 1, 1), np.float32)
+    with pytest.raises(dmoe.DmoeValueError, match=r"x has 262145 tokens; one call takes at most "
+                       r"262144 with top_k=4096") as e:
+        dmoe.forward(x, *w, K, backend="cpu-ref")
+    assert e.value.status_name == "DMOE_ERR_TOO_MANY_TOKENS"
