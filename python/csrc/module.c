@@ -803,6 +803,7 @@ PyMODINIT_FUNC PyInit__C(void) {
     PyModule_AddIntConstant(m, "OP_ROUTE", OP_ROUTE);
     PyModule_AddIntConstant(m, "OP_EXPERTS", OP_EXPERTS);
     PyModule_AddIntConstant(m, "MAX_TOKENS", DMOE_MAX_TOKENS);
+    PyModule_AddIntConstant(m, "MAX_EXPERTS", DMOE_MAX_EXPERTS);
     return m;
 fail:
     Py_DECREF(m);

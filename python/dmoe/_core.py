@@ -174,6 +174,10 @@ def route_logits_impl(logits, top_k, renormalize=True, scoring=0, n_group=0, top
                                 f"{tuple(logits.shape)}")
     if logits.shape[0] == 0:
         return route_impl(logits, None, top_k)
+    E = logits.shape[1]
+    if not 1 <= E <= _C.MAX_EXPERTS:  # before the (E, E) identity is made and kept
+        raise _C.DmoeValueError(f"dmoe: gating_output has {E} experts; dmoe takes 1 to "
+                                f"{_C.MAX_EXPERTS}")
     eye = _identity(kind, logits)
     return route_impl(logits, eye, top_k, renormalize, scoring, n_group, topk_group,
                       routed_scaling_factor, correction_bias, backend, n_threads, stream,

@@ -205,3 +205,18 @@ def test_too_many_tokens_is_reported_as_tokens_not_max_tokens():
                        r"262144 with top_k=4096") as e:
         dmoe.forward(x, *w, K, backend="cpu-ref")
     assert e.value.status_name == "DMOE_ERR_TOO_MANY_TOKENS"
+
+
+def test_too_many_experts_in_logits_refused_before_the_identity_router_is_made():
+    from dmoe import _core
+    dmoe.clear_cache()
+    for E in (4097, 0):
+        logits = np.zeros((1, E), np.float32)
+        with pytest.raises(dmoe.DmoeValueError, match=f"gating_output has {E} experts; dmoe "
+                           "takes 1 to 4096"):
+            dmoe.fused_topk(logits[:, :1], logits, 1, True)
+    # The (E, E) identity router of a refused E is not kept (64 MiB for E = 4097).
+    assert _core._identity_cache == {}
+    # Far beyond the limit: the same error, not a MemoryError for an (E, E) array.
+    with pytest.raises(dmoe.DmoeValueError, match="200000 experts"):
+        dmoe.fused_topk(np.zeros((1, 1), np.float32), np.zeros((1, 200000), np.float32), 1, True)
