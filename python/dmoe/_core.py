@@ -125,6 +125,11 @@ def route_impl(x, router, top_k, renormalize=True, scoring=0, n_group=0, topk_gr
     cached dmoe layer alive for good: the graph holds its workspace."""
     kind = kind_of(x)
     T = x.shape[0] if len(x.shape) else 0
+    top_k = int(top_k)
+    E = router.shape[0] if len(getattr(router, "shape", ())) == 2 else None
+    if top_k < 1 or (E is not None and top_k > E):  # before the (T, top_k) outputs exist
+        raise _C.DmoeValueError(f"dmoe: top_k must be in [1, n_experts"
+                                f"{'' if E is None else f'={E}'}], got {top_k}")
     weights = kind.empty((T, top_k), "float32", x)
     ids = kind.empty((T, top_k), "int32", x)
     if T == 0:

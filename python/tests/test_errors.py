@@ -220,3 +220,14 @@ def test_too_many_experts_in_logits_refused_before_the_identity_router_is_made()
     # Far beyond the limit: the same error, not a MemoryError for an (E, E) array.
     with pytest.raises(dmoe.DmoeValueError, match="200000 experts"):
         dmoe.fused_topk(np.zeros((1, 1), np.float32), np.zeros((1, 200000), np.float32), 1, True)
+
+
+def test_bad_top_k_refused_before_the_outputs_are_allocated(p):
+    # Negative: not numpy's "negative dimensions are not allowed".
+    with pytest.raises(dmoe.DmoeValueError, match=r"top_k must be in \[1, n_experts=4\], got -1"):
+        dmoe.fused_topk(p["x"], p["logits"], -1, True)
+    with pytest.raises(dmoe.DmoeValueError, match=r"top_k must be in \[1, n_experts=4\], got -2"):
+        dmoe.fused_moe(p["x"], p["w13"], p["w2"], p["logits"], -2, True)
+    # Huge: not a MemoryError for (T, top_k) outputs of 40 GiB.
+    with pytest.raises(dmoe.DmoeValueError, match=r"got 2147483647"):
+        dmoe.route(p["x"], p["router"], 2**31 - 1)
