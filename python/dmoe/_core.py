@@ -105,8 +105,20 @@ def _as_dtype(kind, a, dtype, name):
     convertible = {"int32": ("int64", "int16", "int8", "uint8", "uint16", "uint32"),
                    "float32": ("float64", "float16", "bfloat16")}[dtype]
     if have in convertible:
+        if have in ("int64", "uint32") and not is_cuda(a) and hasattr(a, "min") and \
+                _numel(a) and (int(a.min()) < -2**31 or int(a.max()) >= 2**31):
+            # The cast would wrap such ids (2**32 + 1 -> 1) into valid-looking ones.
+            raise _C.DmoeValueError(f"dmoe: {name} holds values outside int32 ({int(a.min())} "
+                                    f"to {int(a.max())}); expert ids must be in [0, E)")
         return kind.cast(a, dtype)
     raise _C.DmoeTypeError(f"dmoe: {name} must be {dtype} (got {have})")
+
+
+def _numel(a):
+    n = 1
+    for s in a.shape:
+        n *= int(s)
+    return n
 
 
 # ---- implementations (any DLPack kind; outputs of the caller's kind) ----

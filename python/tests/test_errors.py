@@ -231,3 +231,17 @@ def test_bad_top_k_refused_before_the_outputs_are_allocated(p):
     # Huge: not a MemoryError for (T, top_k) outputs of 40 GiB.
     with pytest.raises(dmoe.DmoeValueError, match=r"got 2147483647"):
         dmoe.route(p["x"], p["router"], 2**31 - 1)
+
+
+def test_int64_ids_beyond_int32_are_refused_not_wrapped(p):
+    w, ids = routing(p)
+    # 2**32 + id would become id again in int32: a valid-looking, wrong expert.
+    with pytest.raises(dmoe.DmoeValueError, match="topk_ids holds values outside int32"):
+        dmoe.fused_experts(p["x"], p["w13"], p["w2"], w, ids.astype(np.int64) + 2**32)
+    with pytest.raises(dmoe.DmoeValueError, match="topk_ids holds values outside int32"):
+        dmoe.fused_experts(p["x"], p["w13"], p["w2"], w, ids.astype(np.int64) - 2**32)
+    with pytest.raises(ValueError, match="outside int32"):
+        dmoe.experts(p["x"], p["w13"], p["w2"], w, ids.astype(np.uint32) + np.uint32(2**31))
+    # In range they are converted, as before.
+    y = dmoe.fused_experts(p["x"], p["w13"], p["w2"], w, ids.astype(np.int64))
+    np.testing.assert_array_equal(y, dmoe.fused_experts(p["x"], p["w13"], p["w2"], w, ids))
