@@ -245,3 +245,22 @@ def test_int64_ids_beyond_int32_are_refused_not_wrapped(p):
     # In range they are converted, as before.
     y = dmoe.fused_experts(p["x"], p["w13"], p["w2"], w, ids.astype(np.int64))
     np.testing.assert_array_equal(y, dmoe.fused_experts(p["x"], p["w13"], p["w2"], w, ids))
+
+
+def test_expert_map_checks_the_global_ids_and_the_weights_shape(p):
+    w, ids = routing(p)
+    expert_map = np.array([0, 1, 2, 3, -1, -1, -1, 3], np.int32)  # 8 global experts
+    kw = dict(expert_map=expert_map, global_num_experts=8)
+    # A negative id would index expert_map from its end (-1 -> global expert 7).
+    with pytest.raises(dmoe.DmoeValueError, match=r"outside expert_map's \[0, 8\)"):
+        dmoe.fused_experts(p["x"], p["w13"], p["w2"], w, ids - 1, **kw)
+    # Too large: dmoe's error, not numpy's IndexError.
+    with pytest.raises(dmoe.DmoeValueError, match=r"outside expert_map's \[0, 8\)"):
+        dmoe.fused_experts(p["x"], p["w13"], p["w2"], w, ids + 8, **kw)
+    # Weights of another shape would be broadcast by the remap.
+    with pytest.raises(dmoe.DmoeValueError, match=r"topk_weights has shape \(5, 1\), "
+                       r"expected \(5, 2\)"):
+        dmoe.fused_experts(p["x"], p["w13"], p["w2"], w[:, :1].copy(), ids, **kw)
+    # Float ids are refused as without an expert_map, not truncated.
+    with pytest.raises(dmoe.DmoeTypeError, match="topk_ids must be int32"):
+        dmoe.fused_experts(p["x"], p["w13"], p["w2"], w, ids + 0.5, **kw)
