@@ -209,6 +209,15 @@ def fused_moe(hidden_states, w1, w2, gating_output, topk, renormalize, inplace=F
         if value is not None and value is not False:
             _unsupported("quantization arguments")
     _check_common(activation, False, quant_config, quant_kwargs)
+    if custom_routing_function is None and len(getattr(gating_output, "shape", ())) == 2 and \
+            len(getattr(w1, "shape", ())) == 3:
+        # One logit per expert: w1's, or the global ones of expert_map. Otherwise routing
+        # silently never picks the experts past the logits (or picks ones w1 lacks).
+        n, of = (expert_map.shape[0], "expert_map") if expert_map is not None else \
+            (w1.shape[0], "w1")
+        if gating_output.shape[1] != n:
+            raise _C.DmoeValueError(f"dmoe: gating_output has {gating_output.shape[1]} experts "
+                                    f"but {of} has {n}")
     if use_grouped_topk:
         if num_expert_group is None or topk_group is None:
             raise _C.DmoeValueError("dmoe: use_grouped_topk needs num_expert_group and topk_group")

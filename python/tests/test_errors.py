@@ -264,3 +264,20 @@ def test_expert_map_checks_the_global_ids_and_the_weights_shape(p):
     # Float ids are refused as without an expert_map, not truncated.
     with pytest.raises(dmoe.DmoeTypeError, match="topk_ids must be int32"):
         dmoe.fused_experts(p["x"], p["w13"], p["w2"], w, ids + 0.5, **kw)
+
+
+def test_fused_moe_logits_must_have_one_column_per_expert(p):
+    # Fewer logits than experts: expert 3 could never be picked, and nothing said so.
+    with pytest.raises(dmoe.DmoeValueError, match="gating_output has 3 experts but w1 has 4"):
+        dmoe.fused_moe(p["x"], p["w13"], p["w2"], p["logits"][:, :3].copy(), 2, True)
+    more = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    with pytest.raises(dmoe.DmoeValueError, match="gating_output has 6 experts but w1 has 4"):
+        dmoe.fused_moe(p["x"], p["w13"], p["w2"], more, 2, True)
+    # With an expert_map the logits are over the global experts.
+    expert_map = np.array([0, 1, 2, 3, -1, -1], np.int32)
+    y = dmoe.fused_moe(p["x"], p["w13"], p["w2"], more, 2, True, expert_map=expert_map,
+                       global_num_experts=6)
+    assert y.shape == p["x"].shape
+    with pytest.raises(dmoe.DmoeValueError, match="gating_output has 4 experts but expert_map "
+                       "has 6"):
+        dmoe.fused_moe(p["x"], p["w13"], p["w2"], p["logits"], 2, True, expert_map=expert_map)
