@@ -105,13 +105,22 @@ def _as_dtype(kind, a, dtype, name):
     convertible = {"int32": ("int64", "int16", "int8", "uint8", "uint16", "uint32"),
                    "float32": ("float64", "float16", "bfloat16")}[dtype]
     if have in convertible:
-        if have in ("int64", "uint32") and not is_cuda(a) and hasattr(a, "min") and \
+        if have in ("int64", "uint32") and _host_values(a) and hasattr(a, "min") and \
                 _numel(a) and (int(a.min()) < -2**31 or int(a.max()) >= 2**31):
             # The cast would wrap such ids (2**32 + 1 -> 1) into valid-looking ones.
             raise _C.DmoeValueError(f"dmoe: {name} holds values outside int32 ({int(a.min())} "
                                     f"to {int(a.max())}); expert ids must be in [0, E)")
         return kind.cast(a, dtype)
     raise _C.DmoeTypeError(f"dmoe: {name} must be {dtype} (got {have})")
+
+
+def _host_values(a):
+    """True when a's values can be read here: host memory (not CUDA: that would
+    synchronise; not torch's meta device: there are none)."""
+    dev_type = getattr(getattr(a, "device", None), "type", None)  # torch
+    if isinstance(dev_type, str):
+        return dev_type == "cpu"
+    return not is_cuda(a)
 
 
 def _numel(a):

@@ -38,7 +38,7 @@ is computed in float64 (cpu-ref) or float32, and fused_topk's renormalisation
 leaves a row whose weights sum to 0 as it is (vLLM would divide by 0).
 """
 from . import _C, _core
-from ._arrays import is_cuda, kind_of
+from ._arrays import kind_of
 
 __all__ = ["fused_moe", "fused_topk", "grouped_topk", "fused_experts"]
 
@@ -140,7 +140,7 @@ def _apply_expert_map(topk_weights, topk_ids, expert_map, kind):
         raise _C.DmoeValueError(f"dmoe: topk_weights has shape {tuple(topk_weights.shape)}, "
                                 f"expected {tuple(topk_ids.shape)} like topk_ids")
     n_global = expert_map.shape[0]
-    if not is_cuda(topk_ids) and _core._numel(topk_ids) and \
+    if _core._host_values(topk_ids) and _core._numel(topk_ids) and \
             (int(topk_ids.min()) < 0 or int(topk_ids.max()) >= n_global):
         raise _C.DmoeValueError(f"dmoe: topk_ids holds ids from {int(topk_ids.min())} to "
                                 f"{int(topk_ids.max())}, outside expert_map's [0, {n_global})")
