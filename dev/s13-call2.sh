@@ -1,6 +1,6 @@
 #!/bin/bash
 # dev/s13-call2.sh: session 13's device call in priority order (run it under a timeout: whatever it reached
-# comes back in $OUT). carry .cudadev, built here by:
+# comes back in $OUT; QUICK=1 REPS=1 for a short call). carry .cudadev, built here by:
 #   bash bench/gpu-bench.sh pack .cudadev            (empties the folder first)
 #   mkdir -p .cudadev/old && cp <the library before the bias clamp> .cudadev/old/libdmoe.so
 #   nvcc -std=c++17 -O3 -arch=sm_90a -I/usr/local/cuda/include/cccl dev/racecheck-forms.cu -o .cudadev/rf
@@ -19,15 +19,15 @@ gp() { local tag=$1 lib=$2; shift 2; mkdir -p /tmp/gp_$tag
     > $OUT/h/gp-$tag.txt 2>&1; echo "gp $tag rc=$? $(date +%T)" >> $S; }
 # 1. correctness of the new code: the table plan (ops, forward) and the bias clamp (forward's variants 11, 12)
 t ops DMOE_CUDA_PLAN_TABLE=1 timeout 60 ./test-cuda-ops
-t fwd DMOE_CUDA_PLAN_TABLE=1 timeout 100 ./test-cuda-forward
+t fwd DMOE_CUDA_PLAN_TABLE=1 DMOE_GPU_TEST_QUICK=${QUICK:-0} timeout 100 ./test-cuda-forward
 # 2. the bias clamp's cost on decode cells without a bias: old / new library, alternating, twice
-for rep in 1 2; do GPARGS="--presets qwen3-30b-a3b,olmoe-1b-7b --tokens 1,2,4" gp old$rep $R/.cudadev/old/libdmoe.so
+for rep in $(seq ${REPS:-2}); do GPARGS="--presets qwen3-30b-a3b,olmoe-1b-7b --tokens 1,2,4" gp old$rep $R/.cudadev/old/libdmoe.so
   GPARGS="--presets qwen3-30b-a3b,olmoe-1b-7b --tokens 1,2,4" gp new$rep $B/libdmoe.so; done
-grep -hE "^(qwen3|olmoe)" $OUT/h/gp-old1.txt $OUT/h/gp-new1.txt $OUT/h/gp-old2.txt $OUT/h/gp-new2.txt >> $S
+grep -HE "^(qwen3|olmoe)" $OUT/h/gp-old*.txt $OUT/h/gp-new*.txt >> $S
 # 3. the stream-only floor of a decode forward
 ( $R/.cudadev/sf; $R/.cudadev/sf 2048 1024 64 8 ) > $OUT/stream-floor.txt 2>&1; echo "sf rc=$? $(date +%T)" >> $S
 # 4. the table plan's speed: off / on, alternating
-for rep in 1 2; do gp notable$rep $B/libdmoe.so DMOE_CUDA_PLAN_TABLE=0; gp table$rep $B/libdmoe.so DMOE_CUDA_PLAN_TABLE=1; done
+for rep in $(seq ${REPS:-2}); do gp notable$rep $B/libdmoe.so DMOE_CUDA_PLAN_TABLE=0; gp table$rep $B/libdmoe.so DMOE_CUDA_PLAN_TABLE=1; done
 ( cd $OUT && python3 $R/dev/ab-table.py gp > $OUT/table.txt 2>&1 )
 # 5. which shared-memory hand-offs racecheck models
 CS=/usr/local/cuda/bin/compute-sanitizer
