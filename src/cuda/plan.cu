@@ -13,9 +13,14 @@
  * then turns its row into the exclusive prefix over v (lanes own runs of
  * PT entries), and the row's total is the expert's count; a block scan over
  * the counts gives offsets, and pair p goes to slot offsets[e] + table[e][v]
- * + rank. Every id is read once, into registers. Meant to replace plan_small
- * (9.6 us at 2048 pairs) and the three kernels below (3.0 + 4.1 + 5.8 us at
- * 8192; ncu, bench/cuda-notes.md); not yet timed, so off by default.
+ * + rank. Every id is read once, into registers. By default it replaces
+ * plan_small up to DMOE_CUDA_PLAN_SMALL pairs: measured 2026-12-06 (session
+ * 13, H100, gpu_bench.py, one repetition, dmoe us) granite-like T=128 / 256
+ * 104.6 / 111.6 -> 103.8 / 110.9, olmoe 300.4 / 312.4 -> 300.4 / 311.2, qwen3
+ * 431.2 / 441.3 -> 430.8 / 440.9; at 8192 pairs (T=1024) it lost to the three
+ * kernels below by 12-15 us (granite 146.8 -> 158.4, olmoe 365.3 -> 377.6,
+ * qwen3 491.0 -> 506.1), so it stops there unless DMOE_CUDA_PLAN_TABLE=1
+ * (then up to PLAN_TABLE_MAX_PAIRS; =0 turns it off).
  * Other small plans (n_pairs <= DMOE_CUDA_PLAN_SMALL with a table too large,
  * E ~ 1024) take plan-block.cuh's one-block plan. Larger ones take three
  * launches, one pass of a radix sort with the expert as the digit:
@@ -73,20 +78,20 @@ static size_t plan_table_smem(int64_t n_pairs, int n_experts) {
     return plan_table_bytes(n_pairs, n_experts) + (size_t)n_experts * sizeof(int) + 33 * sizeof(int);
 }
 
-/* DMOE_CUDA_PLAN_TABLE=1 turns the table plan on (read once). Off by default until a GPU run has
- * checked and timed it (it was written in session 12 while no device could be had). */
-#define PLAN_TABLE_DEFAULT 0
-static int plan_table_enabled(void) {
-    static int v = -1;
+/* The most pairs the table plan takes (read once): DMOE_CUDA_PLAN_TABLE=0 none, =1 up to
+ * PLAN_TABLE_MAX_PAIRS (for tests), unset where it was measured faster: plan_small's range. */
+static int64_t plan_table_max_pairs(void) {
+    static int64_t v = -1;
     if (v < 0) {
         const char *e = getenv("DMOE_CUDA_PLAN_TABLE");
-        v = e && (e[0] == '0' || e[0] == '1') && e[1] == 0 ? e[0] == '1' : PLAN_TABLE_DEFAULT;
+        const int set = e && (e[0] == '0' || e[0] == '1') && e[1] == 0;
+        v = !set ? DMOE_CUDA_PLAN_SMALL : e[0] == '1' ? PLAN_TABLE_MAX_PAIRS : 0;
     }
     return v;
 }
 
 static int plan_table_fits(int64_t n_pairs, int n_experts, size_t smem_optin) {
-    if (n_pairs > PLAN_TABLE_MAX_PAIRS || !plan_table_enabled()) return 0;
+    if (n_pairs > plan_table_max_pairs()) return 0;
     return plan_table_bytes(n_pairs, n_experts) <= PLAN_TABLE_MAX_BYTES &&
            plan_table_smem(n_pairs, n_experts) <= smem_optin;
 }
