@@ -168,8 +168,10 @@ DMOE_API void dmoe_context_desc_init(dmoe_context_desc *desc);
 DMOE_API dmoe_status dmoe_context_create(const dmoe_context_desc *desc, dmoe_context **out);
 /* Destroys a context; NULL is a no-op. All its layers must be destroyed first. */
 DMOE_API void dmoe_context_destroy(dmoe_context *ctx);
-/* The message of the last failure on ctx ("" if none). With ctx == NULL, the
- * calling thread's last failure of a call that had no context. */
+/* The message of the calling thread's last failure on ctx ("" if none): layers of
+ * one context used from several threads each read their own thread's message.
+ * With ctx == NULL, the calling thread's last failure of a call that had no
+ * context. The text stays valid until this thread's next dmoe call. */
 DMOE_API const char *dmoe_context_last_error(const dmoe_context *ctx);
 /* Worker threads in use (cpu), 1 otherwise. */
 DMOE_API int32_t dmoe_context_n_threads(const dmoe_context *ctx);

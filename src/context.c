@@ -98,6 +98,7 @@ dmoe_status dmoe_context_create(const dmoe_context_desc *desc, dmoe_context **ou
     ctx->desc.allocator = NULL; /* the copy below is what we use; the caller's may go away */
     ctx->alloc = alloc;
     ctx->backend = be;
+    ctx->serial = dmoe__context_serial();
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     ctx->n_threads = desc->n_threads > 0 ? desc->n_threads : (online > 0 ? (int32_t)online : 1);
     if (be->context_init) {
@@ -105,7 +106,7 @@ dmoe_status dmoe_context_create(const dmoe_context_desc *desc, dmoe_context **ou
         if (st != DMOE_OK) {
             /* carry the backend's message to the per-thread slot, without
              * repeating the "NAME: " prefix dmoe__error gave it */
-            const char *msg = ctx->last_error, *name = dmoe_status_name(st);
+            const char *msg = dmoe_context_last_error(ctx), *name = dmoe_status_name(st);
             size_t n = strlen(name);
             if (strncmp(msg, name, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ') msg += n + 2;
             dmoe__error(NULL, st, "%s", msg);

@@ -45,7 +45,7 @@ struct dmoe_context {
     dmoe_allocator alloc;
     int32_t n_threads;
     void *backend_data; /* owned by the backend: thread pool, CUDA handles */
-    char last_error[DMOE_ERROR_LEN];
+    uint64_t serial;    /* unique per process: keys the per-thread error messages (status.c) */
 };
 
 struct dmoe_layer {
@@ -155,6 +155,8 @@ dmoe_status dmoe__error(dmoe_context *ctx, dmoe_status status, const char *fmt, 
 #endif
     ;
 void dmoe__clear_error(dmoe_context *ctx);
+/* A number no other context of this process has had (keys the per-thread messages). */
+uint64_t dmoe__context_serial(void);
 /* CLOCK_MONOTONIC in seconds (host-side timeouts and measurements). */
 double dmoe__now_s(void);
 

@@ -1,7 +1,10 @@
 /*
- * status.c: status strings (from the X-macro list in dmoe.h), per-context and
- * per-thread error messages, dtype helpers and the version string.
+ * status.c: status strings (from the X-macro list in dmoe.h), error messages
+ * (per thread, and per context within a thread), dtype helpers and the version
+ * string.
  */
+#include <stdatomic.h>
+
 #include "dmoe-impl.h"
 
 const char *dmoe_status_str(dmoe_status status) {
@@ -65,27 +68,72 @@ dmoe_tensor dmoe_tensor_2d(void *data, dmoe_dtype dtype, int64_t rows, int64_t c
     return t;
 }
 
-/* Messages of calls that have no context (context creation) live per thread. */
+/* Messages live with the thread that made the failing call: layers of one context may run in
+ * different threads at once, and one thread's message must neither overwrite nor tear another's.
+ * A thread keeps the messages of the last ERROR_SLOTS contexts it recorded one for, keyed by the
+ * context's serial (a new context at a freed one's address starts with no message); calls without a
+ * context (context creation, the store) use their own buffer. */
+#define ERROR_SLOTS 4
+typedef struct error_slot {
+    uint64_t serial; /* 0: free */
+    uint64_t used;   /* this thread's clock at the last write: the oldest slot is reused */
+    char msg[DMOE_ERROR_LEN];
+} error_slot;
+static _Thread_local error_slot dmoe__thread_slots[ERROR_SLOTS];
+static _Thread_local uint64_t dmoe__thread_clock;
 static _Thread_local char dmoe__thread_error[DMOE_ERROR_LEN];
 
+uint64_t dmoe__context_serial(void) {
+    static _Atomic uint64_t next = 1;
+    return atomic_fetch_add(&next, 1);
+}
+
+static error_slot *find_slot(const dmoe_context *ctx) {
+    for (int i = 0; i < ERROR_SLOTS; i++)
+        if (dmoe__thread_slots[i].serial == ctx->serial) return &dmoe__thread_slots[i];
+    return NULL;
+}
+
+static char *error_buffer(const dmoe_context *ctx) {
+    if (!ctx) return dmoe__thread_error;
+    error_slot *s = find_slot(ctx);
+    if (!s) {
+        s = &dmoe__thread_slots[0];
+        for (int i = 1; i < ERROR_SLOTS; i++)
+            if (dmoe__thread_slots[i].used < s->used) s = &dmoe__thread_slots[i];
+        s->serial = ctx->serial;
+    }
+    s->used = ++dmoe__thread_clock;
+    return s->msg;
+}
+
 dmoe_status dmoe__error(dmoe_context *ctx, dmoe_status status, const char *fmt, ...) {
-    char *buf = ctx ? ctx->last_error : dmoe__thread_error;
-    int n = snprintf(buf, DMOE_ERROR_LEN, "%s: ", dmoe_status_name(status));
+    /* formatted apart first: an argument may be a message this call replaces */
+    char tmp[DMOE_ERROR_LEN];
+    int n = snprintf(tmp, sizeof tmp, "%s: ", dmoe_status_name(status));
     if (n < 0 || n >= DMOE_ERROR_LEN) n = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(buf + n, DMOE_ERROR_LEN - (size_t)n, fmt, ap);
+    vsnprintf(tmp + n, sizeof tmp - (size_t)n, fmt, ap);
     va_end(ap);
+    char *buf = error_buffer(ctx);
+    memcpy(buf, tmp, strlen(tmp) + 1);
     if (getenv("DMOE_LOG") && strcmp(getenv("DMOE_LOG"), "debug") == 0)
         fprintf(stderr, "dmoe: %s\n", buf);
     return status;
 }
 
 void dmoe__clear_error(dmoe_context *ctx) {
-    if (ctx) ctx->last_error[0] = '\0';
-    else dmoe__thread_error[0] = '\0';
+    if (!ctx) {
+        dmoe__thread_error[0] = '\0';
+        return;
+    }
+    error_slot *s = find_slot(ctx);
+    if (s) s->msg[0] = '\0';
 }
 
 const char *dmoe_context_last_error(const dmoe_context *ctx) {
-    return ctx ? ctx->last_error : dmoe__thread_error;
+    if (!ctx) return dmoe__thread_error;
+    const error_slot *s = find_slot(ctx);
+    return s ? s->msg : "";
 }

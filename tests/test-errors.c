@@ -9,6 +9,9 @@
  *   - that dmoe_context_last_error() (of the context, or of the thread for
  *     calls without one) names what was wrong: each case lists words that
  *     must appear in the message as whole words.
+ * Messages are per thread: a failure on one thread leaves another thread's
+ * message on the same context as it was (also under concurrent failures), and a
+ * context created where a failed one was freed starts without a message.
  * It also checks dmoe_status_str / dmoe_status_name for every code of
  * DMOE_STATUS_LIST, the dtype and backend name helpers, and that boundary
  * values of the layer description are accepted.
@@ -21,6 +24,7 @@
 #include <ctype.h>
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -809,8 +813,67 @@ done:
     tu_free(s.ws);
 }
 
+/* ---- messages of several threads on one context ---- */
+
+typedef struct msg_job {
+    dmoe_context *ctx;
+    int bad_hidden; /* 1: hidden = 0 (message names hidden), 0: ffn = 0 (names ffn) */
+    int calls, wrong;
+} msg_job;
+
+static void *msg_run(void *p) {
+    msg_job *j = (msg_job *)p;
+    const char *want = j->bad_hidden ? "hidden" : "ffn", *other = j->bad_hidden ? "ffn" : "hidden";
+    for (int i = 0; i < j->calls; i++) {
+        dmoe_layer_desc d;
+        base_desc(&d);
+        if (j->bad_hidden) d.hidden = 0;
+        else d.ffn = 0;
+        dmoe_layer *layer = NULL;
+        const dmoe_status st = dmoe_layer_create(j->ctx, &d, &layer);
+        const char *msg = dmoe_context_last_error(j->ctx);
+        j->wrong += st != DMOE_ERR_INVALID_ARGUMENT || !has_word(msg, want) || has_word(msg, other);
+    }
+    return NULL;
+}
+
+static void check_thread_messages(void) {
+    dmoe_context_desc cd;
+    dmoe_context_desc_init(&cd);
+    cd.backend = DMOE_BACKEND_CPU_REF;
+    dmoe_context *ctx = NULL;
+    if (!TU_CHECK_STATUS(NULL, dmoe_context_create(&cd, &ctx), DMOE_OK)) return;
+    /* this thread fails (hidden), another fails on the same context (ffn): ours is still hidden */
+    msg_job mine = {ctx, 1, 1, 0}, theirs = {ctx, 0, 1, 0};
+    msg_run(&mine);
+    pthread_t th;
+    const int started = pthread_create(&th, NULL, msg_run, &theirs) == 0;
+    if (started) pthread_join(th, NULL);
+    TU_CHECKF(started, "cannot start a thread");
+    const char *msg = dmoe_context_last_error(ctx);
+    TU_CHECKF(mine.wrong == 0 && theirs.wrong == 0 && has_word(msg, "hidden") && !has_word(msg, "ffn"),
+              "a failure on another thread replaced this thread's message: '%s'", msg);
+    /* both at once, many times: each thread reads its own message every time */
+    msg_job a = {ctx, 1, 20000, 0}, b = {ctx, 0, 20000, 0};
+    const int started2 = pthread_create(&th, NULL, msg_run, &b) == 0;
+    msg_run(&a);
+    if (started2) pthread_join(th, NULL);
+    TU_CHECKF(a.wrong == 0 && b.wrong == 0, "concurrent failures on one context: %d and %d of %d messages wrong",
+              a.wrong, b.wrong, a.calls);
+    dmoe_context_destroy(ctx);
+    /* a context made where the failed one was freed (malloc often reuses the address) has no message */
+    dmoe_context *ctx2 = NULL;
+    if (TU_CHECK_STATUS(NULL, dmoe_context_create(&cd, &ctx2), DMOE_OK)) {
+        TU_CHECKF(dmoe_context_last_error(ctx2)[0] == '\0', "a new context starts with a message: '%s'",
+                  dmoe_context_last_error(ctx2));
+        dmoe_context_destroy(ctx2);
+    }
+}
+
 int main(void) {
     (void)tu_seed(); /* this test is not random; for the common output setup */
+    printf("messages of several threads on one context\n");
+    check_thread_messages();
     printf("status codes and names\n");
     check_status_list();
     check_names();
