@@ -227,7 +227,7 @@ static void run_case(tu_rng *rng, const fwd_case *c, const int64_t *Ts, int nT) 
 
 /* A token whose logits are all NaN goes to experts 0..K-1 with equal weights. */
 static void test_nan_logits(tu_rng *rng) {
-    fwd_case c = {"nan logits", base_desc(64, 32, 16, 4), NULL};
+    fwd_case c = {.name = "nan logits", .d = base_desc(64, 32, 16, 4)};
     tu_model m;
     gpu_model g;
     tu_layer l;
@@ -267,7 +267,7 @@ static void test_nan_logits(tu_rng *rng) {
  * host reference. T * K from 4 to 80 pairs, so the fused kernel's grouping runs
  * in its warp form (<= 32 pairs) and its block form, on the path asked for. */
 static void test_bad_ids(tu_rng *rng, int64_t T, dmoe_path path) {
-    fwd_case c = {"ids out of range", base_desc(128, 64, 16, 4), NULL};
+    fwd_case c = {.name = "ids out of range", .d = base_desc(128, 64, 16, 4)};
     c.d.path = path;
     tu_model m;
     gpu_model g;
@@ -324,7 +324,7 @@ int main(void) {
     tu_rng rng;
     tu_rng_init(&rng, tu_seed());
 
-    fwd_case grid = {"grid 2880/1408/60/6", base_desc(2880, 1408, 60, 6), NULL};
+    fwd_case grid = {.name = "grid 2880/1408/60/6", .d = base_desc(2880, 1408, 60, 6)};
     if (!quick) {
         /* The odd grid of STYLE.md: every path of router, plan and GEMMs (T = 127: the
          * streaming router split along T; 1100: the mma logits, above 1024 tokens). */
@@ -354,38 +354,38 @@ int main(void) {
     const int n_var_T = quick ? 2 : 4;
     enum { NV = 13 };
     fwd_case v[NV];
-    v[0] = (fwd_case){"softmax renorm", base_desc(256, 128, 64, 8), NULL};
-    v[1] = (fwd_case){"softmax no renorm", base_desc(256, 128, 64, 8), NULL};
+    v[0] = (fwd_case){.name = "softmax renorm", .d = base_desc(256, 128, 64, 8)};
+    v[1] = (fwd_case){.name = "softmax no renorm", .d = base_desc(256, 128, 64, 8)};
     v[1].d.routing.renormalize = 0;
-    v[2] = (fwd_case){"sigmoid bias groups scale", base_desc(256, 128, 64, 8), NULL};
+    v[2] = (fwd_case){.name = "sigmoid bias groups scale", .d = base_desc(256, 128, 64, 8)};
     v[2].d.routing.scoring = DMOE_SCORING_SIGMOID;
     v[2].d.routing.use_correction_bias = 1;
     v[2].d.routing.n_group = 8;
     v[2].d.routing.topk_group = 3;
     v[2].d.routing.routed_scaling_factor = 2.5f;
-    v[3] = (fwd_case){"sigmoid no renorm scale", base_desc(256, 128, 64, 8), NULL};
+    v[3] = (fwd_case){.name = "sigmoid no renorm scale", .d = base_desc(256, 128, 64, 8)};
     v[3].d.routing.scoring = DMOE_SCORING_SIGMOID;
     v[3].d.routing.renormalize = 0;
     v[3].d.routing.routed_scaling_factor = 1.5f;
-    v[4] = (fwd_case){"shared x2 plain", base_desc(256, 128, 64, 8), NULL};
+    v[4] = (fwd_case){.name = "shared x2 plain", .d = base_desc(256, 128, 64, 8)};
     v[4].d.n_shared_experts = 2;
     v[4].d.shared_ffn = 96;
-    v[5] = (fwd_case){"shared gated", base_desc(256, 128, 64, 8), NULL};
+    v[5] = (fwd_case){.name = "shared gated", .d = base_desc(256, 128, 64, 8)};
     v[5].d.n_shared_experts = 1;
     v[5].d.shared_ffn = 128;
     v[5].d.shared_gate = DMOE_SHARED_GATE_SIGMOID;
-    v[6] = (fwd_case){"f16 softmax", base_desc(256, 128, 64, 8), NULL};
+    v[6] = (fwd_case){.name = "f16 softmax", .d = base_desc(256, 128, 64, 8)};
     v[6].d.act_dtype = v[6].d.weight_dtype = DMOE_DTYPE_F16;
-    v[7] = (fwd_case){"E=1024 K=32 groups", base_desc(128, 64, 1024, 32), NULL};
+    v[7] = (fwd_case){.name = "E=1024 K=32 groups", .d = base_desc(128, 64, 1024, 32)};
     v[7].d.routing.scoring = DMOE_SCORING_SIGMOID;
     v[7].d.routing.use_correction_bias = 1;
     v[7].d.routing.n_group = 16;
     v[7].d.routing.topk_group = 4;
     /* Non-finite logits in the forward (the fused kernel at T=40 routes them with its
      * distributed top-k): dmoe_experts on dmoe_route's picks must give the forward's bits. */
-    v[8] = (fwd_case){"nonfinite router softmax", base_desc(256, 128, 64, 8), NULL};
+    v[8] = (fwd_case){.name = "nonfinite router softmax", .d = base_desc(256, 128, 64, 8)};
     v[8].nonfinite_router = 1;
-    v[9] = (fwd_case){"nonfinite router sigmoid groups", base_desc(256, 128, 64, 8), NULL};
+    v[9] = (fwd_case){.name = "nonfinite router sigmoid groups", .d = base_desc(256, 128, 64, 8)};
     v[9].nonfinite_router = 1;
     v[9].d.routing.scoring = DMOE_SCORING_SIGMOID;
     v[9].d.routing.use_correction_bias = 1;
@@ -395,13 +395,13 @@ int main(void) {
      * memory, which with its 4-8 KB of static arrays exceeds the default 48 KB: the launch
      * failed before dmoe_set_smem raised the limit for every request (found by
      * bench/shape-sweep.py at E=674, T=16) */
-    v[10] = (fwd_case){"E=700 router smem over 48 KB with static", base_desc(64, 32, 700, 4), NULL};
+    v[10] = (fwd_case){.name = "E=700 router smem over 48 KB with static", .d = base_desc(64, 32, 700, 4)};
     const int64_t e700_T[] = {16, 5};
     /* E=1024: T=12 sums each token's logits in its top-k warp (12 x 1025 floats exceed the
      * fused kernel's 32 KB of shared logits), T=40 is the distributed top-k, T=5 neither */
     const int64_t e1024_T[] = {12, 40, 5, 3};
     /* non-finite correction biases, without and with groups (every token gets K distinct experts) */
-    v[11] = (fwd_case){"nonfinite bias sigmoid", base_desc(256, 128, 64, 8), NULL};
+    v[11] = (fwd_case){.name = "nonfinite bias sigmoid", .d = base_desc(256, 128, 64, 8)};
     v[11].d.routing.scoring = DMOE_SCORING_SIGMOID;
     v[11].d.routing.use_correction_bias = 1;
     v[11].nonfinite_bias = 1;
