@@ -6,7 +6,8 @@
  * forms the tool models: a racy control (no ordering: must be reported), __syncthreads (must be clean), the
  * fused kernel's inline-PTX mbarrier (arrive after __syncwarp, try_wait.parity), the CUDA header's
  * __mbarrier_arrive / __mbarrier_test_wait, libcu++ cuda::barrier, a bulk copy completing on an mbarrier, and a
- * named barrier (bar.arrive / bar.sync). Every form also checks its data, so a wrong hand-off fails the run.
+ * named barrier (bar.arrive / bar.sync); session 14: the bulk fill released by every lane (bulk_all), and the pick
+ * word's forms (flag_vol / flag_atom / flag_rel: volatile, atomic, st.release / ld.acquire). Every form also checks its data, so a wrong hand-off fails the run.
  *
  *   nvcc -std=c++17 -O3 -arch=sm_90a -I/usr/local/cuda/include/cccl dev/racecheck-forms.cu -o rf
  *   ./rf                                   # PASS / FAIL per form
@@ -221,23 +222,97 @@ __global__ void k_named(const int *src, long long *out) {
     if (w == 1) atomicAdd((unsigned long long *)out, (unsigned long long)s);
 }
 
+/* the bulk fill again, with every lane of the consumer releasing (empty count 32) */
+__global__ void k_bulk_all(const int *src, long long *out) {
+    __shared__ __align__(128) int buf[N];
+    __shared__ __align__(8) uint64_t full, empty;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (threadIdx.x == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(&full)) : "memory");
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 32;" ::"r"(smem_u32(&empty)) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    long long s = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        if (w == 0) {
+            if (r > 0) ptx_wait(&empty, (r - 1) & 1);
+            if (lane == 0) {
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+                asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(
+                                 smem_u32(&full)),
+                             "r"((uint32_t)(N * 4))
+                             : "memory");
+                asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                                 smem_u32(buf)),
+                             "l"(src + r * N), "r"((uint32_t)(N * 4)), "r"(smem_u32(&full))
+                             : "memory");
+            }
+            __syncwarp();
+        } else {
+            ptx_wait(&full, r & 1);
+            for (int i = lane; i < N; i += 32) s += buf[i];
+            ptx_arrive(&empty);
+        }
+    }
+    if (w == 1) atomicAdd((unsigned long long *)out, (unsigned long long)s);
+}
+
+/* The fused kernel's pick words: ROUNDS words set to -1 before a __syncthreads, then lane 0 of warp 0 writes word r
+ * (a value >= 0) as its round r ends; warp 1 polls word r until it is not -1 and uses it. Forms: volatile accesses
+ * (the kernel's today), atomics (atomicExch / atomicAdd 0), relaxed / acquire-release PTX accesses. */
+template <int MODE> static __device__ __forceinline__ void flag_store(int *p, int v) {
+    if (MODE == 0) *(volatile int *)p = v;
+    else if (MODE == 1) atomicExch(p, v);
+    else asm volatile("st.release.cta.shared.b32 [%0], %1;" ::"r"(smem_u32(p)), "r"(v) : "memory");
+}
+template <int MODE> static __device__ __forceinline__ int flag_load(int *p) {
+    int v;
+    if (MODE == 0) v = *(volatile int *)p;
+    else if (MODE == 1) v = atomicAdd(p, 0);
+    else asm volatile("ld.acquire.cta.shared.b32 %0, [%1];" : "=r"(v) : "r"(smem_u32(p)) : "memory");
+    return v;
+}
+template <int MODE> __global__ void k_flag(const int *src, long long *out) {
+    __shared__ int word[ROUNDS];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (threadIdx.x < ROUNDS) word[threadIdx.x] = -1;
+    __syncthreads();
+    long long s = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        if (w == 0) {
+            int v = 0;
+            for (int i = lane; i < N; i += 32) v += src[r * N + i] & 1;
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (lane == 0) flag_store<MODE>(word + r, v);
+        } else {
+            int v;
+            while ((v = flag_load<MODE>(word + r)) == -1) __nanosleep(20);
+            if (lane == 0) s += v;
+        }
+    }
+    if (w == 1 && lane == 0) atomicAdd((unsigned long long *)out, (unsigned long long)s);
+}
+
 typedef void (*kfn)(const int *, long long *);
 struct form {
     const char *name;
     kfn k;
-    int exact; /* the racy control may read stale data: its sum is not checked */
+    int exact; /* the racy control may read stale data: its sum is not checked; 2: the flag forms' sum */
 };
 static const form forms[] = {
     {"racy", k_racy, 0},   {"sync", k_sync, 1},   {"ptx", k_ptx, 1},     {"ptx_all", k_ptx_all, 1},
     {"aw", k_aw, 1},       {"cxx", k_cxx, 1},     {"bulk", k_bulk, 1},   {"named", k_named, 1},
+    {"bulk_all", k_bulk_all, 1}, {"flag_vol", k_flag<0>, 2}, {"flag_atom", k_flag<1>, 2}, {"flag_rel", k_flag<2>, 2},
 };
 
 int main(int argc, char **argv) {
     int n = ROUNDS * N, *h = (int *)malloc(n * sizeof(int)), *d;
-    long long want = 0, *dout, got;
+    long long want = 0, want_flag = 0, *dout, got;
     for (int i = 0; i < n; i++) {
         h[i] = (int)((i * 2654435761u) >> 20);
         want += h[i];
+        want_flag += h[i] & 1;
     }
     cudaMalloc(&d, n * sizeof(int));
     cudaMalloc(&dout, sizeof(long long));
@@ -250,9 +325,10 @@ int main(int argc, char **argv) {
         f.k<<<1, 64>>>(d, dout);
         cudaError_t e = cudaDeviceSynchronize();
         cudaMemcpy(&got, dout, sizeof got, cudaMemcpyDeviceToHost);
-        int ok = e == cudaSuccess && (!f.exact || got == want);
+        const long long w = f.exact == 2 ? want_flag : want;
+        int ok = e == cudaSuccess && (!f.exact || got == w);
         if (!ok) fail = 1;
-        printf("%-8s %s (sum %lld, want %lld, %s)\n", f.name, ok ? "PASS" : "FAIL", got, want, cudaGetErrorString(e));
+        printf("%-9s %s (sum %lld, want %lld, %s)\n", f.name, ok ? "PASS" : "FAIL", got, w, cudaGetErrorString(e));
     }
     return fail;
 }
