@@ -4,7 +4,7 @@
 # atomics (FM_PICK_FORM=1): does racecheck come out clean, what does it cost. carry .cudadev, built here by:
 #   bash bench/gpu-bench.sh pack .cudadev            (empties the folder first; the new defaults)
 #   mkdir -p .cudadev/v; for each variant v in old (HEAD before the change), lane0 (-DFM_LANE_ARRIVE=0),
-#   pick2 (-DFM_PICK_FORM=2): a libdmoe.so built with CMAKE_CUDA_FLAGS, gzipped to .cudadev/v/<v>.so.gz
+#   pick2 (-DFM_PICK_FORM=2), ns2 / ns3 (-DFM_NS=2 / 3), kc256 (-DFM_KC=256), pfhint (-DFM_PREFETCH_HINT=1): a libdmoe.so built with CMAKE_CUDA_FLAGS, gzipped to .cudadev/v/<v>.so.gz
 #   nvcc -std=c++17 -O3 -arch=sm_90a -I/usr/local/cuda/include/cccl dev/racecheck-forms.cu -o .cudadev/rf
 set -u
 OUT=${OUT:-$PWD/out}; mkdir -p $OUT/h $OUT/rf
@@ -26,15 +26,19 @@ san() { local tag=$1 tool=$2 lim=$3; shift 3
   ( cd $B && env ${SANENV:-} DMOE_CUDA_SMS=8 DMOE_PATH=fused DMOE_GPU_TEST_QUICK=1 timeout $lim $CS --tool $tool \
       --error-exitcode 9 "$@" > $OUT/h/san-$tag.txt 2>&1; echo "san $tag rc=$? $(date +%T) $(grep -E 'SUMMARY' $OUT/h/san-$tag.txt | tail -1)" ) >> $S
   grep -E "Race reported|Error|Warning" $OUT/h/san-$tag.txt | sed 's/(const dmoe[^)]*)//g' | cut -c1-220 | sort | uniq -c | sort -rn | head -8 >> $S; }
-san rc-path racecheck 150 ./test-cuda-path --quick
+san rc-path racecheck 120 ./test-cuda-path --quick
 # 3. cost: old / new / lane0 libraries on decode cells, alternating, twice
 gp() { local tag=$1 lib=$2; shift 2; mkdir -p /tmp/gp_$tag
   env "$@" timeout 60 python3 bench/gpu_bench.py --lib $lib --out /tmp/gp_$tag --clean 0 --peers 0 --paths 0 \
     --presets qwen3-30b-a3b,olmoe-1b-7b --tokens 1,2,4,16 > $OUT/h/gp-$tag.txt 2>&1; echo "gp $tag rc=$? $(date +%T)" >> $S; }
+# and the ring's depth under the bench's write flush (the in-flight bytes pin L2 lines, so dirty lines of the flush
+# are written back while the weights stream): ns2 / ns3 (-DFM_NS), kc256 (-DFM_KC=256: 8 KB stages)
 for rep in $(seq ${REPS:-2}); do
-  gp old$rep /tmp/v/old/libdmoe.so; gp new$rep $B/libdmoe.so; gp lane0$rep /tmp/v/lane0/libdmoe.so
+  gp old$rep /tmp/v/old/libdmoe.so; gp new$rep $B/libdmoe.so; [ $rep = 1 ] && gp lane0$rep /tmp/v/lane0/libdmoe.so
+  for v in ns2 ns3 kc256 pfhint; do [ -f /tmp/v/$v/libdmoe.so ] && gp $v$rep /tmp/v/$v/libdmoe.so; done
 done
 ( cd $OUT && python3 $R/dev/ab-table.py gp > $OUT/ab.txt 2>&1 ); cat $OUT/ab.txt >> $S
+[ -n "${SHORT:-}" ] && { echo "short: done $(date +%T)" >> $S; exit 0; }
 # 4. correctness of the fused kernel with the new defaults, then the resident mode (same code)
 t() { local tag=$1; shift; ( cd $B && env "$@" > $OUT/h/t-$tag.txt 2>&1; echo "test $tag rc=$? $(date +%T)" ) >> $S
   grep -E "FAIL|checks" $OUT/h/t-$tag.txt | tail -4 >> $S; }
