@@ -26,7 +26,7 @@ san() { local tag=$1 tool=$2 lim=$3; shift 3
   ( cd $B && env ${SANENV:-} DMOE_CUDA_SMS=8 DMOE_PATH=fused DMOE_GPU_TEST_QUICK=1 timeout $lim $CS --tool $tool \
       --error-exitcode 9 "$@" > $OUT/h/san-$tag.txt 2>&1; echo "san $tag rc=$? $(date +%T) $(grep -E 'SUMMARY' $OUT/h/san-$tag.txt | tail -1)" ) >> $S
   grep -E "Race reported|Error|Warning" $OUT/h/san-$tag.txt | sed 's/(const dmoe[^)]*)//g' | cut -c1-220 | sort | uniq -c | sort -rn | head -8 >> $S; }
-san rc-path racecheck 120 ./test-cuda-path --quick
+san rc-path racecheck 100 ./test-cuda-path --quick
 # 3. cost: old / new / lane0 libraries on decode cells, alternating, twice
 gp() { local tag=$1 lib=$2; shift 2; mkdir -p /tmp/gp_$tag
   env "$@" timeout 60 python3 bench/gpu_bench.py --lib $lib --out /tmp/gp_$tag --clean 0 --peers 0 --paths 0 \
