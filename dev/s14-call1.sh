@@ -34,8 +34,8 @@ gp() { local tag=$1 lib=$2; shift 2; mkdir -p /tmp/gp_$tag
 # and the ring's depth under the bench's write flush (the in-flight bytes pin L2 lines, so dirty lines of the flush
 # are written back while the weights stream): ns2 / ns3 (-DFM_NS), kc256 (-DFM_KC=256: 8 KB stages)
 for rep in $(seq ${REPS:-2}); do
-  gp old$rep /tmp/v/old/libdmoe.so; gp new$rep $B/libdmoe.so; [ $rep = 1 ] && gp lane0$rep /tmp/v/lane0/libdmoe.so
-  for v in ns2 ns3 kc256 pfhint; do [ -f /tmp/v/$v/libdmoe.so ] && gp $v$rep /tmp/v/$v/libdmoe.so; done
+  gp old$rep /tmp/v/old/libdmoe.so; gp new$rep $B/libdmoe.so; [ $rep = 1 ] && [ -z "${MINI:-}" ] && gp lane0$rep /tmp/v/lane0/libdmoe.so
+  for v in ${VARIANTS:-ns2 ns3 kc256 pfhint}; do [ -f /tmp/v/$v/libdmoe.so ] && gp $v$rep /tmp/v/$v/libdmoe.so; done
 done
 ( cd $OUT && python3 $R/dev/ab-table.py gp > $OUT/ab.txt 2>&1 ); cat $OUT/ab.txt >> $S
 [ -n "${SHORT:-}" ] && { echo "short: done $(date +%T)" >> $S; exit 0; }
