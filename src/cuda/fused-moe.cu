@@ -26,9 +26,8 @@
  *           in the order their experts first appear (token 0's picks first),
  *           the publisher warp claims the block's first task before the plan;
  *           warp 0's top-k of token 0 writes each round's
- *           pick to shared memory as the round ends (a volatile word the
- *           publisher polls: the word is the data, so racecheck's report of
- *           it is a flag hand-off, not a race), and the publisher asks L2
+ *           pick to shared memory as the round ends (a word the publisher
+ *           polls: the word is the data; FM_PICK_FORM), and the publisher asks L2
  *           for that task's 16 weight rows (cp.async.bulk.prefetch) as soon
  *           as its segment's expert is picked, ~1.5 us before the plan ends.
  *   TASKS   warp roles, one function each:
@@ -138,6 +137,9 @@ __device__ long long fm_rtrace[8];
                                grouping in first-appearance order, which cost more than the prefetch saved
                                (bench/fused-notes.md, session 10). */
 #endif
+#ifndef FM_PREFETCH_HINT
+#define FM_PREFETCH_HINT 0 /* 1: that L2 prefetch with the evict-first policy of the stream (experiment, session 14) */
+#endif
 #ifndef FM_ONE_TOKEN_SEGMENTS
 #define FM_ONE_TOKEN_SEGMENTS 1 /* T=1: the K picks are the segments in pick order (no grouping pass) */
 #endif
@@ -156,6 +158,14 @@ __device__ long long fm_rtrace[8];
 #ifndef FM_EVICT_FIRST
 #define FM_EVICT_FIRST 1 /* weights are read once: L2 evict-first on the bulk copies */
 #endif
+#ifndef FM_LANE_ARRIVE
+#define FM_LANE_ARRIVE 0 /* the consumers' and the publisher's releases of ring stages and reduction buffers. 1: every
+                            lane arrives on the mbarrier (counts x 32), so each lane's own accesses are ordered by its
+                            own arrive; 0: lane 0 arrives after a __syncwarp (the PTX memory model orders that too,
+                            but compute-sanitizer racecheck does not model it: dev/racecheck-forms.cu). 0 until 1 is
+                            measured on the device (bench/fused-notes.md, session 14) */
+#endif
+#define FM_ARRIVERS (FM_LANE_ARRIVE ? 32 : 1) /* arrivals a warp makes on a release */
 #define FM_CWARPS 4    /* consumer warps 0..3 */
 #define FM_PRODUCER 4  /* warp index of the producer */
 #define FM_PUBLISHER 5 /* warp index of the publisher */
@@ -434,6 +444,17 @@ static __device__ __noinline__ void token_logits(const float *plog, int T, int E
     __syncwarp();
 }
 
+/* A warp's release of a ring stage or a reduction buffer it has read or written
+ * (the mbarrier counts FM_ARRIVERS arrivals a warp). */
+static __device__ __forceinline__ void warp_release(uint64_t *b) {
+#if FM_LANE_ARRIVE
+    mbar_arrive(b);
+#else
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) mbar_arrive(b);
+#endif
+}
+
 /* Lane k < K's pick of token t (id, weight) into ids / wts, and into out_ids /
  * out_w when they are not NULL. */
 static __device__ __forceinline__ void store_pick(int t, int K, int id, float w, int *ids, float *wts, int32_t *out_ids,
@@ -477,16 +498,45 @@ static __device__ __forceinline__ dmoe_route_rules fm_rules(const dmoe_fused_arg
                                 a.scoring == DMOE_SCORING_SOFTMAX, a.renormalize};
     return r;
 }
+/* The pick words (FM_PREFETCH_FIRST): written by warp 0 as its top-k rounds
+ * end, polled by the publisher warp. FM_PICK_FORM 0: volatile accesses
+ * (which racecheck reports as a hazard); 1: shared-memory atomics; 2:
+ * st.release / ld.acquire (which of 1 / 2 racecheck takes as ordering is
+ * dev/racecheck-forms.cu's flag_* forms; 0 until that is measured). */
+#ifndef FM_PICK_FORM
+#define FM_PICK_FORM 0
+#endif
+static __device__ __forceinline__ void pick_store(int *p, int v) {
+#if FM_PICK_FORM == 0
+    *(volatile int *)p = v;
+#elif FM_PICK_FORM == 1
+    atomicExch(p, v);
+#else
+    asm volatile("st.release.cta.shared.b32 [%0], %1;" ::"r"(smem_u32(p)), "r"(v) : "memory");
+#endif
+}
+static __device__ __forceinline__ int pick_load(int *p) {
+    int v;
+#if FM_PICK_FORM == 0
+    v = *(volatile int *)p;
+#elif FM_PICK_FORM == 1
+    v = atomicAdd(p, 0);
+#else
+    asm volatile("ld.acquire.cta.shared.b32 %0, [%1];" : "=r"(v) : "r"(smem_u32(p)) : "memory");
+#endif
+    return v;
+}
+
 /* Round j's pick into s_pick[j] (shared memory) as the round ends, when
  * s_pick is set: the publisher warp waits there to prefetch (FM_PREFETCH_FIRST). */
 struct fm_pick_hook {
-    volatile int *s_pick;
+    int *s_pick;
     __device__ __forceinline__ void operator()(int j, int e) const {
-        if (s_pick && (threadIdx.x & 31) == 0) s_pick[j] = e;
+        if (s_pick && (threadIdx.x & 31) == 0) pick_store(s_pick + j, e);
     }
 };
 static __device__ void topk_token(const dmoe_fused_args &a, const float *lg, int t, float *s_score, float *s_choice,
-                                  float *s_group, int *ids, float *wts, bool out, volatile int *s_pick) {
+                                  float *s_group, int *ids, float *wts, bool out, int *s_pick) {
     topk_token_r(fm_rules(a), lg, t, s_score, s_choice, s_group, ids, wts, out ? a.topk_ids : nullptr,
                  out ? a.topk_w : nullptr, fm_pick_hook{s_pick});
 }
@@ -601,8 +651,8 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
     float *wts = (float *)(ids + P);
     int *cnt = (int *)(wts + P), *sbase = cnt + E;
     const bool pf = fm_prefetch_first(a);
-    volatile int *s_pick = pf ? cnt : nullptr; /* K words; cnt is unused where pf holds */
-    if (pf && warp == 0 && lane < K) s_pick[lane] = -1; /* before the logits' barrier below */
+    int *s_pick = pf ? cnt : nullptr; /* K words; cnt is unused where pf holds */
+    if (pf && warp == 0 && lane < K) pick_store(s_pick + lane, -1); /* before the logits' barrier below */
     if (lg_smem && (!a.route_from_ids || a.shared_gate)) {
         /* logits = the split partials summed in split order, 4 x 8 loads in flight per thread */
         const int n = T * (E + 1);
@@ -635,7 +685,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
                 lt = sc + E;
             }
             topk_token(a, lt, t, sc, sc + E, sc + 2 * E, ids, wts, blockIdx.x == 0, t == 0 ? s_pick : nullptr);
-            if (pf && t == 0 && lane < K && ids[lane] < 0) s_pick[lane] = -2; /* no pick in that round */
+            if (pf && t == 0 && lane < K && ids[lane] < 0) pick_store(s_pick + lane, -2); /* no pick in that round */
         }
         if (pf && warp == FM_PUBLISHER) {
             /* the block's first task (claimed by this warp's lane 0): once the round that picks
@@ -645,10 +695,16 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
             if (c < (uint32_t)K * tiles) {
                 const int seg = (int)(c / tiles), tile = (int)(c % tiles), F = a.ffn, H = a.hidden;
                 int e;
-                while ((e = s_pick[seg]) == -1) __nanosleep(20);
+                while ((e = pick_load(s_pick + seg)) == -1) __nanosleep(20);
                 if (e >= 0 && lane < 16)
+#if FM_PREFETCH_HINT
+                    asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(
+                                     fm_w13_row(a, e, F, tile, lane)),
+                                 "r"((uint32_t)H * 2), "l"(evict_first_policy()));
+#else
                     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(fm_w13_row(a, e, F, tile, lane)),
                                  "r"((uint32_t)H * 2));
+#endif
             }
         }
     } else {
@@ -1111,8 +1167,7 @@ static __device__ void consumer_task(const dmoe_fused_args &a, const fm_layout &
         else
             ring_mma<DT, NTT, true>(stage, kk0, kk0 < kk1 ? kk1 : kk0, k0, brow, mb, mlo, mhi, acc, sp.full + st,
                                     (it / FM_NS) & 1, wait);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(sp.empty + st);
+        warp_release(sp.empty + st);
         it++;
     }
     const uint32_t b = rb % FM_NR;
@@ -1122,8 +1177,7 @@ static __device__ void consumer_task(const dmoe_fused_args &a, const fm_layout &
     for (int j = 0; j < NTT; j++)
         *(float4 *)(red + (j * 32 + lane) * 4) = make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
     if (warp == 0 && lane == 0) sp.red_task[b] = (int)task;
-    __syncwarp();
-    if (lane == 0) mbar_arrive(sp.redfull + b);
+    warp_release(sp.redfull + b);
     rb++;
 }
 
@@ -1149,8 +1203,7 @@ template <typename DT> static __device__ void consumer_role(const dmoe_fused_arg
     const uint32_t b = rb % FM_NR;
     if (rb >= FM_NR) mbar_wait(sp.redempty + b, ((rb / FM_NR) - 1) & 1);
     if (warp == 0 && lane == 0) sp.red_task[b] = -1;
-    __syncwarp();
-    if (lane == 0) mbar_arrive(sp.redfull + b);
+    warp_release(sp.redfull + b);
 }
 
 /* y[t, h0..h0+15] = sum over k in order of part[slot_of(t,k)] + the shared parts.
@@ -1233,8 +1286,11 @@ static __device__ __forceinline__ void publish_stores(const dmoe_fused_args &a, 
             }
         }
     }
-    __syncwarp();
-    if (lane == 0) mbar_arrive(sp.redempty + b); /* the buffer is read: consumers may refill it */
+#if FM_LANE_ARRIVE
+    __syncwarp(); /* every lane's act / part stores before lane 0's release of the task's counter (publisher_role) */
+#endif
+    warp_release(sp.redempty + b); /* the buffer is read: consumers may refill it (FM_LANE_ARRIVE 0: after a __syncwarp,
+                                      which also orders the stores before that release) */
 }
 
 /* Publisher warp: per finished task, publish_stores, then the arrival on the
@@ -1293,11 +1349,11 @@ template <typename DT> static __device__ __forceinline__ void fused_body(const d
     if (threadIdx.x == 0) {
         for (int i = 0; i < FM_NS; i++) {
             mbar_init(sp.full + i, 1);
-            mbar_init(sp.empty + i, FM_CWARPS);
+            mbar_init(sp.empty + i, FM_CWARPS * FM_ARRIVERS);
         }
         for (int i = 0; i < FM_NR; i++) {
-            mbar_init(sp.redfull + i, FM_CWARPS);
-            mbar_init(sp.redempty + i, 1);
+            mbar_init(sp.redfull + i, FM_CWARPS * FM_ARRIVERS);
+            mbar_init(sp.redempty + i, FM_ARRIVERS);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
