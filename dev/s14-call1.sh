@@ -2,9 +2,12 @@
 # dev/s14-call1.sh: session 14's first device call, in priority order (run under a timeout; whatever it reached
 # comes back in $OUT). The fused kernel's releases by every lane (FM_LANE_ARRIVE=1) and the pick word as shared
 # atomics (FM_PICK_FORM=1): does racecheck come out clean, what does it cost. carry .cudadev, built here by:
-#   bash bench/gpu-bench.sh pack .cudadev            (empties the folder first; the new defaults)
-#   mkdir -p .cudadev/v; for each variant v in old (HEAD before the change), lane0 (-DFM_LANE_ARRIVE=0),
-#   pick2 (-DFM_PICK_FORM=2), ns2 / ns3 (-DFM_NS=2 / 3), kc256 (-DFM_KC=256), pfhint (-DFM_PREFETCH_HINT=1): a libdmoe.so built with CMAKE_CUDA_FLAGS, gzipped to .cudadev/v/<v>.so.gz
+#   cmake -S . -B build-cuda -G Ninja "-DCMAKE_CUDA_FLAGS=-DFM_LANE_ARRIVE=1 -DFM_PICK_FORM=1"   (the new forms: the
+#       source defaults are the measured kernel; reset the cache with -DCMAKE_CUDA_FLAGS= afterwards)
+#   bash bench/gpu-bench.sh pack .cudadev            (empties the folder first)
+#   mkdir -p .cudadev/v; for each variant v in old (the source defaults), lane0 (-DFM_PICK_FORM=1 only),
+#   and, each with the new forms as well: pick2 (-DFM_PICK_FORM=2), ns2 / ns3 (-DFM_NS=2 / 3), kc256 (-DFM_KC=256),
+#   pfhint (-DFM_PREFETCH_HINT=1): a libdmoe.so built with CMAKE_CUDA_FLAGS, gzipped to .cudadev/v/<v>.so.gz
 #   nvcc -std=c++17 -O3 -arch=sm_90a -I/usr/local/cuda/include/cccl dev/racecheck-forms.cu -o .cudadev/rf
 set -u
 OUT=${OUT:-$PWD/out}; mkdir -p $OUT/h $OUT/rf
