@@ -166,14 +166,15 @@ __global__ void k_cxx(const int *src, long long *out) {
     if (w == 1) atomicAdd((unsigned long long *)out, (unsigned long long)s);
 }
 
-/* a bulk copy (cp.async.bulk, complete_tx) fills buf; warp 1 waits on full and reads, releases empty */
-__global__ void k_bulk(const int *src, long long *out) {
+/* a bulk copy (cp.async.bulk, complete_tx) fills buf; warp 1 waits on full and reads, releases empty: lane 0 after
+ * __syncwarp (ALL false, the fused kernel's form until session 14) or every lane (ALL true, empty counts 32) */
+template <bool ALL> __global__ void k_bulk(const int *src, long long *out) {
     __shared__ __align__(128) int buf[N];
     __shared__ __align__(8) uint64_t full, empty;
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     if (threadIdx.x == 0) {
         asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(&full)) : "memory");
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(&empty)) : "memory");
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(&empty)), "r"(ALL ? 32 : 1) : "memory");
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -196,8 +197,12 @@ __global__ void k_bulk(const int *src, long long *out) {
         } else {
             ptx_wait(&full, r & 1);
             for (int i = lane; i < N; i += 32) s += buf[i];
-            __syncwarp();
-            if (lane == 0) ptx_arrive(&empty);
+            if (ALL) {
+                ptx_arrive(&empty);
+            } else {
+                __syncwarp();
+                if (lane == 0) ptx_arrive(&empty);
+            }
         }
     }
     if (w == 1) atomicAdd((unsigned long long *)out, (unsigned long long)s);
@@ -217,42 +222,6 @@ __global__ void k_named(const int *src, long long *out) {
             asm volatile("bar.sync 1, 64;" ::: "memory");
             for (int i = lane; i < N; i += 32) s += buf[i];
             if (r < ROUNDS - 1) asm volatile("bar.arrive 2, 64;" ::: "memory");
-        }
-    }
-    if (w == 1) atomicAdd((unsigned long long *)out, (unsigned long long)s);
-}
-
-/* the bulk fill again, with every lane of the consumer releasing (empty count 32) */
-__global__ void k_bulk_all(const int *src, long long *out) {
-    __shared__ __align__(128) int buf[N];
-    __shared__ __align__(8) uint64_t full, empty;
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    if (threadIdx.x == 0) {
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(&full)) : "memory");
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 32;" ::"r"(smem_u32(&empty)) : "memory");
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
-    long long s = 0;
-    for (int r = 0; r < ROUNDS; r++) {
-        if (w == 0) {
-            if (r > 0) ptx_wait(&empty, (r - 1) & 1);
-            if (lane == 0) {
-                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-                asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(
-                                 smem_u32(&full)),
-                             "r"((uint32_t)(N * 4))
-                             : "memory");
-                asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                                 smem_u32(buf)),
-                             "l"(src + r * N), "r"((uint32_t)(N * 4)), "r"(smem_u32(&full))
-                             : "memory");
-            }
-            __syncwarp();
-        } else {
-            ptx_wait(&full, r & 1);
-            for (int i = lane; i < N; i += 32) s += buf[i];
-            ptx_arrive(&empty);
         }
     }
     if (w == 1) atomicAdd((unsigned long long *)out, (unsigned long long)s);
@@ -302,8 +271,8 @@ struct form {
 };
 static const form forms[] = {
     {"racy", k_racy, 0},   {"sync", k_sync, 1},   {"ptx", k_ptx, 1},     {"ptx_all", k_ptx_all, 1},
-    {"aw", k_aw, 1},       {"cxx", k_cxx, 1},     {"bulk", k_bulk, 1},   {"named", k_named, 1},
-    {"bulk_all", k_bulk_all, 1}, {"flag_vol", k_flag<0>, 2}, {"flag_atom", k_flag<1>, 2}, {"flag_rel", k_flag<2>, 2},
+    {"aw", k_aw, 1},       {"cxx", k_cxx, 1},     {"bulk", k_bulk<false>, 1},   {"named", k_named, 1},
+    {"bulk_all", k_bulk<true>, 1}, {"flag_vol", k_flag<0>, 2}, {"flag_atom", k_flag<1>, 2}, {"flag_rel", k_flag<2>, 2},
 };
 
 int main(int argc, char **argv) {
