@@ -18,7 +18,7 @@ S=$OUT/summary.txt
 CS=/usr/local/cuda/bin/compute-sanitizer
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader > $OUT/gpu.txt
 # 1. racecheck's view of the new forms (bulk fill released by every lane; the pick word's three forms)
-$R/.cudadev/rf > $OUT/rf/plain.txt 2>&1; echo "rf rc=$?" >> $OUT/rf/plain.txt
+timeout 30 $R/.cudadev/rf > $OUT/rf/plain.txt 2>&1; echo "rf rc=$?" >> $OUT/rf/plain.txt
 for f in bulk bulk_all ptx ptx_all flag_vol flag_atom flag_rel; do
   timeout 40 $CS --tool racecheck --racecheck-report all $R/.cudadev/rf $f > $OUT/rf/rc-$f.txt 2>&1
   echo "$f rc=$? $(grep -cE 'Error|Warning' $OUT/rf/rc-$f.txt) $(grep -E 'RACECHECK SUMMARY' $OUT/rf/rc-$f.txt)" >> $OUT/rf/summary.txt
@@ -38,7 +38,7 @@ gp() { local tag=$1 lib=$2; shift 2; mkdir -p /tmp/gp_$tag
 # are written back while the weights stream): ns2 / ns3 (-DFM_NS), kc256 (-DFM_KC=256: 8 KB stages)
 for rep in $(seq ${REPS:-2}); do
   gp old$rep /tmp/v/old/libdmoe.so; gp new$rep $B/libdmoe.so; [ $rep = 1 ] && [ -z "${MINI:-}" ] && gp lane0$rep /tmp/v/lane0/libdmoe.so
-  for v in ${VARIANTS:-ns2 ns3 kc256 pfhint}; do [ -f /tmp/v/$v/libdmoe.so ] && gp $v$rep /tmp/v/$v/libdmoe.so; done
+  for v in ${VARIANTS:-ns2 ns3 kc256 pfhint pick2}; do [ -f /tmp/v/$v/libdmoe.so ] && gp $v$rep /tmp/v/$v/libdmoe.so; done
 done
 ( cd $OUT && python3 $R/dev/ab-table.py gp > $OUT/ab.txt 2>&1 ); cat $OUT/ab.txt >> $S
 [ -n "${SHORT:-}" ] && { echo "short: done $(date +%T)" >> $S; exit 0; }

@@ -506,6 +506,9 @@ static __device__ __forceinline__ dmoe_route_rules fm_rules(const dmoe_fused_arg
 #ifndef FM_PICK_FORM
 #define FM_PICK_FORM 0
 #endif
+#if FM_PICK_FORM < 0 || FM_PICK_FORM > 2
+#error "FM_PICK_FORM is 0, 1 or 2"
+#endif
 static __device__ __forceinline__ void pick_store(int *p, int v) {
 #if FM_PICK_FORM == 0
     *(volatile int *)p = v;
@@ -697,7 +700,7 @@ static __device__ void plan_block(const dmoe_fused_args &a, const fm_layout &L, 
                 int e;
                 while ((e = pick_load(s_pick + seg)) == -1) __nanosleep(20);
                 if (e >= 0 && lane < 16)
-#if FM_PREFETCH_HINT
+#if FM_PREFETCH_HINT && FM_EVICT_FIRST /* (without FM_EVICT_FIRST there is no policy to pass) */
                     asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(
                                      fm_w13_row(a, e, F, tile, lane)),
                                  "r"((uint32_t)H * 2), "l"(evict_first_policy()));
