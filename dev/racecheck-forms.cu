@@ -68,41 +68,21 @@ __global__ void k_sync(const int *src, long long *out) {
     if (w == 1) atomicAdd((unsigned long long *)out, (unsigned long long)s);
 }
 
-/* the fused kernel's form: all lanes store, __syncwarp, lane 0 arrives; the other side try_wait.parity */
-__global__ void k_ptx(const int *src, long long *out) {
-    __shared__ int buf[N];
-    __shared__ __align__(8) uint64_t full, empty;
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    if (threadIdx.x == 0) {
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(&full)) : "memory");
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(&empty)) : "memory");
-    }
-    __syncthreads();
-    long long s = 0;
-    for (int r = 0; r < ROUNDS; r++) {
-        if (w == 0) {
-            if (r > 0) ptx_wait(&empty, (r - 1) & 1);
-            for (int i = lane; i < N; i += 32) buf[i] = src[r * N + i];
-            __syncwarp();
-            if (lane == 0) ptx_arrive(&full);
-        } else {
-            ptx_wait(&full, r & 1);
-            for (int i = lane; i < N; i += 32) s += buf[i];
-            __syncwarp();
-            if (lane == 0) ptx_arrive(&empty);
-        }
-    }
-    if (w == 1) atomicAdd((unsigned long long *)out, (unsigned long long)s);
+/* a warp's arrival: every lane (ALL; the barrier counts 32 a warp) or lane 0 after __syncwarp */
+template <bool ALL> static __device__ __forceinline__ void warp_arrive(uint64_t *b) {
+    if (!ALL) __syncwarp();
+    if (ALL || (threadIdx.x & 31) == 0) ptx_arrive(b);
 }
 
-/* the same with every lane arriving (count 32) and waiting: no elected lane */
-__global__ void k_ptx_all(const int *src, long long *out) {
+/* ALL false: the fused kernel's form (all lanes store, __syncwarp, lane 0 arrives; the other side try_wait.parity);
+ * ALL true: every lane arrives (counts 32) and waits, no elected lane */
+template <bool ALL> __global__ void k_ptx(const int *src, long long *out) {
     __shared__ int buf[N];
     __shared__ __align__(8) uint64_t full, empty;
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     if (threadIdx.x == 0) {
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 32;" ::"r"(smem_u32(&full)) : "memory");
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 32;" ::"r"(smem_u32(&empty)) : "memory");
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(&full)), "r"(ALL ? 32 : 1) : "memory");
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(&empty)), "r"(ALL ? 32 : 1) : "memory");
     }
     __syncthreads();
     long long s = 0;
@@ -110,11 +90,11 @@ __global__ void k_ptx_all(const int *src, long long *out) {
         if (w == 0) {
             if (r > 0) ptx_wait(&empty, (r - 1) & 1);
             for (int i = lane; i < N; i += 32) buf[i] = src[r * N + i];
-            ptx_arrive(&full);
+            warp_arrive<ALL>(&full);
         } else {
             ptx_wait(&full, r & 1);
             for (int i = lane; i < N; i += 32) s += buf[i];
-            ptx_arrive(&empty);
+            warp_arrive<ALL>(&empty);
         }
     }
     if (w == 1) atomicAdd((unsigned long long *)out, (unsigned long long)s);
@@ -197,12 +177,7 @@ template <bool ALL> __global__ void k_bulk(const int *src, long long *out) {
         } else {
             ptx_wait(&full, r & 1);
             for (int i = lane; i < N; i += 32) s += buf[i];
-            if (ALL) {
-                ptx_arrive(&empty);
-            } else {
-                __syncwarp();
-                if (lane == 0) ptx_arrive(&empty);
-            }
+            warp_arrive<ALL>(&empty);
         }
     }
     if (w == 1) atomicAdd((unsigned long long *)out, (unsigned long long)s);
@@ -270,7 +245,7 @@ struct form {
     int exact; /* the racy control may read stale data: its sum is not checked; 2: the flag forms' sum */
 };
 static const form forms[] = {
-    {"racy", k_racy, 0},   {"sync", k_sync, 1},   {"ptx", k_ptx, 1},     {"ptx_all", k_ptx_all, 1},
+    {"racy", k_racy, 0},   {"sync", k_sync, 1},   {"ptx", k_ptx<false>, 1}, {"ptx_all", k_ptx<true>, 1},
     {"aw", k_aw, 1},       {"cxx", k_cxx, 1},     {"bulk", k_bulk<false>, 1},   {"named", k_named, 1},
     {"bulk_all", k_bulk<true>, 1}, {"flag_vol", k_flag<0>, 2}, {"flag_atom", k_flag<1>, 2}, {"flag_rel", k_flag<2>, 2},
 };
