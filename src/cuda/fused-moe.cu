@@ -159,11 +159,12 @@ __device__ long long fm_rtrace[8];
 #define FM_EVICT_FIRST 1 /* weights are read once: L2 evict-first on the bulk copies */
 #endif
 #ifndef FM_LANE_ARRIVE
-#define FM_LANE_ARRIVE 0 /* the consumers' and the publisher's releases of ring stages and reduction buffers. 1: every
+#define FM_LANE_ARRIVE 1 /* the consumers' and the publisher's releases of ring stages and reduction buffers. 1: every
                             lane arrives on the mbarrier (counts x 32), so each lane's own accesses are ordered by its
                             own arrive; 0: lane 0 arrives after a __syncwarp (the PTX memory model orders that too,
-                            but compute-sanitizer racecheck does not model it: dev/racecheck-forms.cu). 0 until 1 is
-                            measured on the device (bench/fused-notes.md, session 14) */
+                            but compute-sanitizer racecheck does not model it: dev/racecheck-forms.cu). Session 15
+                            (H100, with FM_PICK_FORM 1): racecheck of test-cuda-path --quick 0 hazards (was ~24), decode
+                            cells within +-0.5 us of 0 (bench/fused-notes.md, session 15) */
 #endif
 #define FM_ARRIVERS (FM_LANE_ARRIVE ? 32 : 1) /* arrivals a warp makes on a release */
 #define FM_CWARPS 4    /* consumer warps 0..3 */
@@ -501,10 +502,10 @@ static __device__ __forceinline__ dmoe_route_rules fm_rules(const dmoe_fused_arg
 /* The pick words (FM_PREFETCH_FIRST): written by warp 0 as its top-k rounds
  * end, polled by the publisher warp. FM_PICK_FORM 0: volatile accesses
  * (which racecheck reports as a hazard); 1: shared-memory atomics; 2:
- * st.release / ld.acquire (which of 1 / 2 racecheck takes as ordering is
- * dev/racecheck-forms.cu's flag_* forms; 0 until that is measured). */
+ * st.release / ld.acquire. racecheck (session 15, dev/racecheck-forms.cu
+ * flag_*): 0 and 2 reported as hazards, 1 clean. */
 #ifndef FM_PICK_FORM
-#define FM_PICK_FORM 0
+#define FM_PICK_FORM 1 /* session 15: 1 is what racecheck takes as ordered (dev/racecheck-forms.cu flag_atom) */
 #endif
 #if FM_PICK_FORM < 0 || FM_PICK_FORM > 2
 #error "FM_PICK_FORM is 0, 1 or 2"
