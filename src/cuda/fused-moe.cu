@@ -114,7 +114,8 @@ __device__ long long fm_rtrace[8];
 #define FM_KC 512 /* k columns per ring stage (a multiple of 64) */
 #endif
 #ifndef FM_NS
-#define FM_NS 4 /* ring stages */
+#define FM_NS 3 /* ring stages. Session 15 (H100, gpu_bench.py, 4 rounds in two calls): 3 against 4 -0.3..-1.3 us a cell
+                   at qwen3 / olmoe T=1..4, T=16 unchanged; 2 costs 2.5 us at qwen3 T=4 */
 #endif
 #ifndef FM_NR
 #define FM_NR 2 /* reduction buffers between the consumers and the publisher */
@@ -166,7 +167,13 @@ __device__ long long fm_rtrace[8];
                             (H100, with FM_PICK_FORM 1): racecheck of test-cuda-path --quick 0 hazards (was ~24), decode
                             cells within +-0.5 us of 0 (bench/fused-notes.md, session 15) */
 #endif
-#define FM_ARRIVERS (FM_LANE_ARRIVE ? 32 : 1) /* arrivals a warp makes on a release */
+#if FM_LANE_ARRIVE < 0 || FM_LANE_ARRIVE > 3
+#error "FM_LANE_ARRIVE is 0 (lane 0), 1 (every lane), 2 (every lane on the ring only) or 3 (on the reduction buffers only)"
+#endif
+#define FM_ALL_RING (FM_LANE_ARRIVE == 1 || FM_LANE_ARRIVE == 2) /* every lane releases the ring's stages */
+#define FM_ALL_RED (FM_LANE_ARRIVE == 1 || FM_LANE_ARRIVE == 3)  /* ... and the reduction buffers */
+#define FM_ARRIVERS_RING (FM_ALL_RING ? 32 : 1) /* arrivals a warp makes on a release */
+#define FM_ARRIVERS_RED (FM_ALL_RED ? 32 : 1)
 #define FM_CWARPS 4    /* consumer warps 0..3 */
 #define FM_PRODUCER 4  /* warp index of the producer */
 #define FM_PUBLISHER 5 /* warp index of the publisher */
@@ -446,14 +453,15 @@ static __device__ __noinline__ void token_logits(const float *plog, int T, int E
 }
 
 /* A warp's release of a ring stage or a reduction buffer it has read or written
- * (the mbarrier counts FM_ARRIVERS arrivals a warp). */
-static __device__ __forceinline__ void warp_release(uint64_t *b) {
-#if FM_LANE_ARRIVE
-    mbar_arrive(b);
-#else
-    __syncwarp();
-    if ((threadIdx.x & 31) == 0) mbar_arrive(b);
-#endif
+ * (the mbarrier counts FM_ARRIVERS_RING / _RED arrivals a warp): by every lane
+ * when all_lanes, else by lane 0 after a __syncwarp. */
+static __device__ __forceinline__ void warp_release(uint64_t *b, bool all_lanes) {
+    if (all_lanes) {
+        mbar_arrive(b);
+    } else {
+        __syncwarp();
+        if ((threadIdx.x & 31) == 0) mbar_arrive(b);
+    }
 }
 
 /* Lane k < K's pick of token t (id, weight) into ids / wts, and into out_ids /
@@ -1171,7 +1179,7 @@ static __device__ void consumer_task(const dmoe_fused_args &a, const fm_layout &
         else
             ring_mma<DT, NTT, true>(stage, kk0, kk0 < kk1 ? kk1 : kk0, k0, brow, mb, mlo, mhi, acc, sp.full + st,
                                     (it / FM_NS) & 1, wait);
-        warp_release(sp.empty + st);
+        warp_release(sp.empty + st, FM_ALL_RING);
         it++;
     }
     const uint32_t b = rb % FM_NR;
@@ -1181,7 +1189,7 @@ static __device__ void consumer_task(const dmoe_fused_args &a, const fm_layout &
     for (int j = 0; j < NTT; j++)
         *(float4 *)(red + (j * 32 + lane) * 4) = make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
     if (warp == 0 && lane == 0) sp.red_task[b] = (int)task;
-    warp_release(sp.redfull + b);
+    warp_release(sp.redfull + b, FM_ALL_RED);
     rb++;
 }
 
@@ -1207,7 +1215,7 @@ template <typename DT> static __device__ void consumer_role(const dmoe_fused_arg
     const uint32_t b = rb % FM_NR;
     if (rb >= FM_NR) mbar_wait(sp.redempty + b, ((rb / FM_NR) - 1) & 1);
     if (warp == 0 && lane == 0) sp.red_task[b] = -1;
-    warp_release(sp.redfull + b);
+    warp_release(sp.redfull + b, FM_ALL_RED);
 }
 
 /* y[t, h0..h0+15] = sum over k in order of part[slot_of(t,k)] + the shared parts.
@@ -1290,10 +1298,10 @@ static __device__ __forceinline__ void publish_stores(const dmoe_fused_args &a, 
             }
         }
     }
-#if FM_LANE_ARRIVE
+#if FM_ALL_RED
     __syncwarp(); /* every lane's act / part stores before lane 0's release of the task's counter (publisher_role) */
 #endif
-    warp_release(sp.redempty + b); /* the buffer is read: consumers may refill it (FM_LANE_ARRIVE 0: after a __syncwarp,
+    warp_release(sp.redempty + b, FM_ALL_RED); /* the buffer is read: consumers may refill it (lane 0: after a __syncwarp,
                                       which also orders the stores before that release) */
 }
 
@@ -1353,11 +1361,11 @@ template <typename DT> static __device__ __forceinline__ void fused_body(const d
     if (threadIdx.x == 0) {
         for (int i = 0; i < FM_NS; i++) {
             mbar_init(sp.full + i, 1);
-            mbar_init(sp.empty + i, FM_CWARPS * FM_ARRIVERS);
+            mbar_init(sp.empty + i, FM_CWARPS * FM_ARRIVERS_RING);
         }
         for (int i = 0; i < FM_NR; i++) {
-            mbar_init(sp.redfull + i, FM_CWARPS * FM_ARRIVERS);
-            mbar_init(sp.redempty + i, FM_ARRIVERS);
+            mbar_init(sp.redfull + i, FM_CWARPS * FM_ARRIVERS_RED);
+            mbar_init(sp.redempty + i, FM_ARRIVERS_RED);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
