@@ -90,11 +90,13 @@ for stage in $STAGES; do
     start=$(date +%s)
     # tool:path:test[:arg[:VAR=value,...]], quick grids; each run capped at DMOE_T_SAN_EACH seconds.
     # Fused kernel: test-cuda-path --quick runs only fused forwards (T=1, 37; two
-    # shapes). Staged kernels: test-cuda-ops covers the plan and the stream, mma,
+    # shapes), test-cuda-resident the resident kernel, test-cuda-forward's first
+    # routing variants the fused path (racecheck 0 hazards since session 15). Staged kernels: test-cuda-ops covers the plan and the stream, mma,
     # swap-AB and 128x256 wgmma GEMMs; test-cuda-forward the router, the combine
     # and the whole path (in two parts of the routing variants for racecheck).
     specs=${DMOE_SAN_SPECS:-"racecheck:fused:test-cuda-path:--quick synccheck:fused:test-cuda-path:--quick
-      memcheck:fused:test-cuda-path:--quick memcheck:staged:test-cuda-expert-cache racecheck:staged:test-cuda-expert-cache
+      memcheck:fused:test-cuda-path:--quick racecheck:fused:test-cuda-resident synccheck:fused:test-cuda-resident
+      racecheck:fused:test-cuda-forward:x:DMOE_TEST_VARIANT_TO=4 memcheck:staged:test-cuda-expert-cache racecheck:staged:test-cuda-expert-cache
       memcheck:staged:test-cuda-ops racecheck:staged:test-cuda-ops memcheck:staged:test-cuda-forward
       racecheck:staged:test-cuda-forward:x:DMOE_TEST_VARIANT_TO=4
       racecheck:staged:test-cuda-forward:x:DMOE_TEST_VARIANT_FROM=4 synccheck:staged:test-cuda-forward"}

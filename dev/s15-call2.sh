@@ -21,8 +21,6 @@ t graph-fused DMOE_PATH=fused timeout 40 ./test-cuda-graph
 t resident DMOE_GPU_TEST_QUICK=1 timeout 60 ./test-cuda-resident
 # 2. racecheck / synccheck of the new defaults
 san rc-path racecheck 60 ./test-cuda-path --quick
-san sc-path synccheck 60 ./test-cuda-path --quick
-san rc-resident racecheck 60 ./test-cuda-resident
 # 3. cost: new (FM_NS=3) against ns4 / lane0 / ring / red, alternating
 gp() { local tag=$1 lib=$2; shift 2; mkdir -p /tmp/gp_$tag
   env "$@" timeout 60 python3 bench/gpu_bench.py --lib $lib --out /tmp/gp_$tag --clean 0 --peers 0 --paths 0 \
@@ -32,6 +30,8 @@ for rep in $(seq ${REPS:-2}); do
   for v in ${VARIANTS:-ns4 lane0 ring red}; do [ -f /tmp/v/$v/libdmoe.so ] && gp $v$rep /tmp/v/$v/libdmoe.so; done
 done
 ( cd $OUT && python3 $R/dev/ab-table.py gp > $OUT/ab.txt 2>&1 ); cat $OUT/ab.txt >> $S
+san sc-path synccheck 60 ./test-cuda-path --quick
+san rc-resident racecheck 60 ./test-cuda-resident
 # 4. the rest of racecheck on test-cuda-forward's routing variants (fused), in the time left
 SANENV=DMOE_TEST_VARIANT_FROM=4 san rc-fwd-b racecheck ${T_FWD:-150} ./test-cuda-forward
 echo "all done $(date +%T)" >> $S
