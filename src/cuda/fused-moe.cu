@@ -168,8 +168,8 @@ __device__ long long fm_rtrace[8];
                             lane on the ring's stages / on the reduction buffers only (to locate the cost; not measured
                             yet). Session 15 (H100, with FM_PICK_FORM 1): racecheck 0 hazards (test-cuda-path --quick,
                             test-cuda-resident, test-cuda-forward variants 0-3; was ~24 on the first), decode cells as
-                            with session 14's forms, but 1.2-2 us slower than 0 with FM_PICK_FORM 1 at T=2..4
-                            (bench/fused-notes.md, session 15) */
+                            with session 14's forms, but 1.2-2 us slower than 0 with FM_PICK_FORM 1 at qwen3 T=2..4 and
+                            olmoe T=1..4 (bench/fused-notes.md, session 15) */
 #endif
 #if FM_LANE_ARRIVE < 0 || FM_LANE_ARRIVE > 3
 #error "FM_LANE_ARRIVE is 0 (lane 0), 1 (every lane), 2 (every lane on the ring only) or 3 (on the reduction buffers only)"
