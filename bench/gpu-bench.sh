@@ -91,7 +91,8 @@ for stage in $STAGES; do
     # tool:path:test[:arg[:VAR=value,...]], quick grids; each run capped at DMOE_T_SAN_EACH seconds.
     # Fused kernel: test-cuda-path --quick runs only fused forwards (T=1, 37; two
     # shapes), test-cuda-resident the resident kernel, test-cuda-forward's first
-    # routing variants the fused path (racecheck 0 hazards since session 15). Staged kernels: test-cuda-ops covers the plan and the stream, mma,
+    # routing variants the fused path (racecheck 0 hazards since session 15).
+    # Staged kernels: test-cuda-ops covers the plan and the stream, mma,
     # swap-AB and 128x256 wgmma GEMMs; test-cuda-forward the router, the combine
     # and the whole path (in two parts of the routing variants for racecheck).
     specs=${DMOE_SAN_SPECS:-"racecheck:fused:test-cuda-path:--quick synccheck:fused:test-cuda-path:--quick
