@@ -337,7 +337,7 @@ static void parse(int argc, char **argv, bench_opts *o) {
     o->model_layer = -1;
     o->backend = dmoe_backend_available(DMOE_BACKEND_CUDA) ? DMOE_BACKEND_CUDA : DMOE_BACKEND_CPU;
     dmoe_dtype dtype = DMOE_DTYPE_BF16;
-    int shape_given = 0;
+    int shape_given = 0, scale_given = 0;
     cli_shape_default(&o->shape);
     o->preset = find_preset(argc, argv);
     if (o->preset) {
@@ -369,6 +369,7 @@ static void parse(int argc, char **argv, bench_opts *o) {
             else cli_usage_error("bench", "--miss-policy: expected gpu, cpu or auto");
         } else if (cli_is(&a, "--scale")) {
             o->scale = cli_value_double(&a, 1.0, 1e6);
+            scale_given = 1;
         } else if (cli_is(&a, "--tokens")) {
             o->n_tokens = cli_value_int_list(&a, o->tokens, MAX_CELLS, 1, DMOE_MAX_TOKENS);
         } else if (cli_is(&a, "--backend")) {
@@ -405,6 +406,9 @@ static void parse(int argc, char **argv, bench_opts *o) {
             cli_unknown_option(&a);
         }
     }
+    if (o->model_dir && (o->preset || shape_given || scale_given))
+        cli_usage_error("bench", "--model takes the layer's shape from the model directory: drop %s",
+                        o->preset ? "--preset" : scale_given ? "--scale" : "the shape options");
     if (!o->preset && !shape_given) {
         o->preset = "qwen3-30b-a3b";
         o->shape = cli_preset_find(o->preset)->shape;
@@ -629,8 +633,9 @@ int cli_cmd_bench(int argc, char **argv) {
                o.scale_note[0] ? ", " : "", o.scale_note);
         printf("layer:   %s, %s, %s, weights %.1f MB\n", shape, routing, dmoe_dtype_name(s->dtype),
                (double)wbytes / 1e6);
-        printf("backend: %s, %d threads, seed %llu, %d inputs rotated\n",
-               dmoe_backend_name(o.backend), n_threads, (unsigned long long)o.seed, o.n_inputs);
+        printf("backend: %s, %d threads, seed %llu, %d inputs rotated\n", dmoe_backend_name(o.backend),
+               o.backend == DMOE_BACKEND_CPU_REF ? 1 : n_threads, /* cpu-ref runs on one */
+               (unsigned long long)o.seed, o.n_inputs);
         printf("floor:   read bandwidth %.1f GB/s (%s", env.bandwidth_gbs, bw_source);
         if (!strcmp(bw_source, "measured"))
             printf(": %lld MB, %d threads, median of 5", (long long)o.bw_mb, n_threads);

@@ -19,6 +19,7 @@ set_default_backend() choose another). Every function also takes backend=,
 n_threads= (host backends; 0 = all cores) and stream= (a cudaStream_t as int,
 a torch.cuda.Stream or a cupy Stream; default: the caller's current stream).
 """
+import operator
 import os
 import sys
 
@@ -132,6 +133,17 @@ def _numel(a):
 
 # ---- implementations (any DLPack kind; outputs of the caller's kind) ----
 
+def _int_arg(v, name):
+    """An integer argument: int or any integer type (operator.index); a float such as 2.7 is an
+    error, not truncated, and so is a bool."""
+    if isinstance(v, bool):
+        raise _C.DmoeValueError(f"dmoe: {name} must be an integer, got {v!r}")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise _C.DmoeValueError(f"dmoe: {name} must be an integer, got {v!r}") from None
+
+
 _NAMES_EXPERTS = {"x": "hidden_states", "w13": "w1", "w2": "w2", "y": "output"}
 _NAMES_LOGITS = {"x": "gating_output", "router": "identity router",
                  "correction_bias": "e_score_correction_bias"}
@@ -146,20 +158,19 @@ def route_impl(x, router, top_k, renormalize=True, scoring=0, n_group=0, topk_gr
     cached dmoe layer alive for good: the graph holds its workspace."""
     kind = kind_of(x)
     T = x.shape[0] if len(x.shape) else 0
-    top_k = int(top_k)
+    top_k = _int_arg(top_k, "top_k")
     E = router.shape[0] if len(getattr(router, "shape", ())) == 2 else None
     if top_k < 1 or (E is not None and top_k > E):  # before the (T, top_k) outputs exist
         raise _C.DmoeValueError(f"dmoe: top_k must be in [1, n_experts"
                                 f"{'' if E is None else f'={E}'}], got {top_k}")
     weights = kind.empty((T, top_k), "float32", x)
     ids = kind.empty((T, top_k), "int32", x)
-    if T == 0:
-        return kind.finish(weights), kind.finish(ids)
+    # T == 0 too: the C extension checks every shape and dtype, then returns without work
     bias = _as_dtype(kind, correction_bias, "float32", "correction_bias")
     _C.run(_C.OP_ROUTE, x, topk_ids=ids, topk_weights=weights, router=router,
-           correction_bias=bias, top_k=int(top_k), scoring=int(scoring),
-           renormalize=bool(renormalize), n_group=int(n_group or 0),
-           topk_group=int(topk_group or 0), routed_scaling_factor=float(routed_scaling_factor),
+           correction_bias=bias, top_k=top_k, scoring=int(scoring),
+           renormalize=bool(renormalize), n_group=_int_arg(n_group or 0, "num_expert_group"),
+           topk_group=_int_arg(topk_group or 0, "topk_group"), routed_scaling_factor=float(routed_scaling_factor),
            backend=_backend(backend, x), n_threads=_threads(n_threads),
            stream=stream_value(stream, x, kind), names=names, sanitize=sanitize, pin=pin)
     return kind.finish(weights), kind.finish(ids)
@@ -198,8 +209,6 @@ def route_logits_impl(logits, top_k, renormalize=True, scoring=0, n_group=0, top
     if len(logits.shape) != 2:
         raise _C.DmoeValueError(f"dmoe: gating_output must be 2-D (tokens, experts), has shape "
                                 f"{tuple(logits.shape)}")
-    if logits.shape[0] == 0:
-        return route_impl(logits, None, top_k)
     E = logits.shape[1]
     if not 1 <= E <= _C.MAX_EXPERTS:  # before the (E, E) identity is made and kept
         raise _C.DmoeValueError(f"dmoe: gating_output has {E} experts; dmoe takes 1 to "
@@ -216,8 +225,7 @@ def experts_impl(x, w13, w2, topk_weights, topk_ids, shared_w13=None, shared_w2=
     """y (T, H) = sum_k topk_weights[t, k] * FFN_{topk_ids[t, k]}(x[t]) (+ shared experts)."""
     kind = kind_of(x)
     y = kind.empty(tuple(x.shape), kind.dtype_name(x), x)
-    if len(x.shape) == 2 and x.shape[0] == 0:
-        return kind.finish(y)
+    # T == 0 too: the C extension checks every shape and dtype, then returns without work
     ids = _as_dtype(kind, topk_ids, "int32", "topk_ids")
     wts = _as_dtype(kind, topk_weights, "float32", "topk_weights")
     _C.run(_C.OP_EXPERTS, x, y=y, topk_ids=ids, topk_weights=wts, w13=w13, w2=w2,
@@ -234,13 +242,13 @@ def forward_impl(x, router, w13, w2, top_k, renormalize=True, scoring=0, n_group
     """y (T, H) = MoE(x): routing and experts in one call."""
     kind = kind_of(x)
     y = kind.empty(tuple(x.shape), kind.dtype_name(x), x)
-    if len(x.shape) == 2 and x.shape[0] == 0:
-        return kind.finish(y)
+    # T == 0 too: the C extension checks every shape and dtype, then returns without work
     bias = _as_dtype(kind, correction_bias, "float32", "correction_bias")
     _C.run(_C.OP_FORWARD, x, y=y, router=router, w13=w13, w2=w2, correction_bias=bias,
            shared_w13=shared_w13, shared_w2=shared_w2, shared_gate=shared_gate,
-           top_k=int(top_k), scoring=int(scoring), renormalize=bool(renormalize),
-           n_group=int(n_group or 0), topk_group=int(topk_group or 0),
+           top_k=_int_arg(top_k, "top_k"), scoring=int(scoring), renormalize=bool(renormalize),
+           n_group=_int_arg(n_group or 0, "num_expert_group"),
+           topk_group=_int_arg(topk_group or 0, "topk_group"),
            routed_scaling_factor=float(routed_scaling_factor), backend=_backend(backend, x),
            n_threads=_threads(n_threads), stream=stream_value(stream, x, kind), pin=pin)
     return kind.finish(y)

@@ -140,19 +140,25 @@ def _stream_arg(stream):
     return int(stream.cuda_stream)
 
 
-# Entry points used by dmoe._core for torch tensors (positional, as there).
+# Entry points used by dmoe._core for torch tensors (positional, as there). Integer
+# arguments go through _core._int_arg: 2.7 is an error, not 2.
+def _ints(top_k, n_group, topk_group):
+    return (_core._int_arg(top_k, "top_k"), _core._int_arg(n_group or 0, "num_expert_group"),
+            _core._int_arg(topk_group or 0, "topk_group"))
+
+
 def route(x, router, top_k, renormalize, scoring, n_group, topk_group, routed_scaling_factor,
           correction_bias, backend, n_threads, stream):
-    return torch.ops.dmoe.route(x, router, int(top_k), bool(renormalize), int(scoring),
-                                int(n_group or 0), int(topk_group or 0),
+    k, g, tg = _ints(top_k, n_group, topk_group)
+    return torch.ops.dmoe.route(x, router, k, bool(renormalize), int(scoring), g, tg,
                                 float(routed_scaling_factor), correction_bias, backend,
                                 n_threads, _stream_arg(stream))
 
 
 def route_logits(gating_output, top_k, renormalize, scoring, n_group, topk_group,
                  routed_scaling_factor, correction_bias, backend, n_threads, stream):
-    return torch.ops.dmoe.route_logits(gating_output, int(top_k), bool(renormalize),
-                                       int(scoring), int(n_group or 0), int(topk_group or 0),
+    k, g, tg = _ints(top_k, n_group, topk_group)
+    return torch.ops.dmoe.route_logits(gating_output, k, bool(renormalize), int(scoring), g, tg,
                                        float(routed_scaling_factor), correction_bias, backend,
                                        n_threads, _stream_arg(stream))
 
@@ -166,8 +172,8 @@ def experts(x, w13, w2, topk_weights, topk_ids, shared_w13, shared_w2, shared_ga
 def forward(x, router, w13, w2, top_k, renormalize, scoring, n_group, topk_group,
             routed_scaling_factor, correction_bias, shared_w13, shared_w2, shared_gate, backend,
             n_threads, stream):
-    return torch.ops.dmoe.forward(x, router, w13, w2, int(top_k), bool(renormalize),
-                                  int(scoring), int(n_group or 0), int(topk_group or 0),
+    k, g, tg = _ints(top_k, n_group, topk_group)
+    return torch.ops.dmoe.forward(x, router, w13, w2, k, bool(renormalize), int(scoring), g, tg,
                                   float(routed_scaling_factor), correction_bias, shared_w13,
                                   shared_w2, shared_gate, backend, n_threads,
                                   _stream_arg(stream))

@@ -35,12 +35,12 @@ class MoE:
         self.router = router
         self.w13 = w13
         self.w2 = w2
-        self.top_k = int(top_k)
+        self.top_k = _core._int_arg(top_k, "top_k")
         self.renormalize = bool(renormalize)
         self.scoring_func = scoring_func
         _core._scoring(scoring_func)  # validates
-        self.num_expert_group = int(num_expert_group or 0)
-        self.topk_group = int(topk_group or 0)
+        self.num_expert_group = _core._int_arg(num_expert_group or 0, "num_expert_group")
+        self.topk_group = _core._int_arg(topk_group or 0, "topk_group")
         self.routed_scaling_factor = float(routed_scaling_factor)
         self.correction_bias = correction_bias
         self.shared_w13 = shared_w13
@@ -142,6 +142,17 @@ class MoE:
             method = getattr(gate, "topk_method", "noaux_tc")
             if method not in ("noaux_tc", "greedy"):
                 raise _C.UnsupportedError(f"dmoe: topk_method {method!r} is not supported")
+        else:  # DeepSeek-V2 style gates (softmax, no bias) carry their own rules
+            method = _first_attr([gate, block], ("topk_method",))
+            n_group = _first_attr([gate, block], ("n_group", "num_group"))
+            if method is not None and method != "greedy" and (method != "group_limited_greedy" or
+                                                              (n_group or 0) > 1):
+                raise _C.UnsupportedError(f"dmoe: topk_method {method!r} without a correction bias is "
+                                          "not supported (dmoe routes greedy, and noaux_tc with a bias)")
+            scale = _first_attr([gate, block], ("routed_scaling_factor",))
+            # DeepSeek-V2 scales the weights only when it does not renormalise them
+            if scale is not None and not routing["renormalize"]:
+                routing["routed_scaling_factor"] = float(scale)
         scoring = getattr(gate, "scoring_func", None)
         if scoring is not None:
             routing["scoring_func"] = scoring

@@ -97,7 +97,7 @@ def fused_topk(hidden_states, gating_output, topk, renormalize, indices_type=Non
     if indices_type is not None and kind.dtype_name(ids) != _dtype_str(indices_type):
         ids = kind.cast(ids, indices_type)
     T = gating_output.shape[0]
-    return weights, ids, kind.arange_topk_source(T, int(topk), gating_output)
+    return weights, ids, kind.arange_topk_source(T, _core._int_arg(topk, "topk"), gating_output)
 
 
 def _dtype_str(dtype):
@@ -118,14 +118,14 @@ def grouped_topk(hidden_states, gating_output, topk, renormalize, num_expert_gro
     _num_tokens(hidden_states, gating_output)
     _core._scoring(scoring_func)
     E = gating_output.shape[-1]
-    n_group = int(num_expert_group or 0)
+    n_group = _core._int_arg(num_expert_group or 0, "num_expert_group")
     if n_group > 1 and e_score_correction_bias is None and E // n_group > 1:
         _unsupported("grouped_topk without e_score_correction_bias (vLLM scores a group by "
                      "its best expert; dmoe by the sum of its best two: pass a zero bias "
                      "for that)")
     return _core.route_logits(gating_output, topk, renormalize=renormalize,
                               scoring_func=scoring_func, num_expert_group=n_group,
-                              topk_group=int(topk_group or 0),
+                              topk_group=_core._int_arg(topk_group or 0, "topk_group"),
                               routed_scaling_factor=routed_scaling_factor,
                               correction_bias=e_score_correction_bias, backend=backend,
                               n_threads=n_threads, stream=stream)

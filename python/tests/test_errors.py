@@ -281,3 +281,33 @@ def test_fused_moe_logits_must_have_one_column_per_expert(p):
     with pytest.raises(dmoe.DmoeValueError, match="gating_output has 4 experts but expert_map "
                        "has 6"):
         dmoe.fused_moe(p["x"], p["w13"], p["w2"], p["logits"], 2, True, expert_map=expert_map)
+
+
+def test_empty_batch_still_checks_shapes():
+    """T = 0 returns empty outputs only after the same checks as any batch (H mismatch, bad router)."""
+    p = make_problem(0, 8, 4, 4)
+    x17 = np.zeros((0, 17), np.float32)
+    with pytest.raises(dmoe.DmoeValueError, match="17|8"):
+        dmoe.forward(x17, p["router"], p["w13"], p["w2"], 2)
+    w, ids = dmoe.route(p["x"], p["router"], 2)
+    assert w.shape == (0, 2) and ids.shape == (0, 2)
+    with pytest.raises(dmoe.DmoeValueError):
+        dmoe.experts(x17, p["w13"], p["w2"], w, ids)
+    with pytest.raises(dmoe.DmoeValueError):
+        dmoe.route(p["x"], np.ascontiguousarray(p["router"][:, :5]), 2)  # router (E, 5), H = 8
+    with pytest.raises(dmoe.DmoeTypeError):
+        dmoe.route(p["x"], p["router"].astype(np.float64), 2)
+    y = dmoe.forward(p["x"], p["router"], p["w13"], p["w2"], 2)
+    assert y.shape == (0, 8) and y.dtype == np.float32
+
+
+def test_integer_arguments_are_not_truncated(p):
+    for bad in (2.7, 2.0, "2", True):
+        with pytest.raises(dmoe.DmoeValueError, match="top_k must be an integer"):
+            dmoe.route(p["x"], p["router"], bad)
+        with pytest.raises(dmoe.DmoeValueError, match="top_k must be an integer"):
+            dmoe.forward(p["x"], p["router"], p["w13"], p["w2"], bad)
+    with pytest.raises(dmoe.DmoeValueError, match="num_expert_group must be an integer"):
+        dmoe.route(p["x"], p["router"], 2, num_expert_group=1.5)
+    w, ids = dmoe.route(p["x"], p["router"], np.int64(2))  # integer types are integers
+    assert ids.shape == (5, 2)

@@ -167,3 +167,34 @@ def test_per_expert_modules_like_older_transformers():
     x = torch.randn(9, H)
     new, old = dmoe.MoE.from_hf(block), dmoe.MoE.from_hf(OldBlock())
     torch.testing.assert_close(old(x), new(x), rtol=0, atol=0)
+
+
+def test_deepseek_v2_style_gates():
+    """A gate without a correction bias (DeepSeek-V2): group_limited_greedy with groups, or a
+    method dmoe does not know, is refused; greedy keeps its scaling factor where V2 applies it
+    (norm_topk_prob off) and drops it where V2 ignores it (norm_topk_prob on)."""
+    block = _make("mixtral", seed=5)
+    if not hasattr(block.experts, "gate_up_proj"):
+        pytest.skip("needs the 3-D expert layout")
+    nn = torch.nn
+
+    class Gate(nn.Module):
+        def __init__(self, method, n_group, norm):
+            super().__init__()
+            self.weight = nn.Parameter(block.gate.weight.detach().clone())
+            self.top_k, self.topk_method, self.n_group, self.topk_group = K, method, n_group, 1
+            self.norm_topk_prob, self.routed_scaling_factor = norm, 16.0
+
+    class V2Block(nn.Module):
+        def __init__(self, *gate_args):
+            super().__init__()
+            self.gate = Gate(*gate_args)
+            self.experts = block.experts
+
+    for method, n_group in (("group_limited_greedy", 2), ("gready", 1), ("noaux_tc", 1)):
+        with pytest.raises(dmoe.UnsupportedError, match="topk_method"):
+            dmoe.MoE.from_hf(V2Block(method, n_group, False))
+    assert dmoe.MoE.from_hf(V2Block("greedy", 2, False)).routed_scaling_factor == 16.0
+    assert dmoe.MoE.from_hf(V2Block("greedy", 2, True)).routed_scaling_factor == 1.0
+    moe = dmoe.MoE.from_hf(V2Block("group_limited_greedy", 1, False))
+    assert moe.num_expert_group == 0 and moe.routed_scaling_factor == 16.0

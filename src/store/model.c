@@ -54,7 +54,16 @@ struct dmoe_model {
     int32_t *moe_layers;        /* (n_moe) decoder layer indices */
     int64_t n_files;
     dmoe_safetensors **files;   /* (n_files) */
+    int64_t n_refs;
+    struct tensor_ref *refs;    /* (n_refs) every tensor the model has, sorted by name: where it is */
 };
+
+/* One tensor of the model: its name (owned by its shard) and its place. With an index, the shard
+ * is the one weight_map names, whatever the other shards hold. */
+typedef struct tensor_ref {
+    const char *name;
+    int64_t file, idx;
+} tensor_ref;
 
 /* ---- small helpers ---- */
 
@@ -107,26 +116,58 @@ static int32_t sat_i32(int64_t v) {
 
 static dmoe_status need_int(const cJSON *cfg, const char *const *keys, int64_t *out) {
     if (json_first_int(cfg, keys, out)) return DMOE_OK;
+    for (int i = 0; keys[i]; i++)
+        if (cJSON_GetObjectItemCaseSensitive(cfg, keys[i]))
+            return dmoe__error(NULL, DMOE_ERR_CORRUPT_FILE, "config.json: '%s' is not an integer", keys[i]);
     return dmoe__error(NULL, DMOE_ERR_CORRUPT_FILE, "config.json: missing integer field '%s'%s",
                        keys[0], keys[1] ? " (or an alias)" : "");
 }
 
-/* Finds a tensor by name in any shard. */
+/* An optional config field: absent (or null) -> NULL; present -> it, which must pass `is`
+ * (a field of the wrong type is a corrupt config, not a default). */
+static dmoe_status opt_field(const cJSON *cfg, const char *key, cJSON_bool (*is)(const cJSON *),
+                             const char *what, const cJSON **out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    *out = NULL;
+    if (!v || cJSON_IsNull(v)) return DMOE_OK;
+    if (!is(v)) return dmoe__error(NULL, DMOE_ERR_CORRUPT_FILE, "config.json: '%s' is not %s", key, what);
+    *out = v;
+    return DMOE_OK;
+}
+
+static dmoe_status opt_int(const cJSON *cfg, const char *key, int64_t *out) {
+    const cJSON *v;
+    dmoe_status st = opt_field(cfg, key, cJSON_IsNumber, "an integer", &v);
+    if (st != DMOE_OK || !v) return st;
+    if (!json_int(cfg, key, out))
+        return dmoe__error(NULL, DMOE_ERR_CORRUPT_FILE, "config.json: '%s' is not an integer", key);
+    return DMOE_OK;
+}
+
+static int ref_cmp(const void *a, const void *b) {
+    const tensor_ref *x = (const tensor_ref *)a, *y = (const tensor_ref *)b;
+    const int c = strcmp(x->name, y->name);
+    return c ? c : (x->file > y->file) - (x->file < y->file);
+}
+
+static int ref_name_cmp(const void *a, const void *b) {
+    return strcmp(((const tensor_ref *)a)->name, ((const tensor_ref *)b)->name);
+}
+
+/* Finds a tensor by name where the model keeps it (the shard weight_map names). */
 static int model_find(const dmoe_model *m, const char *name, dmoe_st_tensor_info *info) {
-    for (int64_t i = 0; i < m->n_files; i++) {
-        int64_t n = dmoe_safetensors_count(m->files[i]);
-        for (int64_t j = 0; j < n; j++) {
-            if (dmoe_safetensors_get(m->files[i], j, info) == DMOE_OK && strcmp(info->name, name) == 0)
-                return 1;
-        }
-    }
-    return 0;
+    const tensor_ref key = {name, 0, 0};
+    const tensor_ref *r = m->n_refs ? (const tensor_ref *)bsearch(&key, m->refs, (size_t)m->n_refs,
+                                                                  sizeof *r, ref_name_cmp)
+                                    : NULL;
+    return r && dmoe_safetensors_get(m->files[r->file], r->idx, info) == DMOE_OK;
 }
 
 void dmoe_model_close(dmoe_model *m) {
     if (!m) return;
     for (int64_t i = 0; i < m->n_files; i++) dmoe_safetensors_close(m->files[i]);
     free(m->files);
+    free(m->refs);
     free(m->moe_layers);
     free(m);
 }
@@ -167,24 +208,31 @@ static dmoe_status parse_config(dmoe_model *m, const cJSON *cfg) {
     d->top_k = sat_i32(K);
     m->n_layers = (int32_t)L;
 
-    const cJSON *norm = cJSON_GetObjectItemCaseSensitive(cfg, "norm_topk_prob");
-    d->routing.renormalize = cJSON_IsBool(norm) ? cJSON_IsTrue(norm) : m->sch->default_renorm;
+    const cJSON *norm, *sf, *rsf, *method;
+    int64_t n_group = 0, topk_group = 0;
+    if ((st = opt_field(cfg, "norm_topk_prob", cJSON_IsBool, "true or false", &norm)) ||
+        (st = opt_field(cfg, "scoring_func", cJSON_IsString, "a string", &sf)) ||
+        (st = opt_field(cfg, "routed_scaling_factor", cJSON_IsNumber, "a number", &rsf)) ||
+        (st = opt_field(cfg, "topk_method", cJSON_IsString, "a string", &method)) ||
+        (st = opt_int(cfg, "n_group", &n_group)) || (st = opt_int(cfg, "topk_group", &topk_group)))
+        return st;
+    d->routing.renormalize = norm ? cJSON_IsTrue(norm) : m->sch->default_renorm;
     d->routing.scoring = m->sch->default_scoring;
-    const cJSON *sf = cJSON_GetObjectItemCaseSensitive(cfg, "scoring_func");
-    if (cJSON_IsString(sf)) {
+    if (sf) {
         if (strcmp(sf->valuestring, "softmax") == 0) d->routing.scoring = DMOE_SCORING_SOFTMAX;
         else if (strcmp(sf->valuestring, "sigmoid") == 0) d->routing.scoring = DMOE_SCORING_SIGMOID;
         else
             return dmoe__error(NULL, DMOE_ERR_UNSUPPORTED, "config.json: scoring_func '%.32s'",
                                sf->valuestring);
     }
-    const cJSON *rsf = cJSON_GetObjectItemCaseSensitive(cfg, "routed_scaling_factor");
-    if (cJSON_IsNumber(rsf)) d->routing.routed_scaling_factor = (float)rsf->valuedouble;
-    int64_t n_group = 0, topk_group = 0;
-    json_int(cfg, "n_group", &n_group);
-    json_int(cfg, "topk_group", &topk_group);
-    const cJSON *method = cJSON_GetObjectItemCaseSensitive(cfg, "topk_method");
-    const char *tm = cJSON_IsString(method) ? method->valuestring : "";
+    if (rsf) d->routing.routed_scaling_factor = (float)rsf->valuedouble;
+    /* topk_method: DeepSeek-V2 without one routes greedily (transformers' default), V3 by noaux_tc;
+     * a method dmoe does not know is refused, not guessed */
+    const int is_v2 = strcmp(m->sch->model_type, "deepseek_v2") == 0;
+    const char *tm = method ? method->valuestring : is_v2 ? "greedy" : "noaux_tc";
+    if (strcmp(tm, "greedy") != 0 && strcmp(tm, "noaux_tc") != 0 && strcmp(tm, "group_limited_greedy") != 0)
+        return dmoe__error(NULL, DMOE_ERR_UNSUPPORTED,
+                           "config.json: topk_method '%.32s' (dmoe routes greedy and noaux_tc)", tm);
     if (strcmp(tm, "greedy") == 0) n_group = 0;
     if (n_group > 1 && strcmp(tm, "group_limited_greedy") == 0)
         return dmoe__error(NULL, DMOE_ERR_UNSUPPORTED,
@@ -198,7 +246,7 @@ static dmoe_status parse_config(dmoe_model *m, const cJSON *cfg) {
 
     if (m->sch->shared && strcmp(m->sch->shared, "shared_experts") == 0) {
         int64_t ns = 0;
-        json_int(cfg, "n_shared_experts", &ns);
+        if ((st = opt_int(cfg, "n_shared_experts", &ns))) return st;
         /* bounded first: ns * F must not overflow (F is at most 1e15 here, from json_int) */
         if (ns < 0 || ns > DMOE_MAX_EXPERTS)
             return dmoe__error(NULL, DMOE_ERR_CORRUPT_FILE, "config.json: n_shared_experts=%lld outside [0, %d]",
@@ -209,12 +257,69 @@ static dmoe_status parse_config(dmoe_model *m, const cJSON *cfg) {
         }
     } else if (m->sch->shared) {
         int64_t fs = 0;
-        if (json_int(cfg, "shared_expert_intermediate_size", &fs) && fs > 0) {
+        if ((st = opt_int(cfg, "shared_expert_intermediate_size", &fs))) return st;
+        if (fs > 0) {
             d->n_shared_experts = 1;
             d->shared_ffn = fs;
             d->shared_gate = m->sch->has_shared_gate ? DMOE_SHARED_GATE_SIGMOID : DMOE_SHARED_GATE_NONE;
         }
     }
+    return DMOE_OK;
+}
+
+/* Every tensor of shards [0, n_files) as (name, file, idx), sorted by (name, file). */
+static tensor_ref *list_tensors(const dmoe_model *m, int64_t *n_out) {
+    int64_t n = 0;
+    for (int64_t f = 0; f < m->n_files; f++) n += dmoe_safetensors_count(m->files[f]);
+    tensor_ref *all = (tensor_ref *)calloc((size_t)n + 1, sizeof *all);
+    if (!all) return NULL;
+    n = 0;
+    for (int64_t f = 0; f < m->n_files; f++) {
+        const int64_t c = dmoe_safetensors_count(m->files[f]);
+        for (int64_t j = 0; j < c; j++) {
+            dmoe_st_tensor_info info;
+            if (dmoe_safetensors_get(m->files[f], j, &info) != DMOE_OK) continue;
+            all[n].name = info.name;
+            all[n].file = f;
+            all[n++].idx = j;
+        }
+    }
+    qsort(all, (size_t)n, sizeof *all, ref_cmp);
+    *n_out = n;
+    return all;
+}
+
+/* weight_map -> m->refs: each tensor taken from the shard the index names; a tensor that shard
+ * lacks, or a name the map lists twice, makes the directory corrupt. */
+static dmoe_status resolve_weight_map(dmoe_model *m, const cJSON *wm, const char **names, const char *path) {
+    int64_t n_all = 0;
+    tensor_ref *all = list_tensors(m, &n_all);
+    const int n = cJSON_GetArraySize(wm);
+    m->refs = (tensor_ref *)calloc((size_t)n + 1, sizeof *m->refs);
+    if (!all || !m->refs) {
+        free(all);
+        return dmoe__error(NULL, DMOE_ERR_OUT_OF_MEMORY, "model: tensor table");
+    }
+    dmoe_status st = DMOE_OK;
+    for (const cJSON *e = wm->child; e && st == DMOE_OK; e = e->next) {
+        tensor_ref key = {e->string, -1, 0};
+        for (int64_t f = 0; f < m->n_files && key.file < 0; f++)
+            if (strcmp(names[f], e->valuestring) == 0) key.file = f;
+        const tensor_ref *hit =
+            key.file < 0 ? NULL : (const tensor_ref *)bsearch(&key, all, (size_t)n_all, sizeof key, ref_cmp);
+        if (!hit)
+            st = dmoe__error(NULL, DMOE_ERR_CORRUPT_FILE, "%s: weight_map puts '%.200s' in '%.200s', which has "
+                             "no such tensor", path, e->string, e->valuestring);
+        else
+            m->refs[m->n_refs++] = *hit;
+    }
+    free(all);
+    if (st != DMOE_OK) return st;
+    qsort(m->refs, (size_t)m->n_refs, sizeof *m->refs, ref_name_cmp);
+    for (int64_t i = 1; i < m->n_refs; i++)
+        if (strcmp(m->refs[i - 1].name, m->refs[i].name) == 0)
+            return dmoe__error(NULL, DMOE_ERR_CORRUPT_FILE, "%s: weight_map names '%.200s' twice", path,
+                               m->refs[i].name);
     return DMOE_OK;
 }
 
@@ -228,8 +333,10 @@ static dmoe_status open_shards(dmoe_model *m, const char *dir) {
         if (!m->files) return dmoe__error(NULL, DMOE_ERR_OUT_OF_MEMORY, "model: shard table");
         snprintf(path, sizeof path, "%s/%s", dir, single);
         dmoe_status st = dmoe_safetensors_open(path, &m->files[0]);
-        if (st == DMOE_OK) m->n_files = 1;
-        return st;
+        if (st != DMOE_OK) return st;
+        m->n_files = 1;
+        m->refs = list_tensors(m, &m->n_refs); /* one file: its names are unique (the parser checks) */
+        return m->refs ? DMOE_OK : dmoe__error(NULL, DMOE_ERR_OUT_OF_MEMORY, "model: tensor table");
     }
     dmoe_status st = DMOE_OK;
     char *text = read_text(path, &st);
@@ -258,6 +365,7 @@ static dmoe_status open_shards(dmoe_model *m, const char *dir) {
         st = dmoe_safetensors_open(shard, &m->files[m->n_files]);
         if (st == DMOE_OK) names[m->n_files++] = e->valuestring;
     }
+    if (st == DMOE_OK) st = resolve_weight_map(m, wm, names, path);
     free(names);
     cJSON_Delete(idx);
     return st;

@@ -141,13 +141,13 @@ static dmoe_status parse_entry(const cJSON *item, st_entry *e) {
     int32_t d = 0;
     for (const cJSON *dim = shape->child; dim; dim = dim->next, d++) {
         uint64_t v;
-        if (!get_uint(dim, &v)) return corrupt("shape entries must be non-negative integers", name);
+        if (!get_uint(dim, &v)) return corrupt("shape entries must be integers in [0, 2^53]", name);
         e->shape[d] = (int64_t)v;
         if (v != 0 && count > (uint64_t)ST_MAX_INT / v) return corrupt("shape overflows", name);
         count *= v;
     }
     if (!get_uint(offs->child, &e->begin) || !get_uint(offs->child->next, &e->end))
-        return corrupt("data_offsets must be non-negative integers", name);
+        return corrupt("data_offsets must be integers in [0, 2^53]", name);
     if (e->end < e->begin) return corrupt("data_offsets end before begin", name);
     size_t esz = st_dtypes[e->dtype_idx].size;
     if (count > (uint64_t)ST_MAX_INT / esz || count * esz != e->end - e->begin)
@@ -166,8 +166,17 @@ static dmoe_status parse(dmoe_safetensors *st) {
     st->data = st->base + 8 + hlen;
     const uint64_t data_len = st->len - 8 - hlen;
 
-    cJSON *root = cJSON_ParseWithLength((const char *)st->base + 8, (size_t)hlen);
+    /* JSON text has no NUL byte (a name would end at one), and after the object only the
+     * format's space padding may follow */
+    const char *htext = (const char *)st->base + 8, *hend = NULL;
+    if (memchr(htext, 0, (size_t)hlen)) return corrupt("header holds a NUL byte", NULL);
+    cJSON *root = cJSON_ParseWithLengthOpts(htext, (size_t)hlen, &hend, 0);
     if (!root) return corrupt("header is not valid JSON", NULL);
+    for (const char *c = hend; c < htext + hlen; c++)
+        if (*c != ' ' && *c != '\n' && *c != '\r' && *c != '\t') {
+            cJSON_Delete(root);
+            return corrupt("bytes other than space padding after the header's JSON object", NULL);
+        }
     dmoe_status status = DMOE_OK;
     if (!cJSON_IsObject(root)) {
         status = corrupt("header is not a JSON object", NULL);

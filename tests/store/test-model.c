@@ -49,6 +49,34 @@ static void write_file(const char *path, const char *text) {
     }
 }
 
+/* Writes dir/model.safetensors.index.json mapping every tensor of dir/<shard> to <shard>, except
+ * `moved` (if not NULL), mapped to `moved_to`; `extra` (if not NULL) is raw JSON members added
+ * at the front of the map. */
+static void write_index(const char *dir, const char *shard, const char *moved, const char *moved_to,
+                        const char *extra) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", dir, shard);
+    dmoe_safetensors *st = NULL;
+    if (dmoe_safetensors_open(path, &st) != DMOE_OK) {
+        fprintf(stderr, "cannot open %s\n", path);
+        exit(1);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    FILE *f = fopen(path, "wb");
+    if (!f) exit(1);
+    fprintf(f, "{\"metadata\":{},\"weight_map\":{%s", extra ? extra : "");
+    const int64_t n = dmoe_safetensors_count(st);
+    for (int64_t i = 0; i < n; i++) {
+        dmoe_st_tensor_info info;
+        dmoe_safetensors_get(st, i, &info);
+        const int mv = moved && strcmp(info.name, moved) == 0;
+        fprintf(f, "%s\"%s\":\"%s\"", i || extra ? "," : "", info.name, mv ? moved_to : shard);
+    }
+    fputs("}}", f);
+    if (fclose(f) != 0) exit(1);
+    dmoe_safetensors_close(st);
+}
+
 /* Compares the loaded arena with the file's tensors for layer L. */
 static void check_layout(const dmoe_layer *layer, const char *dir, const char *moe, const char *pg,
                          const char *pu, const char *pd, int L) {
@@ -94,11 +122,7 @@ static void test_arch(const char *arch, const dmoe_layer_desc *want, int use_ind
         snprintf(from, sizeof from, "%s/model.safetensors", dir);
         snprintf(to, sizeof to, "%s/model-00001-of-00001.safetensors", dir);
         CHECK(rename(from, to) == 0, "rename");
-        char idx[600];
-        snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", dir);
-        write_file(idx, "{\"metadata\":{},\"weight_map\":{\"model.layers.0.mlp.gate.weight\":"
-                        "\"model-00001-of-00001.safetensors\",\"model.layers.1.block_sparse_moe.gate.weight\":"
-                        "\"model-00001-of-00001.safetensors\"}}");
+        write_index(dir, "model-00001-of-00001.safetensors", NULL, NULL, NULL);
     }
     dmoe_model *m = NULL;
     s = dmoe_model_open(dir, &m);
@@ -180,6 +204,81 @@ static void test_arch(const char *arch, const dmoe_layer_desc *want, int use_ind
     dmoe_model_close(m);
 }
 
+/* The index decides which shard a tensor comes from: a.safetensors and b.safetensors both hold a
+ * whole model (different seeds); the index takes layer 0's router from b and the rest from a. A
+ * tensor the named shard lacks, or a name listed twice, makes the directory corrupt. */
+static void test_weight_map(void) {
+    dmoe_layer_desc d;
+    base_desc(&d);
+    char dir[512], dir_b[512], from[600], to[600];
+    snprintf(dir, sizeof dir, "%s/wm", root);
+    snprintf(dir_b, sizeof dir_b, "%s/wm-b", root);
+    CHECK(dmoe_model_write_synthetic(dir, "qwen3_moe", &d, 1, 11) == DMOE_OK, "write a");
+    CHECK(dmoe_model_write_synthetic(dir_b, "qwen3_moe", &d, 1, 12) == DMOE_OK, "write b");
+    snprintf(from, sizeof from, "%s/model.safetensors", dir);
+    snprintf(to, sizeof to, "%s/a.safetensors", dir);
+    CHECK(rename(from, to) == 0, "rename a");
+    snprintf(from, sizeof from, "%s/model.safetensors", dir_b);
+    snprintf(to, sizeof to, "%s/b.safetensors", dir);
+    CHECK(rename(from, to) == 0, "rename b");
+    const char *router = "model.layers.0.mlp.gate.weight", *expert = "model.layers.0.mlp.experts.3.up_proj.weight";
+    write_index(dir, "a.safetensors", router, "b.safetensors", NULL);
+
+    dmoe_safetensors *a = NULL, *b = NULL;
+    snprintf(to, sizeof to, "%s/a.safetensors", dir);
+    CHECK(dmoe_safetensors_open(to, &a) == DMOE_OK, "open a");
+    snprintf(to, sizeof to, "%s/b.safetensors", dir);
+    CHECK(dmoe_safetensors_open(to, &b) == DMOE_OK, "open b");
+    dmoe_st_tensor_info ra, rb, ea, eb;
+    CHECK(a && b && dmoe_safetensors_find(a, router, &ra) == DMOE_OK && dmoe_safetensors_find(b, router, &rb) == DMOE_OK &&
+              dmoe_safetensors_find(a, expert, &ea) == DMOE_OK && dmoe_safetensors_find(b, expert, &eb) == DMOE_OK,
+          "both shards hold the router and the expert");
+    CHECK(memcmp(ra.data, rb.data, ra.n_bytes) != 0 && memcmp(ea.data, eb.data, ea.n_bytes) != 0, "shards differ");
+
+    dmoe_model *m = NULL;
+    CHECK(dmoe_model_open(dir, &m) == DMOE_OK, "open through the index");
+    dmoe_context_desc cd;
+    dmoe_context_desc_init(&cd);
+    cd.backend = DMOE_BACKEND_CPU_REF;
+    dmoe_context *ctx = NULL;
+    dmoe_context_create(&cd, &ctx);
+    if (m && ctx) {
+        int32_t L;
+        dmoe_layer_desc ld;
+        dmoe_model_moe_layer(m, 0, &L, &ld);
+        dmoe_layer *layer = NULL;
+        CHECK(dmoe_model_load_layer(m, ctx, L, &ld, &layer) == DMOE_OK, "load");
+        if (layer) {
+            CHECK(memcmp(layer->w.router, rb.data, rb.n_bytes) == 0, "router taken from b, as the index says");
+            const uint8_t *up3 = (const uint8_t *)layer->w.w13 + (size_t)(3 * 2 + 1) * d.ffn * d.hidden * 2;
+            CHECK(memcmp(up3, ea.data, ea.n_bytes) == 0, "expert 3's up_proj taken from a, as the index says");
+        }
+        dmoe_layer_destroy(layer);
+    }
+    dmoe_model_close(m);
+    dmoe_context_destroy(ctx);
+    dmoe_safetensors_close(a);
+    dmoe_safetensors_close(b);
+
+    /* the index names a shard without that tensor (c holds one unrelated tensor) */
+    snprintf(to, sizeof to, "%s/c.safetensors", dir);
+    FILE *f = fopen(to, "wb");
+    const char hdr[] = "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}  "; /* 56 bytes */
+    const uint64_t hlen = sizeof hdr - 1;
+    const float one = 1.f;
+    CHECK(f && fwrite(&hlen, 8, 1, f) == 1 && fwrite(hdr, hlen, 1, f) == 1 && fwrite(&one, 4, 1, f) == 1 &&
+              fclose(f) == 0, "write c");
+    write_index(dir, "a.safetensors", router, "c.safetensors", NULL);
+    m = (dmoe_model *)0x1;
+    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE && m == (dmoe_model *)0x1,
+          "a tensor missing from the shard the index names");
+    CHECK(strstr(dmoe_context_last_error(NULL), "c.safetensors") != NULL, "message names the shard");
+    /* a name the map lists twice */
+    write_index(dir, "a.safetensors", NULL, NULL, "\"model.layers.0.mlp.gate.weight\":\"b.safetensors\"");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE && m == (dmoe_model *)0x1, "a tensor listed twice");
+    CHECK(strstr(dmoe_context_last_error(NULL), "twice") != NULL, "message says twice");
+}
+
 /* The model in dir opens, but loading its first MoE layer on cpu-ref fails with `want`, leaves the
  * output untouched and says `word` in the message. */
 static void check_load_refused(const char *dir, dmoe_status want, const char *word, const char *what) {
@@ -219,6 +318,55 @@ static void test_defects(void) {
     CHECK(strstr(dmoe_context_last_error(NULL), "num_local_experts") != NULL, "message names the field");
     write_file(path, "not json");
     CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "config not JSON");
+    /* fields of the wrong type are a corrupt config, not a silent default */
+#define QWEN3_BASE "\"model_type\":\"qwen3_moe\",\"hidden_size\":24,\"num_hidden_layers\":1," \
+                   "\"moe_intermediate_size\":16,\"num_experts_per_tok\":2"
+    write_file(path, "{" QWEN3_BASE ",\"num_experts\":8.5}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "num_experts 8.5");
+    CHECK(strstr(dmoe_context_last_error(NULL), "'num_experts' is not an integer") != NULL, "message: not an integer");
+    write_file(path, "{" QWEN3_BASE ",\"num_experts\":8,\"norm_topk_prob\":\"yes\"}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "norm_topk_prob a string");
+    write_file(path, "{" QWEN3_BASE ",\"num_experts\":8,\"routed_scaling_factor\":\"2.5\"}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "routed_scaling_factor a string");
+    write_file(path, "{" QWEN3_BASE ",\"num_experts\":8,\"n_group\":2.5}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "n_group 2.5");
+    CHECK(m == NULL, "output untouched");
+    /* null is absent (some configs write "scoring_func": null) */
+    write_file(path, "{" QWEN3_BASE ",\"num_experts\":8,\"scoring_func\":null,\"routed_scaling_factor\":null}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_OK, "null fields");
+    dmoe_model_close(m);
+    m = NULL;
+    /* DeepSeek-V2: no topk_method routes greedily (no groups, as transformers does); a method dmoe does
+     * not know (the remote code's default "gready") is refused */
+    snprintf(path, sizeof path, "%s/config.json", dir);
+#define DSV2_BASE "\"model_type\":\"deepseek_v2\",\"hidden_size\":24,\"num_hidden_layers\":1," \
+                  "\"moe_intermediate_size\":16,\"num_experts_per_tok\":2,\"n_routed_experts\":8," \
+                  "\"n_group\":2,\"topk_group\":1"
+    write_file(path, "{" DSV2_BASE "}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_OK, "deepseek_v2 without topk_method");
+    if (m) {
+        int32_t L;
+        dmoe_layer_desc ld;
+        dmoe_model_moe_layer(m, 0, &L, &ld);
+        CHECK(ld.routing.n_group <= 1, "deepseek_v2 without topk_method: greedy, n_group %d", (int)ld.routing.n_group);
+        dmoe_model_close(m);
+        m = NULL;
+    }
+    write_file(path, "{" DSV2_BASE ",\"topk_method\":\"gready\"}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_UNSUPPORTED, "topk_method gready");
+    CHECK(strstr(dmoe_context_last_error(NULL), "gready") != NULL, "message names the method");
+    write_file(path, "{" DSV2_BASE ",\"topk_method\":\"group_limited_greedy\"}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_UNSUPPORTED, "topk_method group_limited_greedy");
+    write_file(path, "{" DSV2_BASE ",\"topk_method\":\"noaux_tc\"}");
+    CHECK(dmoe_model_open(dir, &m) == DMOE_OK, "deepseek_v2 noaux_tc");
+    if (m) {
+        int32_t L;
+        dmoe_layer_desc ld;
+        dmoe_model_moe_layer(m, 0, &L, &ld);
+        CHECK(ld.routing.n_group == 2 && ld.routing.topk_group == 1, "noaux_tc keeps the groups");
+        dmoe_model_close(m);
+        m = NULL;
+    }
     /* config claims a hidden size the tensors do not have: open works, load fails */
     write_file(path, "{\"model_type\":\"qwen3_moe\",\"hidden_size\":32,\"num_hidden_layers\":1,"
                      "\"moe_intermediate_size\":16,\"num_experts_per_tok\":2,\"num_experts\":8}");
@@ -325,6 +473,7 @@ int main(void) {
     d.shared_ffn = 32;
     test_arch("deepseek_v3", &d, 0);
     test_defects();
+    test_weight_map();
 
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);

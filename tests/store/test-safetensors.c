@@ -147,6 +147,18 @@ static void test_defects(void) {
                   "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},"
                   "\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[2,4]}}", 8, 4, C);
     expect_status("metadata not strings", "{\"__metadata__\":{\"k\":1}}", 8, 0, C);
+    expect_status("junk after the header object (only space padding may follow)",
+                  "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}GARBAGE!", 8, 2, C);
+    expect_status("a second object after the header object", "{}{}", 8, 0, C);
+    {   /* a NUL byte inside a name would cut it short ("a\0b" read as "a") */
+        const char *hdr = "{\"a?b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}";
+        size_t n = build(image, sizeof image, hdr, 8, "xy", 2);
+        uint8_t *q = (uint8_t *)memchr(image + 8, '?', n - 8);
+        *q = 0;
+        dmoe_safetensors *st = (dmoe_safetensors *)0x1;
+        TU_CHECKF(dmoe_safetensors_open_memory(image, n, &st) == C && st == (dmoe_safetensors *)0x1,
+                  "NUL byte in a tensor name refused");
+    }
     expect_status("misaligned f32 (header not padded)",
                   "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 0, 4,
                   DMOE_ERR_MISALIGNED);
