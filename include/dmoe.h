@@ -471,7 +471,8 @@ typedef struct dmoe_resident_desc {
                                   * smaller of that and the layer's max_tokens */
     int32_t reject_nonfinite;    /* 1 (default): a batch whose input holds NaN or inf is not run;
                                   * its wait returns DMOE_ERR_INVALID_ARGUMENT */
-    int32_t shutdown_timeout_ms; /* destroy waits at most this long for the kernel (default 2000) */
+    int32_t shutdown_timeout_ms; /* destroy waits at most this long for a batch in flight, then as
+                                  * long again for the kernel to stop (default 2000) */
 } dmoe_resident_desc;
 
 typedef struct dmoe_resident_info {
@@ -505,10 +506,12 @@ DMOE_API dmoe_status dmoe_resident_wait(dmoe_resident *r, int32_t timeout_ms);
 DMOE_API dmoe_status dmoe_resident_query(const dmoe_resident *r, dmoe_resident_info *info);
 /* Sends the stop command and waits (at most shutdown_timeout_ms) for the
  * kernel to exit, a batch in flight first. DMOE_OK, or DMOE_ERR_TIMEOUT when
- * the kernel did not exit: then its buffers are deliberately leaked (freeing
- * memory a running kernel uses would synchronise with it, i.e. hang), and
- * the layer refuses every call but dmoe_layer_destroy from then on (the kernel
- * may still read its weights). The object is gone either way. NULL is a
+ * the kernel did not exit: then its buffers stay allocated (freeing memory a
+ * running kernel uses would synchronise with it, i.e. hang) until a later call
+ * finds the kernel ended, which frees them and gives the device back (until
+ * then the device takes no new layer or resident kernel), and the layer
+ * refuses every call but dmoe_layer_destroy from then on (the kernel may
+ * still read its weights). The object is gone either way. NULL is a
  * no-op. Messages go to the layer's context. dmoe_layer_destroy of a layer
  * with a resident object destroys that object first (do not use it after). */
 DMOE_API dmoe_status dmoe_resident_destroy(dmoe_resident *r);

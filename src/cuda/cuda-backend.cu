@@ -142,7 +142,14 @@ static dmoe_status cuda_context_init(dmoe_context *ctx) {
      * compute-sanitizer racecheck the cost grows with the blocks launched; grid-stride loops
      * then take many turns, which the tests want to see too. */
     const char *sms = getenv("DMOE_CUDA_SMS");
-    if (sms && atoi(sms) > 0 && atoi(sms) < cc->num_sms) cc->num_sms = atoi(sms);
+    if (sms && *sms) {
+        char *end = NULL;
+        const long n = strtol(sms, &end, 10);
+        if (*end == '\0' && n > 0 && n < cc->num_sms) cc->num_sms = (int32_t)n;
+        else
+            fprintf(stderr, "dmoe: DMOE_CUDA_SMS='%s' ignored (want an integer in [1, %d), the device's SMs)\n", sms,
+                    (int)cc->num_sms);
+    }
     cc->cc_major = prop.major;
     cc->cc_minor = prop.minor;
     cc->smem_optin = prop.sharedMemPerBlockOptin;
@@ -693,7 +700,7 @@ extern "C" void dmoe__cuda_fused_args_init(const dmoe_layer *layer, dmoe_fused_a
     a.n_experts = d->n_experts;
     a.top_k = d->top_k;
     a.n_shared = d->n_shared_experts;
-    a.shared_ffn = (int32_t)d->shared_ffn;
+    a.shared_ffn = d->n_shared_experts > 0 ? (int32_t)d->shared_ffn : 0; /* as the workspace is sized */
     a.shared_gate = d->shared_gate == DMOE_SHARED_GATE_SIGMOID;
     a.scoring = d->routing.scoring;
     a.renormalize = d->routing.renormalize;

@@ -1446,12 +1446,21 @@ template <typename DT> __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOC
 
 size_t dmoe__fused_workspace_bytes(int64_t max_tokens, int32_t hidden, int32_t ffn, int32_t shared_ffn,
                                    int32_t n_experts, int32_t top_k, int32_t n_shared) {
-    return fm_carve(NULL, max_tokens, hidden, ffn, shared_ffn, n_experts, top_k, n_shared, NULL);
+    /* shared_ffn means nothing without shared experts (dmoe.h): a stale value must not size act */
+    return fm_carve(NULL, max_tokens, hidden, ffn, n_shared > 0 ? shared_ffn : 0, n_experts, top_k, n_shared, NULL);
 }
 
 /* Dynamic shared memory of a block for a forward of up to max_tokens tokens. */
 static size_t fm_smem_bytes(int32_t max_tokens, int32_t E, int32_t K, int32_t S) {
     return fm_smem_layout(max_tokens, E, K, S).total;
+}
+
+/* The workspace holds the partial logits of min(ceil(H / 256), FM_SPLIT_MAX) router splits (fm_carve):
+ * a router split narrower than that would write past them. */
+extern "C" int dmoe__fused_kchunk_fits(int32_t H, int32_t kchunk) {
+    const int sized = (H + 255) / 256 < FM_SPLIT_MAX ? (H + 255) / 256 : FM_SPLIT_MAX;
+    const int kr = fm_route_kr(kchunk, H);
+    return kr > 0 && (H + kr - 1) / kr <= sized;
 }
 
 extern "C" size_t dmoe__fused_smem_limit(int32_t device) {
@@ -1500,7 +1509,10 @@ static dmoe_status launch(dmoe_context *ctx, const dmoe_fused_args *a, int32_t n
 #else
     cfg.numAttrs = 1;
 #endif
-    if (getenv("DMOE_PRINT_CONFIG"))
+    /* DMOE_PRINT_CONFIG (not 0): once per change of T, not every forward (a race between host threads
+     * at worst prints a line twice) */
+    static int printed_t = -1;
+    if (cc->print_config && __atomic_exchange_n(&printed_t, a->n_tokens, __ATOMIC_RELAXED) != a->n_tokens)
         fprintf(stderr, "dmoe: fused kernel: %d blocks (%d per SM) x %d threads, %zu B smem, T=%d\n",
                 per_sm * num_sms, per_sm, FM_THREADS, smem, a->n_tokens);
     DMOE_CUDA_CHECK(ctx, cudaLaunchKernelEx(&cfg, kernel, *a));
@@ -1515,6 +1527,9 @@ extern "C" dmoe_status dmoe__fused_forward(dmoe_context *ctx, const dmoe_fused_a
     dmoe_fused_args b = *a;
     if (b.route_kchunk <= 0) /* the staged router's split, so both paths route bitwise alike */
         b.route_kchunk = (int32_t)dmoe__cuda_router_config(b.n_tokens, b.hidden, b.n_experts, num_sms).k_chunk;
+    if (!dmoe__fused_kchunk_fits(b.hidden, b.route_kchunk))
+        return dmoe__error(ctx, DMOE_ERR_INTERNAL, "fused kernel: router split of %d columns at H=%d needs more "
+                           "partial logits than its workspace holds", (int)b.route_kchunk, (int)b.hidden);
     /* The dtype is a template parameter only because mma.sync names it in the instruction. */
     return b.is_bf16 ? launch<dmoe_bf16>(ctx, &b, num_sms, stream) : launch<dmoe_f16>(ctx, &b, num_sms, stream);
 }

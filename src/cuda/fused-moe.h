@@ -49,6 +49,9 @@ size_t dmoe__fused_workspace_bytes(int64_t max_tokens, int32_t hidden, int32_t f
 /* Dynamic shared memory of one block of the fused kernel (fused_body's smem) for
  * forwards of up to max_tokens tokens. */
 size_t dmoe__fused_smem_bytes(int32_t max_tokens, int32_t n_experts, int32_t top_k, int32_t n_shared);
+/* Whether the fused workspace holds the partial logits of a router split of kchunk columns at hidden
+ * size H (it is sized for the streaming router's splits). */
+int dmoe__fused_kchunk_fits(int32_t H, int32_t kchunk);
 /* The most dynamic shared memory a block of the fused kernel may have on device
  * (the opt-in maximum minus its static shared memory); 0 if it cannot be read. */
 size_t dmoe__fused_smem_limit(int32_t device);

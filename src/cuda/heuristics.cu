@@ -234,6 +234,13 @@ extern "C" int64_t dmoe__cuda_router_stream_max(void) {
         const char *e = getenv("DMOE_CUDA_ROUTER_STREAM_MAX");
         const long long n = e ? atoll(e) : 0;
         v = n > 0 ? (int64_t)n : 1024;
+        /* the fused kernel (T <= DMOE_FUSED_MAX_TOKENS) routes with the streaming router's split and
+         * sizes its workspace for it: below that the override would hand it the mma split */
+        if (v < DMOE_FUSED_MAX_TOKENS) {
+            fprintf(stderr, "dmoe: DMOE_CUDA_ROUTER_STREAM_MAX=%s raised to %d (the fused kernel's tokens)\n", e,
+                    DMOE_FUSED_MAX_TOKENS);
+            v = DMOE_FUSED_MAX_TOKENS;
+        }
     }
     return v;
 }

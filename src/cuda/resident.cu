@@ -226,8 +226,43 @@ __global__ void __launch_bounds__(FM_THREADS, FM_MIN_BLOCKS)
 #define RS_MAX_DEVICES 64
 static int rs_active[RS_MAX_DEVICES]; /* resident kernels per device (0 or 1) */
 
+/* A resident kernel that did not stop within destroy's timeout: its buffers stay allocated (freeing
+ * them would wait for it) and the device stays taken, until a later look finds its stream idle. */
+typedef struct rs_orphan {
+    cudaStream_t stream;
+    void *arena, *mb, *in, *out;
+} rs_orphan;
+static rs_orphan *rs_orphans[RS_MAX_DEVICES];
+
+/* Frees an orphan whose kernel has ended and gives its device back; 0 while it still runs. */
+static int rs_reap(int device) {
+    rs_orphan *o = __atomic_load_n(&rs_orphans[device], __ATOMIC_ACQUIRE);
+    if (!o || cudaStreamQuery(o->stream) == cudaErrorNotReady) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    if (!__atomic_compare_exchange_n(&rs_orphans[device], &o, (rs_orphan *)NULL, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return 0; /* another thread reaps it */
+    int cur = -1;
+    (void)cudaGetDevice(&cur);
+    (void)cudaSetDevice(device);
+    cudaStreamDestroy(o->stream);
+    cudaFree(o->arena);
+    cudaFreeHost(o->mb);
+    cudaFreeHost(o->in);
+    cudaFreeHost(o->out);
+    if (cur >= 0) (void)cudaSetDevice(cur);
+    (void)cudaGetLastError();
+    free(o);
+    __atomic_store_n(&rs_active[device], 0, __ATOMIC_RELEASE);
+    return 1;
+}
+
 extern "C" int dmoe__cuda_resident_active(int device) {
-    return device >= 0 && device < RS_MAX_DEVICES && __atomic_load_n(&rs_active[device], __ATOMIC_ACQUIRE) > 0;
+    if (device < 0 || device >= RS_MAX_DEVICES || __atomic_load_n(&rs_active[device], __ATOMIC_ACQUIRE) == 0)
+        return 0;
+    return !rs_reap(device);
 }
 
 typedef struct rs_state {
@@ -288,6 +323,7 @@ static dmoe_status rs_create(dmoe_resident *r) {
     if (cc->device >= RS_MAX_DEVICES)
         return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED, "resident mode: device ordinal %d >= %d", (int)cc->device,
                            RS_MAX_DEVICES);
+    (void)rs_reap(cc->device); /* a kernel an earlier destroy left running may have ended since */
     int expected = 0;
     if (!__atomic_compare_exchange_n(&rs_active[cc->device], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
@@ -366,6 +402,12 @@ static dmoe_status rs_create_locked(dmoe_resident *r) {
     /* the staged router's k split, as dmoe__fused_forward sets it (it does not depend on T
      * up to the fused kernel's 64 tokens), so every batch routes bitwise like the ordinary launch */
     a.route_kchunk = (int32_t)dmoe__cuda_router_config(T, d->hidden, d->n_experts, dmoe__cuda_ctx(ctx)->num_sms).k_chunk;
+    if (!dmoe__fused_kchunk_fits((int32_t)d->hidden, a.route_kchunk)) {
+        st = dmoe__error(ctx, DMOE_ERR_INTERNAL, "resident: router split of %d columns at H=%lld does not fit the "
+                         "fused workspace", (int)a.route_kchunk, (long long)d->hidden);
+        rs_free(r, s);
+        return st;
+    }
 
     /* fused_body lays out its shared memory for each batch's T, and a smaller T can need
      * more (its logits may fit in shared memory where the largest T's do not): the block
@@ -529,20 +571,31 @@ static dmoe_status rs_destroy(dmoe_resident *r) {
     dmoe_context *ctx = r->layer->ctx;
     if (!s) return DMOE_OK;
     const int budget = r->desc.shutdown_timeout_ms;
-    const double deadline = now_ms() + budget;
     if (s->running && s->in_flight) (void)rs_wait(r, budget); /* let the batch finish first */
     s->in_flight = 0;
     if (s->running) {
         write_cmd(s, RS_STOP);
+        const double deadline = now_ms() + budget; /* the stop's own budget, whatever the batch took */
         cudaError_t err = cudaErrorNotReady;
         while ((err = cudaStreamQuery(s->stream)) == cudaErrorNotReady && now_ms() < deadline) sched_yield();
         if (err == cudaErrorNotReady) {
-            /* Freeing what the kernel uses would wait for it forever: leak instead. */
+            /* Freeing what the kernel uses would wait for it forever: it becomes an orphan, freed
+             * (and its device given back) by the first look after it ends (rs_reap). */
+            rs_orphan *o = (rs_orphan *)calloc(1, sizeof *o);
+            if (o) {
+                o->stream = s->stream;
+                o->arena = s->arena;
+                o->mb = s->mb;
+                o->in = r->input;
+                o->out = r->output;
+                __atomic_store_n(&rs_orphans[s->device], o, __ATOMIC_RELEASE);
+            }
             dmoe__free(ctx, s);
             r->backend_data = NULL;
             r->input = r->output = NULL;
             return dmoe__error(ctx, DMOE_ERR_TIMEOUT,
-                               "the resident kernel did not stop within %d ms; its buffers are leaked", budget);
+                               "the resident kernel did not stop within %d ms; its buffers stay allocated until "
+                               "it ends (the device takes no new layer or resident kernel until then)", budget);
         }
         s->running = 0;
         if (err != cudaSuccess) {

@@ -924,7 +924,7 @@ static int print_config_enabled(void) {
     static int v = -1;
     if (v < 0) {
         const char *s = getenv("DMOE_PRINT_CONFIG");
-        v = s && s[0] == '1';
+        v = s && *s && strcmp(s, "0") != 0; /* as the backend reads it (cuda-backend.cu) */
     }
     return v;
 }

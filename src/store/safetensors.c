@@ -106,7 +106,9 @@ static dmoe_status parse_metadata(dmoe_safetensors *st, const cJSON *meta) {
     if (!st->meta_keys || !st->meta_values)
         return dmoe__error(NULL, DMOE_ERR_OUT_OF_MEMORY, "safetensors: metadata");
     for (const cJSON *kv = meta->child; kv; kv = kv->next) {
-        if (!cJSON_IsString(kv)) return corrupt("__metadata__ values must be strings", kv->string);
+        if (!cJSON_IsString(kv))
+            return dmoe__error(NULL, DMOE_ERR_CORRUPT_FILE, "safetensors: __metadata__ values must be strings "
+                               "(key '%.200s')", kv->string ? kv->string : "");
         st->meta_keys[st->n_meta] = dup_str(kv->string);
         st->meta_values[st->n_meta] = dup_str(kv->valuestring);
         st->n_meta++;
