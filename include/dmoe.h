@@ -545,6 +545,9 @@ typedef struct dmoe_st_tensor_info {
     size_t n_bytes;
 } dmoe_st_tensor_info;
 
+/* Maps the file read-only (mmap) and checks its header against its size. The
+ * file must not be truncated while the object is open: the system then kills
+ * a reader of the lost pages (SIGBUS), which no check at open can prevent. */
 DMOE_API dmoe_status dmoe_safetensors_open(const char *path, dmoe_safetensors **out);
 /* Parses a file image held in memory (not copied: buf must outlive the object). */
 DMOE_API dmoe_status dmoe_safetensors_open_memory(const void *buf, size_t len,
