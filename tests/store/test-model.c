@@ -301,6 +301,21 @@ static void check_load_refused(const char *dir, dmoe_status want, const char *wo
     dmoe_model_close(m);
 }
 
+/* Opens dir and reads its first MoE layer's expert groups; returns the open's status. */
+static dmoe_status open_groups(const char *dir, int32_t *n_group, int32_t *topk_group) {
+    dmoe_model *m = NULL;
+    const dmoe_status st = dmoe_model_open(dir, &m);
+    if (st == DMOE_OK) {
+        int32_t L;
+        dmoe_layer_desc ld;
+        dmoe_model_moe_layer(m, 0, &L, &ld);
+        *n_group = ld.routing.n_group;
+        *topk_group = ld.routing.topk_group;
+        dmoe_model_close(m);
+    }
+    return st;
+}
+
 static void test_defects(void) {
     dmoe_layer_desc d;
     base_desc(&d);
@@ -318,55 +333,43 @@ static void test_defects(void) {
     CHECK(strstr(dmoe_context_last_error(NULL), "num_local_experts") != NULL, "message names the field");
     write_file(path, "not json");
     CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "config not JSON");
-    /* fields of the wrong type are a corrupt config, not a silent default */
+    /* fields of the wrong type are a corrupt config, not a silent default; DeepSeek-V2's topk_method
+     * is one dmoe knows, or the model is refused (the remote code's default "gready" included) */
 #define QWEN3_BASE "\"model_type\":\"qwen3_moe\",\"hidden_size\":24,\"num_hidden_layers\":1," \
                    "\"moe_intermediate_size\":16,\"num_experts_per_tok\":2"
-    write_file(path, "{" QWEN3_BASE ",\"num_experts\":8.5}");
-    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "num_experts 8.5");
-    CHECK(strstr(dmoe_context_last_error(NULL), "'num_experts' is not an integer") != NULL, "message: not an integer");
-    write_file(path, "{" QWEN3_BASE ",\"num_experts\":8,\"norm_topk_prob\":\"yes\"}");
-    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "norm_topk_prob a string");
-    write_file(path, "{" QWEN3_BASE ",\"num_experts\":8,\"routed_scaling_factor\":\"2.5\"}");
-    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "routed_scaling_factor a string");
-    write_file(path, "{" QWEN3_BASE ",\"num_experts\":8,\"n_group\":2.5}");
-    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_CORRUPT_FILE, "n_group 2.5");
-    CHECK(m == NULL, "output untouched");
+#define DSV2_BASE "\"model_type\":\"deepseek_v2\",\"hidden_size\":24,\"num_hidden_layers\":1," \
+                  "\"moe_intermediate_size\":16,\"num_experts_per_tok\":2,\"n_routed_experts\":8," \
+                  "\"n_group\":2,\"topk_group\":1"
+    static const struct {
+        const char *config, *word;
+        dmoe_status want;
+    } refused[] = {
+        {"{" QWEN3_BASE ",\"num_experts\":8.5}", "'num_experts' is not an integer", DMOE_ERR_CORRUPT_FILE},
+        {"{" QWEN3_BASE ",\"num_experts\":8,\"norm_topk_prob\":\"yes\"}", "norm_topk_prob", DMOE_ERR_CORRUPT_FILE},
+        {"{" QWEN3_BASE ",\"num_experts\":8,\"routed_scaling_factor\":\"2.5\"}", "routed_scaling_factor",
+         DMOE_ERR_CORRUPT_FILE},
+        {"{" QWEN3_BASE ",\"num_experts\":8,\"n_group\":2.5}", "n_group", DMOE_ERR_CORRUPT_FILE},
+        {"{" DSV2_BASE ",\"topk_method\":\"gready\"}", "gready", DMOE_ERR_UNSUPPORTED},
+        {"{" DSV2_BASE ",\"topk_method\":\"group_limited_greedy\"}", "group_limited_greedy", DMOE_ERR_UNSUPPORTED},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        write_file(path, refused[i].config);
+        m = NULL;
+        CHECK(dmoe_model_open(dir, &m) == refused[i].want && m == NULL, "refused: %s", refused[i].config);
+        CHECK(strstr(dmoe_context_last_error(NULL), refused[i].word) != NULL, "message names %s", refused[i].word);
+    }
     /* null is absent (some configs write "scoring_func": null) */
     write_file(path, "{" QWEN3_BASE ",\"num_experts\":8,\"scoring_func\":null,\"routed_scaling_factor\":null}");
     CHECK(dmoe_model_open(dir, &m) == DMOE_OK, "null fields");
     dmoe_model_close(m);
     m = NULL;
-    /* DeepSeek-V2: no topk_method routes greedily (no groups, as transformers does); a method dmoe does
-     * not know (the remote code's default "gready") is refused */
-    snprintf(path, sizeof path, "%s/config.json", dir);
-#define DSV2_BASE "\"model_type\":\"deepseek_v2\",\"hidden_size\":24,\"num_hidden_layers\":1," \
-                  "\"moe_intermediate_size\":16,\"num_experts_per_tok\":2,\"n_routed_experts\":8," \
-                  "\"n_group\":2,\"topk_group\":1"
+    /* DeepSeek-V2 without topk_method routes greedily (no groups, as transformers does); noaux_tc keeps them */
+    int32_t ng = -1, tg = -1;
     write_file(path, "{" DSV2_BASE "}");
-    CHECK(dmoe_model_open(dir, &m) == DMOE_OK, "deepseek_v2 without topk_method");
-    if (m) {
-        int32_t L;
-        dmoe_layer_desc ld;
-        dmoe_model_moe_layer(m, 0, &L, &ld);
-        CHECK(ld.routing.n_group <= 1, "deepseek_v2 without topk_method: greedy, n_group %d", (int)ld.routing.n_group);
-        dmoe_model_close(m);
-        m = NULL;
-    }
-    write_file(path, "{" DSV2_BASE ",\"topk_method\":\"gready\"}");
-    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_UNSUPPORTED, "topk_method gready");
-    CHECK(strstr(dmoe_context_last_error(NULL), "gready") != NULL, "message names the method");
-    write_file(path, "{" DSV2_BASE ",\"topk_method\":\"group_limited_greedy\"}");
-    CHECK(dmoe_model_open(dir, &m) == DMOE_ERR_UNSUPPORTED, "topk_method group_limited_greedy");
+    CHECK(open_groups(dir, &ng, &tg) == DMOE_OK && ng <= 1, "deepseek_v2 without topk_method: greedy, n_group %d",
+          (int)ng);
     write_file(path, "{" DSV2_BASE ",\"topk_method\":\"noaux_tc\"}");
-    CHECK(dmoe_model_open(dir, &m) == DMOE_OK, "deepseek_v2 noaux_tc");
-    if (m) {
-        int32_t L;
-        dmoe_layer_desc ld;
-        dmoe_model_moe_layer(m, 0, &L, &ld);
-        CHECK(ld.routing.n_group == 2 && ld.routing.topk_group == 1, "noaux_tc keeps the groups");
-        dmoe_model_close(m);
-        m = NULL;
-    }
+    CHECK(open_groups(dir, &ng, &tg) == DMOE_OK && ng == 2 && tg == 1, "deepseek_v2 noaux_tc keeps the groups");
     /* config claims a hidden size the tensors do not have: open works, load fails */
     write_file(path, "{\"model_type\":\"qwen3_moe\",\"hidden_size\":32,\"num_hidden_layers\":1,"
                      "\"moe_intermediate_size\":16,\"num_experts_per_tok\":2,\"num_experts\":8}");
