@@ -114,9 +114,9 @@ __device__ long long fm_rtrace[8];
 #define FM_KC 512 /* k columns per ring stage (a multiple of 64) */
 #endif
 #ifndef FM_NS
-#define FM_NS 4 /* ring stages. Session 15 (H100, gpu_bench.py, 4 rounds in two calls): 3 against 4 -0.3..-1.3 us a cell
-                   at qwen3 / olmoe T=1..4, T=16 unchanged; 2 costs 2.5 us at qwen3 T=4. 3 waits for a device call that
-                   runs the GPU tests and racecheck on it (dev/s15-call2.sh) */
+#define FM_NS 3 /* ring stages. Session 16 (H100, gpu_bench.py, two rounds): 3 against 4 -0.9..-1.8 us a cell at
+                   qwen3 / olmoe T=1..4 (session 15: -0.3..-1.3), T=16 unchanged; 2 costs 2.5 us at qwen3 T=4. The fused
+                   GPU tests, racecheck and synccheck passed on 3 (bench/fused-notes.md, session 16) */
 #endif
 #ifndef FM_NR
 #define FM_NR 2 /* reduction buffers between the consumers and the publisher */
@@ -165,11 +165,12 @@ __device__ long long fm_rtrace[8];
                             lane arrives on the mbarrier (counts x 32), so each lane's own accesses are ordered by its
                             own arrive; 0: lane 0 arrives after a __syncwarp (the PTX memory model orders that too,
                             but compute-sanitizer racecheck does not model it: dev/racecheck-forms.cu); 2 / 3: every
-                            lane on the ring's stages / on the reduction buffers only (to locate the cost; not measured
-                            yet). Session 15 (H100, with FM_PICK_FORM 1): racecheck 0 hazards (test-cuda-path --quick,
-                            test-cuda-resident, test-cuda-forward variants 0-3; was ~24 on the first), decode cells as
-                            with session 14's forms, but 1.2-2 us slower than 0 with FM_PICK_FORM 1 at qwen3 T=2..4 and
-                            olmoe T=1..4 (bench/fused-notes.md, session 15) */
+                            lane on the ring's stages / on the reduction buffers only. Session 15 (H100, with
+                            FM_PICK_FORM 1): racecheck 0 hazards (test-cuda-path --quick, test-cuda-resident,
+                            test-cuda-forward variants 0-3; was ~24 on the first). Cost (session 16, FM_NS 3): 0 is
+                            1.6-2.7 us faster than 1 at qwen3 / olmoe T=1..4 (qwen3 T=1 46.2-46.6 against 47.9-48.2 us);
+                            2 and 3 are each within 0.8 us of 1: either family of every-lane releases alone costs
+                            about what both do (bench/fused-notes.md, session 16) */
 #endif
 #if FM_LANE_ARRIVE < 0 || FM_LANE_ARRIVE > 3
 #error "FM_LANE_ARRIVE is 0 (lane 0), 1 (every lane), 2 (every lane on the ring only) or 3 (on the reduction buffers only)"
