@@ -170,8 +170,8 @@ def route_impl(x, router, top_k, renormalize=True, scoring=0, n_group=0, topk_gr
     _C.run(_C.OP_ROUTE, x, topk_ids=ids, topk_weights=weights, router=router,
            correction_bias=bias, top_k=top_k, scoring=int(scoring),
            renormalize=bool(renormalize), n_group=_int_arg(n_group or 0, "num_expert_group"),
-           topk_group=_int_arg(topk_group or 0, "topk_group"), routed_scaling_factor=float(routed_scaling_factor),
-           backend=_backend(backend, x), n_threads=_threads(n_threads),
+           topk_group=_int_arg(topk_group or 0, "topk_group"),
+           routed_scaling_factor=float(routed_scaling_factor), backend=_backend(backend, x), n_threads=_threads(n_threads),
            stream=stream_value(stream, x, kind), names=names, sanitize=sanitize, pin=pin)
     return kind.finish(weights), kind.finish(ids)
 

@@ -234,6 +234,16 @@ typedef struct rs_orphan {
 } rs_orphan;
 static rs_orphan *rs_orphans[RS_MAX_DEVICES];
 
+/* The device side of a resident kernel, every pointer optional (its kernel has ended). */
+static void rs_free_buffers(cudaStream_t stream, void *arena, void *mb, void *in, void *out) {
+    if (stream) cudaStreamDestroy(stream);
+    if (arena) cudaFree(arena);
+    if (mb) cudaFreeHost(mb);
+    if (in) cudaFreeHost(in);
+    if (out) cudaFreeHost(out);
+    (void)cudaGetLastError();
+}
+
 /* Frees an orphan whose kernel has ended and gives its device back; 0 while it still runs. */
 static int rs_reap(int device) {
     rs_orphan *o = __atomic_load_n(&rs_orphans[device], __ATOMIC_ACQUIRE);
@@ -247,13 +257,8 @@ static int rs_reap(int device) {
     int cur = -1;
     (void)cudaGetDevice(&cur);
     (void)cudaSetDevice(device);
-    cudaStreamDestroy(o->stream);
-    cudaFree(o->arena);
-    cudaFreeHost(o->mb);
-    cudaFreeHost(o->in);
-    cudaFreeHost(o->out);
+    rs_free_buffers(o->stream, o->arena, o->mb, o->in, o->out);
     if (cur >= 0) (void)cudaSetDevice(cur);
-    (void)cudaGetLastError();
     free(o);
     __atomic_store_n(&rs_active[device], 0, __ATOMIC_RELEASE);
     return 1;
@@ -294,12 +299,7 @@ static inline void cpu_relax(void) {
 static void rs_free(dmoe_resident *r, rs_state *s) {
     if (!s) return;
     const int device = s->device;
-    if (s->stream) cudaStreamDestroy(s->stream);
-    if (s->arena) cudaFree(s->arena);
-    if (s->mb) cudaFreeHost(s->mb);
-    if (r->input) cudaFreeHost(r->input);
-    if (r->output) cudaFreeHost(r->output);
-    (void)cudaGetLastError();
+    rs_free_buffers(s->stream, s->arena, s->mb, r->input, r->output);
     r->input = r->output = NULL;
     dmoe__free(r->layer->ctx, s);
     __atomic_store_n(&rs_active[device], 0, __ATOMIC_RELEASE);
