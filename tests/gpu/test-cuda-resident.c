@@ -17,7 +17,9 @@
  *    (DMOE_ERR_INVALID_ARGUMENT, output untouched), so is a token count the
  *    host did not check, and the next batch is correct again;
  *  - shutdown and re-create: destroy, the layer works again, a second
- *    resident (max_tokens 8, NaN allowed) runs 200 more checked batches.
+ *    resident (max_tokens 8, NaN allowed) runs 200 more checked batches;
+ *  - a kernel that outlives destroy's timeout (test_orphan_reaped, not in
+ *    quick mode): reported, reaped once it ends, the device usable again.
  * N = 10000 (DMOE_GPU_TEST_QUICK=1: 50, for compute-sanitizer).
  */
 #include <math.h>
@@ -334,6 +336,150 @@ done:
     tu_model_free(&m);
 }
 
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* A resident kernel that outlives destroy's budget (rs_destroy's orphan, rs_reap): a batch whose
+ * weight bytes alone take >= 5 ms at 3.35 TB/s (the H100's HBM peak; ~4 ms on an H200) is in flight
+ * when destroy runs with shutdown_timeout_ms = 1 (1 ms for the batch, 1 ms for the stop):
+ *  - destroy gives DMOE_ERR_TIMEOUT, the layer refuses a forward for good, and the device refuses a
+ *    new layer while the kernel still runs (probed at once: the batch cannot be done yet);
+ *  - once the kernel has ended, the first look (a layer create) reaps it: the create succeeds and the
+ *    orphan's device arena (>= 16 MB here) is free again (cudaMemGetInfo; nothing else allocates);
+ *  - a new layer on the device then runs a resident batch that matches cpu-ref, and the stuck layer
+ *    destroys cleanly. Weights are a constant (the orphan's output is never read), the router random
+ *    so that the 64 tokens spread over the experts. Skipped where the device lacks the memory. */
+static void test_orphan_reaped(uint64_t seed) {
+    const int64_t H = 4096, F = 8192, E = 96, T = MAXT;
+    const size_t es = 2, wbytes = (size_t)E * 3 * (size_t)F * (size_t)H * es;
+    size_t free0 = 0, total = 0;
+    GPU_CHECK(cudaMemGetInfo(&free0, &total));
+    printf("orphan: H=%lld F=%lld E=%d K=8 bf16, %.1f GB of weights, batch of %lld tokens, shutdown 1 ms\n",
+           (long long)H, (long long)F, (int)E, wbytes / 1e9, (long long)T);
+    if (free0 < wbytes + ((size_t)4 << 30)) {
+        printf("  SKIPPED: %.1f GB free on the device, %.1f GB needed\n", free0 / 1e9, wbytes / 1e9 + 4);
+        return;
+    }
+    tu_rng rng;
+    tu_rng_init(&rng, seed ^ 0x0f0f0f0full);
+    dmoe_layer_desc d;
+    dmoe_layer_desc_init(&d);
+    d.hidden = H;
+    d.ffn = F;
+    d.n_experts = (int32_t)E;
+    d.top_k = 8;
+    d.max_tokens = T;
+    d.path = DMOE_PATH_FUSED;
+    gpu_model g;
+    memset(&g, 0, sizeof g);
+    void *router_h = tu_malloc((size_t)E * (size_t)H * es);
+    tu_fill_uniform(&rng, router_h, DMOE_DTYPE_BF16, E * H, -1.0, 1.0);
+    g.router = gpu_upload(router_h, (size_t)E * (size_t)H * es);
+    tu_free(router_h);
+    g.w13 = gpu_alloc((size_t)E * 2 * (size_t)F * (size_t)H * es);
+    g.w2 = gpu_alloc((size_t)E * (size_t)H * (size_t)F * es);
+    GPU_CHECK(cudaMemset(g.w13, 0x3c, (size_t)E * 2 * (size_t)F * (size_t)H * es)); /* bf16 0x3c3c = 0.0115 */
+    GPU_CHECK(cudaMemset(g.w2, 0x3c, (size_t)E * (size_t)H * (size_t)F * es));
+    GPU_CHECK(cudaDeviceSynchronize());
+    g.weights.router = g.router;
+    g.weights.w13 = g.w13;
+    g.weights.w2 = g.w2;
+    tu_layer l;
+    if (gpu_layer_open(&l, &d, &g) != DMOE_OK) {
+        TU_CHECK(0);
+        gpu_model_free(&g);
+        return;
+    }
+    dmoe_resident_desc rd;
+    dmoe_resident_desc_init(&rd);
+    rd.max_tokens = T;
+    rd.shutdown_timeout_ms = 1;
+    dmoe_resident *r = NULL;
+    TU_CHECK_STATUS(l.ctx, dmoe_resident_create(l.layer, &rd, &r), DMOE_OK);
+    if (!r) {
+        tu_layer_close(&l);
+        gpu_model_free(&g);
+        return;
+    }
+    void *d_io = gpu_alloc((size_t)2 * H * es); /* for the forward the stuck layer must refuse */
+    fill_x(seed, 777, dmoe_resident_input(r), DMOE_DTYPE_BF16, T * H);
+    TU_CHECK_STATUS(l.ctx, dmoe_resident_submit(r, T), DMOE_OK);
+    const double t0 = now_us();
+    const dmoe_status dst = dmoe_resident_destroy(r);
+    const double t_destroy = now_us() - t0;
+    TU_CHECKF(dst == DMOE_ERR_TIMEOUT, "destroy of a resident kernel busy with a %.1f GB batch, 1 ms budget: %s",
+              wbytes / 1e9, dmoe_status_name(dst));
+    printf("  destroy: %s after %.2f ms: %s\n", dmoe_status_name(dst), t_destroy / 1e3, dmoe_context_last_error(l.ctx));
+    r = NULL;
+    dmoe_layer_desc sd;
+    dmoe_layer_desc_init(&sd);
+    sd.hidden = 256;
+    sd.ffn = 128;
+    sd.n_experts = 16;
+    sd.top_k = 4;
+    sd.max_tokens = T;
+    sd.path = DMOE_PATH_FUSED;
+    dmoe_layer *probe = NULL;
+    if (dst == DMOE_ERR_TIMEOUT) {
+        dmoe_tensor tx = dmoe_tensor_2d(d_io, DMOE_DTYPE_BF16, 1, H, 0);
+        dmoe_tensor ty = dmoe_tensor_2d((char *)d_io + H * es, DMOE_DTYPE_BF16, 1, H, 0);
+        TU_CHECK_STATUS(l.ctx, dmoe_forward(l.layer, &tx, &ty, NULL), DMOE_ERR_INVALID_ARGUMENT); /* stuck */
+        /* the batch needs >= 5 ms of HBM time and destroy returned after ~2: the kernel still runs */
+        TU_CHECK_STATUS(l.ctx, dmoe_layer_create(l.ctx, &sd, &probe), DMOE_ERR_INVALID_ARGUMENT);
+        TU_CHECK(probe == NULL);
+        printf("  at once: layer create %s\n", dmoe_context_last_error(l.ctx));
+        sleep_ms(300); /* the batch and the stop take a few ms */
+        size_t free_orphan = 0, free_after = 0;
+        GPU_CHECK(cudaMemGetInfo(&free_orphan, &total)); /* does not synchronise */
+        TU_CHECK_STATUS(l.ctx, dmoe_layer_create(l.ctx, &sd, &probe), DMOE_OK); /* reaps the orphan */
+        dmoe_layer_destroy(probe);
+        probe = NULL;
+        TU_CHECK_STATUS(l.ctx, dmoe_context_trim_memory(l.ctx), DMOE_OK);
+        GPU_CHECK(cudaMemGetInfo(&free_after, &total));
+        const double freed_mb = ((double)free_after - (double)free_orphan) / 1048576.0;
+        printf("  after the kernel ended: the create reaped it, %.1f MB of device memory came back%s\n", freed_mb,
+               freed_mb >= 16 ? "" : "  <-- FAIL");
+        TU_CHECK(freed_mb >= 16);
+    }
+    /* the device takes a new resident kernel, whose batch is right */
+    {
+        tu_model m;
+        gpu_model g2;
+        tu_layer l2;
+        tu_model_random(&m, &sd, &rng);
+        gpu_model_upload(&g2, &m);
+        if (gpu_layer_open(&l2, &sd, &g2) == DMOE_OK) {
+            const int64_t T2 = 5, H2 = sd.hidden;
+            const size_t row = (size_t)H2 * 2;
+            void *x = tu_malloc((size_t)T2 * row), *yref = tu_malloc((size_t)T2 * row);
+            fill_x(seed, 778, x, DMOE_DTYPE_BF16, T2 * H2);
+            void *d_x = gpu_upload(x, (size_t)T2 * row);
+            cpu_reference(&l2, &m, x, d_x, T2, yref);
+            dmoe_resident *r2 = NULL;
+            TU_CHECK_STATUS(l2.ctx, dmoe_resident_create(l2.layer, NULL, &r2), DMOE_OK);
+            if (r2) {
+                TU_CHECK_STATUS(l2.ctx, run_batch(r2, x, T2, row, NULL), DMOE_OK);
+                TU_CHECK(tu_compare("  resident batch after the reap vs cpu-ref", dmoe_resident_output(r2),
+                                    DMOE_DTYPE_BF16, yref, DMOE_DTYPE_BF16, T2, H2, NULL, 1e-2));
+                TU_CHECK_STATUS(l2.ctx, dmoe_resident_destroy(r2), DMOE_OK);
+            }
+            gpu_free(d_x);
+            tu_free(x);
+            tu_free(yref);
+            tu_layer_close(&l2);
+        } else {
+            TU_CHECK(0);
+        }
+        gpu_model_free(&g2);
+        tu_model_free(&m);
+    }
+    tu_layer_close(&l); /* the stuck layer: destroy is the one call it takes */
+    gpu_free(d_io);
+    gpu_model_free(&g);
+}
+
 int main(void) {
     if (gpu_skip("test-cuda-resident")) return TU_SKIP;
     const char *q = getenv("DMOE_GPU_TEST_QUICK");
@@ -369,5 +515,6 @@ int main(void) {
     b.max_tokens = 96;
     b.path = DMOE_PATH_FUSED;
     run_shape("odd", &b, seed + 1);
+    if (!quick) test_orphan_reaped(seed + 2);
     return tu_finish("test-cuda-resident");
 }
