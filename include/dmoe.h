@@ -460,10 +460,11 @@ DMOE_API dmoe_status dmoe_layer_miss_info(dmoe_layer *layer, dmoe_miss_info *out
  * cudaFreeHost or synchronous work on a blocking stream that waits for it on
  * that device: they wait for the kernel, which never ends on its own.
  * Copies on other streams (the copy engines) and other devices are fine.
- * dmoe_resident_create must not run while another thread creates, destroys or
- * configures (cache, miss policy) a layer or context of the same device: that
- * call may have passed its "no resident kernel" check and then wait for the
- * new kernel.
+ * dmoe_resident_create may run while other threads create, destroy, configure
+ * (cache, miss policy) or run layers and contexts of the same device: each of
+ * those calls either completes before the kernel starts or sees it running
+ * (and is refused, or leaks as above), never waits for it (a per-device
+ * reader-writer lock: those calls share it, the create holds it alone).
  * A batch that does not complete within the wait's timeout returns
  * DMOE_ERR_TIMEOUT (the batch stays in flight: wait again); a kernel that
  * died returns DMOE_ERR_CUDA or DMOE_ERR_INTERNAL. Nothing blocks without a

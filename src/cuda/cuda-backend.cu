@@ -863,30 +863,77 @@ static dmoe_status cuda_forward(dmoe_layer *layer, const void *x, int64_t n_toke
     return run_experts(layer, x, n_tokens, L->ids, L->wts, y, plan_done, (cudaStream_t)stream);
 }
 
+/* The table's entries that may touch device memory or synchronise run inside the device's resident
+ * gate (resident.h): shared here, exclusive while dmoe_resident_create checks and launches. */
+#define GATED(ret, name, params, dev, args)                   \
+    static ret gated_##name params {                          \
+        const int device_ = (dev);                            \
+        dmoe__cuda_device_enter(device_);                     \
+        ret r_ = name args;                                   \
+        dmoe__cuda_device_leave(device_);                     \
+        return r_;                                            \
+    }
+#define GATED_VOID(name, params, dev, args) \
+    static void gated_##name params {       \
+        const int device_ = (dev);          \
+        dmoe__cuda_device_enter(device_);   \
+        name args;                          \
+        dmoe__cuda_device_leave(device_);   \
+    }
+GATED(dmoe_status, cuda_context_init, (dmoe_context * ctx), ctx->desc.device, (ctx))
+GATED_VOID(cuda_context_fini, (dmoe_context * ctx), ctx->desc.device, (ctx))
+GATED(dmoe_status, cuda_layer_init, (dmoe_layer * l), l->ctx->desc.device, (l))
+GATED_VOID(cuda_layer_fini, (dmoe_layer * l), l->ctx->desc.device, (l))
+GATED(dmoe_status, cuda_layer_weights_changed, (dmoe_layer * l), l->ctx->desc.device, (l))
+GATED(dmoe_status, cuda_route,
+      (dmoe_layer * l, const void *x, int64_t n, int32_t *ids, float *w, void *stream), l->ctx->desc.device,
+      (l, x, n, ids, w, stream))
+GATED(dmoe_status, cuda_experts,
+      (dmoe_layer * l, const void *x, int64_t n, const int32_t *ids, const float *w, void *y, void *stream),
+      l->ctx->desc.device, (l, x, n, ids, w, y, stream))
+GATED(dmoe_status, cuda_forward, (dmoe_layer * l, const void *x, int64_t n, void *y, void *stream),
+      l->ctx->desc.device, (l, x, n, y, stream))
+GATED(dmoe_status, cuda_layer_load_arena,
+      (dmoe_layer * l, const void *arena, size_t bytes, const dmoe_weights *host, dmoe_weights *out),
+      l->ctx->desc.device, (l, arena, bytes, host, out))
+GATED(dmoe_status, cuda_weights_offloaded, (dmoe_layer * l, const dmoe_weights *w, int32_t n, dmoe_weights *out),
+      l->ctx->desc.device, (l, w, n, out))
+GATED_VOID(cuda_memory_trim, (dmoe_context * ctx), ctx->desc.device, (ctx))
+GATED(dmoe_status, cuda_cache_enable, (dmoe_layer * l, int32_t n, uint32_t flags), l->ctx->desc.device,
+      (l, n, flags))
+GATED(dmoe_status, cuda_cache_prefetch, (dmoe_layer * l, const int32_t *ids, int32_t n, void *stream),
+      l->ctx->desc.device, (l, ids, n, stream))
+GATED(dmoe_status, cuda_cache_stats, (dmoe_layer * l, dmoe_expert_cache_stats *out), l->ctx->desc.device, (l, out))
+GATED(dmoe_status, cuda_cache_table, (dmoe_layer * l, int32_t *slot_of_expert), l->ctx->desc.device,
+      (l, slot_of_expert))
+GATED(dmoe_status, cuda_miss_policy, (dmoe_layer * l, dmoe_miss_policy p, int32_t n), l->ctx->desc.device, (l, p, n))
+#undef GATED
+#undef GATED_VOID
+
 extern "C" const dmoe_backend_iface dmoe__backend_cuda = {
     /* .name                  = */ "cuda",
     /* .weight_align          = */ 16,
     /* .max_top_k             = */ 32,
     /* .available             = */ cuda_available,
-    /* .context_init          = */ cuda_context_init,
-    /* .context_fini          = */ cuda_context_fini,
-    /* .layer_init            = */ cuda_layer_init,
-    /* .layer_fini            = */ cuda_layer_fini,
-    /* .layer_weights_changed = */ cuda_layer_weights_changed,
-    /* .route                 = */ cuda_route,
-    /* .experts               = */ cuda_experts,
-    /* .forward               = */ cuda_forward,
+    /* .context_init          = */ gated_cuda_context_init,
+    /* .context_fini          = */ gated_cuda_context_fini,
+    /* .layer_init            = */ gated_cuda_layer_init,
+    /* .layer_fini            = */ gated_cuda_layer_fini,
+    /* .layer_weights_changed = */ gated_cuda_layer_weights_changed,
+    /* .route                 = */ gated_cuda_route,
+    /* .experts               = */ gated_cuda_experts,
+    /* .forward               = */ gated_cuda_forward,
     /* .query_path            = */ cuda_query_path,
     /* .resident              = */ &dmoe__cuda_resident_iface,
-    /* .layer_load_arena      = */ cuda_layer_load_arena,
-    /* .weights_offloaded     = */ cuda_weights_offloaded,
+    /* .layer_load_arena      = */ gated_cuda_layer_load_arena,
+    /* .weights_offloaded     = */ gated_cuda_weights_offloaded,
     /* .memory_stats          = */ cuda_memory_stats,
-    /* .memory_trim           = */ cuda_memory_trim,
-    /* .cache_enable          = */ cuda_cache_enable,
-    /* .cache_prefetch        = */ cuda_cache_prefetch,
-    /* .cache_stats           = */ cuda_cache_stats,
-    /* .cache_table           = */ cuda_cache_table,
+    /* .memory_trim           = */ gated_cuda_memory_trim,
+    /* .cache_enable          = */ gated_cuda_cache_enable,
+    /* .cache_prefetch        = */ gated_cuda_cache_prefetch,
+    /* .cache_stats           = */ gated_cuda_cache_stats,
+    /* .cache_table           = */ gated_cuda_cache_table,
     /* .cache_slots           = */ cuda_cache_slots,
-    /* .miss_policy           = */ cuda_miss_policy,
+    /* .miss_policy           = */ gated_cuda_miss_policy,
     /* .miss_info             = */ cuda_miss_info,
 };

@@ -44,6 +44,7 @@
 #include "fused-moe.cu" /* fused_body<DT> and its helpers; the ordinary launch stays in fused-moe.cu's own object */
 #undef DMOE_FUSED_BODY_ONLY
 
+#include <pthread.h>
 #include <sched.h>
 
 #include "cuda-context.h"
@@ -234,6 +235,26 @@ typedef struct rs_orphan {
 } rs_orphan;
 static rs_orphan *rs_orphans[RS_MAX_DEVICES];
 
+/* resident.h, dmoe__cuda_device_enter: shared by the backend's calls, exclusive in rs_create */
+static pthread_rwlock_t rs_gates[RS_MAX_DEVICES];
+static pthread_once_t rs_gates_once = PTHREAD_ONCE_INIT;
+static void rs_gates_init(void) {
+    for (int i = 0; i < RS_MAX_DEVICES; i++) pthread_rwlock_init(&rs_gates[i], NULL);
+}
+static pthread_rwlock_t *rs_gate(int device) {
+    if (device < 0 || device >= RS_MAX_DEVICES) return NULL;
+    pthread_once(&rs_gates_once, rs_gates_init);
+    return &rs_gates[device];
+}
+extern "C" void dmoe__cuda_device_enter(int device) {
+    pthread_rwlock_t *g = rs_gate(device);
+    if (g) pthread_rwlock_rdlock(g);
+}
+extern "C" void dmoe__cuda_device_leave(int device) {
+    pthread_rwlock_t *g = rs_gate(device);
+    if (g) pthread_rwlock_unlock(g);
+}
+
 /* The device side of a resident kernel, every pointer optional (its kernel has ended). */
 static void rs_free_buffers(cudaStream_t stream, void *arena, void *mb, void *in, void *out) {
     if (stream) cudaStreamDestroy(stream);
@@ -323,13 +344,20 @@ static dmoe_status rs_create(dmoe_resident *r) {
     if (cc->device >= RS_MAX_DEVICES)
         return dmoe__error(ctx, DMOE_ERR_UNSUPPORTED, "resident mode: device ordinal %d >= %d", (int)cc->device,
                            RS_MAX_DEVICES);
+    /* exclusive: no backend call of another thread is between its own check and its device work */
+    pthread_rwlock_t *gate = rs_gate(cc->device);
+    pthread_rwlock_wrlock(gate);
     (void)rs_reap(cc->device); /* a kernel an earlier destroy left running may have ended since */
     int expected = 0;
-    if (!__atomic_compare_exchange_n(&rs_active[cc->device], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-        return dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT,
-                           "a resident kernel already occupies device %d (one per device)", (int)cc->device);
-    dmoe_status st = rs_create_locked(r);
-    if (st != DMOE_OK) __atomic_store_n(&rs_active[cc->device], 0, __ATOMIC_RELEASE);
+    dmoe_status st;
+    if (!__atomic_compare_exchange_n(&rs_active[cc->device], &expected, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        st = dmoe__error(ctx, DMOE_ERR_INVALID_ARGUMENT, "a resident kernel already occupies device %d (one per device)",
+                         (int)cc->device);
+    } else {
+        st = rs_create_locked(r);
+        if (st != DMOE_OK) __atomic_store_n(&rs_active[cc->device], 0, __ATOMIC_RELEASE);
+    }
+    pthread_rwlock_unlock(gate);
     return st;
 }
 

@@ -23,6 +23,16 @@ extern const dmoe_resident_iface dmoe__cuda_resident_iface;
  * for it forever, so the backend refuses or defers such work. */
 int dmoe__cuda_resident_active(int device);
 
+/* The device's resident gate: every cuda backend call that may touch device
+ * memory or synchronise holds it shared for its whole body (cuda-backend.cu's
+ * table wraps them), and dmoe_resident_create holds it exclusive from its "no
+ * resident kernel" check until the kernel runs. So a layer created, destroyed
+ * or configured on another thread either finishes before the kernel starts or
+ * sees it running (and refuses or defers its synchronising work), never
+ * passes the check and then waits for the kernel. No-ops for devices >= 64. */
+void dmoe__cuda_device_enter(int device);
+void dmoe__cuda_device_leave(int device);
+
 /* Tests only: submits n_tokens without the host's range check, so the
  * kernel's own check of the doorbell is exercised (its wait then returns
  * DMOE_ERR_INVALID_ARGUMENT). n_tokens is truncated to 16 bits. */

@@ -19,11 +19,16 @@
  *  - shutdown and re-create: destroy, the layer works again, a second
  *    resident (max_tokens 8, NaN allowed) runs 200 more checked batches;
  *  - a kernel that outlives destroy's timeout (test_orphan_reaped, not in
- *    quick mode): reported, reaped once it ends, the device usable again.
+ *    quick mode): reported, reaped once it ends, the device usable again;
+ *  - layer creation on another thread racing 40 resident create / batch /
+ *    destroy cycles (test_gate_race): nothing hangs, every batch is right.
  * N = 10000 (DMOE_GPU_TEST_QUICK=1: 50, for compute-sanitizer).
  */
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "gpu-util.h"
 
@@ -480,6 +485,117 @@ static void test_orphan_reaped(uint64_t seed) {
     gpu_model_free(&g);
 }
 
+/* Layer creation racing dmoe_resident_create on the same device (the resident gate, resident.h):
+ * thread A creates GATE_N layers (each creation synchronises with the device) while this thread
+ * runs resident kernels one after another (create, one batch checked against cpu-ref, destroy).
+ * Without the gate A could pass its "no resident kernel" check, the resident kernel launch, and A's
+ * synchronisation wait for that kernel forever. Every call must return (a 120 s alarm fails the
+ * test otherwise), A's creations succeed or are refused with DMOE_ERR_INVALID_ARGUMENT, and every
+ * resident batch is right. */
+#define GATE_N 300
+typedef struct gate_race {
+    dmoe_context *ctx; /* thread A's */
+    dmoe_layer_desc desc;
+    dmoe_layer *made[GATE_N];
+    int ok, refused, other;
+} gate_race;
+
+static void *gate_race_creator(void *arg) {
+    gate_race *gr = (gate_race *)arg;
+    for (int i = 0; i < GATE_N; i++) {
+        const dmoe_status st = dmoe_layer_create(gr->ctx, &gr->desc, &gr->made[i]);
+        if (st == DMOE_OK) gr->ok++;
+        else if (st == DMOE_ERR_INVALID_ARGUMENT) gr->refused++;
+        else if (gr->other++ < 3)
+            printf("  creator: %s: %s  <-- FAIL\n", dmoe_status_name(st), dmoe_context_last_error(gr->ctx));
+    }
+    return NULL;
+}
+
+static void gate_race_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "  layer creation racing dmoe_resident_create did not finish in 120 s  <-- FAIL\n";
+    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
+    _exit(2);
+}
+
+static void test_gate_race(uint64_t seed) {
+    dmoe_layer_desc d;
+    dmoe_layer_desc_init(&d);
+    d.hidden = 256;
+    d.ffn = 128;
+    d.n_experts = 16;
+    d.top_k = 4;
+    d.max_tokens = MAXT;
+    d.path = DMOE_PATH_FUSED;
+    tu_rng rng;
+    tu_rng_init(&rng, seed);
+    tu_model m;
+    gpu_model g;
+    tu_layer l;
+    tu_model_random(&m, &d, &rng);
+    gpu_model_upload(&g, &m);
+    if (gpu_layer_open(&l, &d, &g) != DMOE_OK) {
+        TU_CHECK(0);
+        gpu_model_free(&g);
+        tu_model_free(&m);
+        return;
+    }
+    const int64_t T = 5, H = d.hidden;
+    const size_t row = (size_t)H * 2;
+    void *x = tu_malloc((size_t)T * row), *yref = tu_malloc((size_t)T * row);
+    fill_x(seed, 779, x, DMOE_DTYPE_BF16, T * H);
+    void *d_x = gpu_upload(x, (size_t)T * row);
+    cpu_reference(&l, &m, x, d_x, T, yref);
+    gate_race *gr = (gate_race *)calloc(1, sizeof *gr);
+    gr->desc = d;
+    dmoe_context_desc cd;
+    dmoe_context_desc_init(&cd);
+    cd.backend = DMOE_BACKEND_CUDA;
+    TU_CHECK_STATUS(NULL, dmoe_context_create(&cd, &gr->ctx), DMOE_OK);
+    pthread_t a;
+    int started = 0, batches = 0, bad = 0;
+    if (gr->ctx) {
+        signal(SIGALRM, gate_race_alarm);
+        alarm(120);
+        started = pthread_create(&a, NULL, gate_race_creator, gr) == 0;
+        TU_CHECK(started);
+        for (int j = 0; started && j < 40; j++) {
+            dmoe_resident *r = NULL;
+            dmoe_status st = dmoe_resident_create(l.layer, NULL, &r);
+            if (st != DMOE_OK) {
+                if (bad++ < 3) printf("  resident create %d: %s: %s  <-- FAIL\n", j, dmoe_status_name(st),
+                                      dmoe_context_last_error(l.ctx));
+                continue;
+            }
+            st = run_batch(r, x, T, row, NULL);
+            if (st != DMOE_OK || !tu_compare("  resident batch while layers are created vs cpu-ref",
+                                             dmoe_resident_output(r), DMOE_DTYPE_BF16, yref, DMOE_DTYPE_BF16, T, H,
+                                             NULL, 1e-2))
+                bad++;
+            else
+                batches++;
+            if (dmoe_resident_destroy(r) != DMOE_OK) bad++;
+        }
+        if (started) pthread_join(a, NULL);
+        alarm(0);
+        signal(SIGALRM, SIG_DFL);
+    }
+    printf("gate race: %d resident kernels with a checked batch each, %d failed; meanwhile %d layers created, "
+           "%d refused (a resident kernel ran), %d other statuses%s\n",
+           batches, bad, gr->ok, gr->refused, gr->other, bad || gr->other ? "  <-- FAIL" : "");
+    TU_CHECK(bad == 0 && gr->other == 0 && batches == 40 && gr->ok + gr->refused == GATE_N);
+    for (int i = 0; i < GATE_N; i++) dmoe_layer_destroy(gr->made[i]);
+    dmoe_context_destroy(gr->ctx);
+    free(gr);
+    gpu_free(d_x);
+    tu_free(x);
+    tu_free(yref);
+    tu_layer_close(&l);
+    gpu_model_free(&g);
+    tu_model_free(&m);
+}
+
 int main(void) {
     if (gpu_skip("test-cuda-resident")) return TU_SKIP;
     const char *q = getenv("DMOE_GPU_TEST_QUICK");
@@ -516,5 +632,6 @@ int main(void) {
     b.path = DMOE_PATH_FUSED;
     run_shape("odd", &b, seed + 1);
     if (!quick) test_orphan_reaped(seed + 2);
+    if (!quick) test_gate_race(seed + 3);
     return tu_finish("test-cuda-resident");
 }
