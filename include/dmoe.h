@@ -461,10 +461,14 @@ DMOE_API dmoe_status dmoe_layer_miss_info(dmoe_layer *layer, dmoe_miss_info *out
  * that device: they wait for the kernel, which never ends on its own.
  * Copies on other streams (the copy engines) and other devices are fine.
  * dmoe_resident_create may run while other threads create, destroy, configure
- * (cache, miss policy) or run layers and contexts of the same device: each of
- * those calls either completes before the kernel starts or sees it running
- * (and is refused, or leaks as above), never waits for it (a per-device
- * reader-writer lock: those calls share it, the create holds it alone).
+ * (cache, miss policy), load (dmoe_model_load_layer) or run OTHER layers and
+ * contexts of the same device: each of those calls either completes before the
+ * kernel starts or sees it running (and is refused, or leaks as above), never
+ * waits for it (a per-device reader-writer lock, writer first: those calls
+ * share it, the create holds it alone). The resident layer itself, like any
+ * layer, takes one call at a time. A kernel's first launch loads its module
+ * (CUDA's lazy loading), which can wait for the device: run one forward of
+ * each layer shape before going resident, or set CUDA_MODULE_LOADING=EAGER.
  * A batch that does not complete within the wait's timeout returns
  * DMOE_ERR_TIMEOUT (the batch stays in flight: wait again); a kernel that
  * died returns DMOE_ERR_CUDA or DMOE_ERR_INTERNAL. Nothing blocks without a

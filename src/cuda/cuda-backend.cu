@@ -424,6 +424,8 @@ static dmoe_status cuda_layer_load_arena(dmoe_layer *layer, const void *arena, s
     cuda_layer *L = (cuda_layer *)layer->backend_data;
     dmoe_status st = use_device(ctx);
     if (st != DMOE_OK) return st;
+    /* the pool may free cached blocks to make room, and cudaFree waits for the device */
+    if ((st = refuse_if_resident(ctx, "loading weights")) != DMOE_OK) return st;
     void *dev = NULL;
     if ((st = dmoe__pool_alloc(dmoe__cuda_ctx(ctx)->pool, bytes, &dev)) != DMOE_OK) return st;
     cudaError_t err = cudaMemcpy(dev, arena, bytes, cudaMemcpyHostToDevice);

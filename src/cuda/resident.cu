@@ -235,24 +235,42 @@ typedef struct rs_orphan {
 } rs_orphan;
 static rs_orphan *rs_orphans[RS_MAX_DEVICES];
 
-/* resident.h, dmoe__cuda_device_enter: shared by the backend's calls, exclusive in rs_create */
+/* resident.h, dmoe__cuda_device_enter: shared by the backend's calls, exclusive in rs_create. Writers
+ * first (glibc's default lets a stream of overlapping readers keep rs_create out for ever); so no
+ * gated call may enter the gate again (none does: the table's wrappers call the unwrapped bodies). */
 static pthread_rwlock_t rs_gates[RS_MAX_DEVICES];
+static pthread_mutex_t rs_reapers[RS_MAX_DEVICES];
 static pthread_once_t rs_gates_once = PTHREAD_ONCE_INIT;
 static void rs_gates_init(void) {
-    for (int i = 0; i < RS_MAX_DEVICES; i++) pthread_rwlock_init(&rs_gates[i], NULL);
+    pthread_rwlockattr_t a;
+    pthread_rwlockattr_init(&a);
+#if defined(__GLIBC__)
+    pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+    for (int i = 0; i < RS_MAX_DEVICES; i++) {
+        pthread_rwlock_init(&rs_gates[i], &a);
+        pthread_mutex_init(&rs_reapers[i], NULL);
+    }
+    pthread_rwlockattr_destroy(&a);
 }
 static pthread_rwlock_t *rs_gate(int device) {
     if (device < 0 || device >= RS_MAX_DEVICES) return NULL;
     pthread_once(&rs_gates_once, rs_gates_init);
     return &rs_gates[device];
 }
+static void rs_gate_fail(const char *what, int err) {
+    fprintf(stderr, "dmoe: the resident gate of a device: pthread_rwlock_%s: %s\n", what, strerror(err));
+    abort(); /* running on unlocked would risk a wait for ever on the resident kernel */
+}
 extern "C" void dmoe__cuda_device_enter(int device) {
     pthread_rwlock_t *g = rs_gate(device);
-    if (g) pthread_rwlock_rdlock(g);
+    int err;
+    if (g && (err = pthread_rwlock_rdlock(g)) != 0) rs_gate_fail("rdlock", err);
 }
 extern "C" void dmoe__cuda_device_leave(int device) {
     pthread_rwlock_t *g = rs_gate(device);
-    if (g) pthread_rwlock_unlock(g);
+    int err;
+    if (g && (err = pthread_rwlock_unlock(g)) != 0) rs_gate_fail("unlock", err);
 }
 
 /* The device side of a resident kernel, every pointer optional (its kernel has ended). */
@@ -265,30 +283,35 @@ static void rs_free_buffers(cudaStream_t stream, void *arena, void *mb, void *in
     (void)cudaGetLastError();
 }
 
-/* Frees an orphan whose kernel has ended and gives its device back; 0 while it still runs. */
+/* Frees an orphan whose kernel has ended and gives its device back; 0 while it still runs or there is
+ * none. One reaper at a time per device (readers of the gate may look at once). */
 static int rs_reap(int device) {
+    if (!__atomic_load_n(&rs_orphans[device], __ATOMIC_ACQUIRE)) return 0;
+    pthread_once(&rs_gates_once, rs_gates_init);
+    pthread_mutex_lock(&rs_reapers[device]);
     rs_orphan *o = __atomic_load_n(&rs_orphans[device], __ATOMIC_ACQUIRE);
-    if (!o || cudaStreamQuery(o->stream) == cudaErrorNotReady) {
-        (void)cudaGetLastError();
-        return 0;
+    int reaped = 0;
+    if (o && cudaStreamQuery(o->stream) != cudaErrorNotReady) {
+        int cur = -1;
+        (void)cudaGetDevice(&cur);
+        (void)cudaSetDevice(device);
+        rs_free_buffers(o->stream, o->arena, o->mb, o->in, o->out);
+        if (cur >= 0) (void)cudaSetDevice(cur);
+        free(o);
+        __atomic_store_n(&rs_orphans[device], (rs_orphan *)NULL, __ATOMIC_RELEASE);
+        __atomic_store_n(&rs_active[device], 0, __ATOMIC_RELEASE);
+        reaped = 1;
     }
-    if (!__atomic_compare_exchange_n(&rs_orphans[device], &o, (rs_orphan *)NULL, 0, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_ACQUIRE))
-        return 0; /* another thread reaps it */
-    int cur = -1;
-    (void)cudaGetDevice(&cur);
-    (void)cudaSetDevice(device);
-    rs_free_buffers(o->stream, o->arena, o->mb, o->in, o->out);
-    if (cur >= 0) (void)cudaSetDevice(cur);
-    free(o);
-    __atomic_store_n(&rs_active[device], 0, __ATOMIC_RELEASE);
-    return 1;
+    (void)cudaGetLastError();
+    pthread_mutex_unlock(&rs_reapers[device]);
+    return reaped;
 }
 
 extern "C" int dmoe__cuda_resident_active(int device) {
     if (device < 0 || device >= RS_MAX_DEVICES || __atomic_load_n(&rs_active[device], __ATOMIC_ACQUIRE) == 0)
         return 0;
-    return !rs_reap(device);
+    (void)rs_reap(device);
+    return __atomic_load_n(&rs_active[device], __ATOMIC_ACQUIRE) != 0;
 }
 
 typedef struct rs_state {

@@ -29,7 +29,10 @@ int dmoe__cuda_resident_active(int device);
  * resident kernel" check until the kernel runs. So a layer created, destroyed
  * or configured on another thread either finishes before the kernel starts or
  * sees it running (and refuses or defers its synchronising work), never
- * passes the check and then waits for the kernel. No-ops for devices >= 64. */
+ * passes the check and then waits for the kernel. Writers first, so a gated
+ * call must never enter the gate again. The resident kernel's own destroy and
+ * the orphan reaper free an ended kernel's memory outside it. No-ops for
+ * devices >= 64. */
 void dmoe__cuda_device_enter(int device);
 void dmoe__cuda_device_leave(int device);
 

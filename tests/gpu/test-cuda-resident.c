@@ -347,16 +347,33 @@ static void sleep_ms(int ms) {
 }
 
 /* A resident kernel that outlives destroy's budget (rs_destroy's orphan, rs_reap): a batch whose
- * weight bytes alone take >= 5 ms at 3.35 TB/s (the H100's HBM peak; ~4 ms on an H200) is in flight
- * when destroy runs with shutdown_timeout_ms = 1 (1 ms for the batch, 1 ms for the stop):
+ * weight bytes alone take >= 5 ms at 3.35 TB/s (the H100's HBM peak; ~4 ms on an H200; one batch is
+ * timed first, skipped under 4 ms) is in flight when destroy runs with shutdown_timeout_ms = 1 (1 ms
+ * for the batch, 1 ms for the stop); a 60 s alarm fails the test if the kernel never ends:
  *  - destroy gives DMOE_ERR_TIMEOUT, the layer refuses a forward for good, and the device refuses a
- *    new layer while the kernel still runs (probed at once: the batch cannot be done yet);
+ *    new layer while the kernel still runs (probed at once, unless 0.6 of a batch's time has passed);
  *  - once the kernel has ended, the first look (a layer create) reaps it: the create succeeds and the
  *    orphan's device arena (>= 16 MB here) is free again (cudaMemGetInfo; nothing else allocates);
  *  - a new layer on the device then runs a resident batch that matches cpu-ref, and the stuck layer
  *    destroys cleanly. Weights are a constant (the orphan's output is never read), the router random
  *    so that the 64 tokens spread over the experts. Skipped where the device lacks the memory. */
+static void orphan_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "  the orphaned resident kernel did not end in 60 s  <-- FAIL\n";
+    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
+    _exit(2);
+}
+
+static void test_orphan_reaped_body(uint64_t seed);
 static void test_orphan_reaped(uint64_t seed) {
+    signal(SIGALRM, orphan_alarm);
+    alarm(60);
+    test_orphan_reaped_body(seed);
+    alarm(0);
+    signal(SIGALRM, SIG_DFL);
+}
+
+static void test_orphan_reaped_body(uint64_t seed) {
     const int64_t H = 4096, F = 8192, E = 96, T = MAXT;
     const size_t es = 2, wbytes = (size_t)E * 3 * (size_t)F * (size_t)H * es;
     size_t free0 = 0, total = 0;
@@ -410,6 +427,21 @@ static void test_orphan_reaped(uint64_t seed) {
     }
     void *d_io = gpu_alloc((size_t)2 * H * es); /* for the forward the stuck layer must refuse */
     fill_x(seed, 777, dmoe_resident_input(r), DMOE_DTYPE_BF16, T * H);
+    /* one batch timed first: the test needs it to take well over destroy's 2 ms */
+    double t_batch = now_us();
+    TU_CHECK_STATUS(l.ctx, dmoe_resident_submit(r, T), DMOE_OK);
+    TU_CHECK_STATUS(l.ctx, dmoe_resident_wait(r, 10000), DMOE_OK);
+    t_batch = now_us() - t_batch;
+    printf("  one batch: %.2f ms\n", t_batch / 1e3);
+    if (t_batch < 4000) {
+        printf("  SKIPPED: a batch of %.2f ms is too short to outlive destroy's 2 ms budget for sure\n",
+               t_batch / 1e3);
+        TU_CHECK_STATUS(l.ctx, dmoe_resident_destroy(r), DMOE_OK);
+        tu_layer_close(&l);
+        gpu_free(d_io);
+        gpu_model_free(&g);
+        return;
+    }
     TU_CHECK_STATUS(l.ctx, dmoe_resident_submit(r, T), DMOE_OK);
     const double t0 = now_us();
     const dmoe_status dst = dmoe_resident_destroy(r);
@@ -431,10 +463,15 @@ static void test_orphan_reaped(uint64_t seed) {
         dmoe_tensor tx = dmoe_tensor_2d(d_io, DMOE_DTYPE_BF16, 1, H, 0);
         dmoe_tensor ty = dmoe_tensor_2d((char *)d_io + H * es, DMOE_DTYPE_BF16, 1, H, 0);
         TU_CHECK_STATUS(l.ctx, dmoe_forward(l.layer, &tx, &ty, NULL), DMOE_ERR_INVALID_ARGUMENT); /* stuck */
-        /* the batch needs >= 5 ms of HBM time and destroy returned after ~2: the kernel still runs */
-        TU_CHECK_STATUS(l.ctx, dmoe_layer_create(l.ctx, &sd, &probe), DMOE_ERR_INVALID_ARGUMENT);
-        TU_CHECK(probe == NULL);
-        printf("  at once: layer create %s\n", dmoe_context_last_error(l.ctx));
+        /* the batch takes t_batch and destroy returned after ~2 ms: the kernel still runs */
+        if (now_us() - t0 < 0.6 * t_batch) {
+            TU_CHECK_STATUS(l.ctx, dmoe_layer_create(l.ctx, &sd, &probe), DMOE_ERR_INVALID_ARGUMENT);
+            TU_CHECK(probe == NULL);
+            printf("  at once: layer create %s\n", dmoe_context_last_error(l.ctx));
+        } else {
+            printf("  at once: not probed (%.2f ms since the submit: the batch may have ended)\n",
+                   (now_us() - t0) / 1e3);
+        }
         sleep_ms(300); /* the batch and the stop take a few ms */
         size_t free_orphan = 0, free_after = 0;
         GPU_CHECK(cudaMemGetInfo(&free_orphan, &total)); /* does not synchronise */
@@ -486,30 +523,50 @@ static void test_orphan_reaped(uint64_t seed) {
 }
 
 /* Layer creation racing dmoe_resident_create on the same device (the resident gate, resident.h):
- * thread A creates GATE_N layers (each creation synchronises with the device) while this thread
- * runs resident kernels one after another (create, one batch checked against cpu-ref, destroy).
- * Without the gate A could pass its "no resident kernel" check, the resident kernel launch, and A's
- * synchronisation wait for that kernel forever. Every call must return (a 120 s alarm fails the
- * test otherwise), A's creations succeed or are refused with DMOE_ERR_INVALID_ARGUMENT, and every
- * resident batch is right. */
-#define GATE_N 300
+ * thread A creates layers (each creation synchronises with the device) while this thread runs
+ * resident kernels one after another (create, one batch checked against cpu-ref, destroy). Without
+ * the gate A can pass its "no resident kernel" check, the resident kernel launch, and A's
+ * synchronisation wait for that kernel until it is destroyed. So each kernel is kept alive until A
+ * has finished two more calls (refused: a resident kernel runs), at most 5 s: an A stuck behind the
+ * kernel fails the test ("creator stuck"). Every call must return (a 120 s alarm fails the test
+ * otherwise), A's creations succeed or are refused with DMOE_ERR_INVALID_ARGUMENT (some must be
+ * refused), and every resident batch is right. */
+#define GATE_MAX 1024
+#define GATE_CYCLES 40
 typedef struct gate_race {
     dmoe_context *ctx; /* thread A's */
     dmoe_layer_desc desc;
-    dmoe_layer *made[GATE_N];
+    dmoe_layer *made[GATE_MAX];
     int ok, refused, other;
+    int calls, done, stop; /* atomics */
 } gate_race;
 
 static void *gate_race_creator(void *arg) {
     gate_race *gr = (gate_race *)arg;
-    for (int i = 0; i < GATE_N; i++) {
+    for (int i = 0; i < GATE_MAX && !__atomic_load_n(&gr->stop, __ATOMIC_ACQUIRE); i++) {
         const dmoe_status st = dmoe_layer_create(gr->ctx, &gr->desc, &gr->made[i]);
         if (st == DMOE_OK) gr->ok++;
-        else if (st == DMOE_ERR_INVALID_ARGUMENT) gr->refused++;
-        else if (gr->other++ < 3)
+        else if (st == DMOE_ERR_INVALID_ARGUMENT) {
+            gr->refused++;
+            const struct timespec ts = {0, 200000L}; /* 0.2 ms: refusals are quick, keep calls for later kernels */
+            nanosleep(&ts, NULL);
+        } else if (gr->other++ < 3)
             printf("  creator: %s: %s  <-- FAIL\n", dmoe_status_name(st), dmoe_context_last_error(gr->ctx));
+        __atomic_add_fetch(&gr->calls, 1, __ATOMIC_ACQ_REL);
     }
+    __atomic_store_n(&gr->done, 1, __ATOMIC_RELEASE);
     return NULL;
+}
+
+/* 1 once A has finished `more` calls after `from` (or has stopped), 0 after timeout_ms */
+static int gate_race_progress(gate_race *gr, int from, int more, int timeout_ms) {
+    const double t0 = now_us();
+    while (now_us() - t0 < timeout_ms * 1e3) {
+        if (__atomic_load_n(&gr->calls, __ATOMIC_ACQUIRE) >= from + more || __atomic_load_n(&gr->done, __ATOMIC_ACQUIRE))
+            return 1;
+        sleep_ms(1);
+    }
+    return 0;
 }
 
 static void gate_race_alarm(int sig) {
@@ -548,19 +605,29 @@ static void test_gate_race(uint64_t seed) {
     void *d_x = gpu_upload(x, (size_t)T * row);
     cpu_reference(&l, &m, x, d_x, T, yref);
     gate_race *gr = (gate_race *)calloc(1, sizeof *gr);
+    if (!gr) {
+        TU_CHECK(0);
+        gpu_free(d_x);
+        tu_free(x);
+        tu_free(yref);
+        tu_layer_close(&l);
+        gpu_model_free(&g);
+        tu_model_free(&m);
+        return;
+    }
     gr->desc = d;
     dmoe_context_desc cd;
     dmoe_context_desc_init(&cd);
     cd.backend = DMOE_BACKEND_CUDA;
     TU_CHECK_STATUS(NULL, dmoe_context_create(&cd, &gr->ctx), DMOE_OK);
     pthread_t a;
-    int started = 0, batches = 0, bad = 0;
+    int started = 0, batches = 0, bad = 0, stuck = 0;
     if (gr->ctx) {
         signal(SIGALRM, gate_race_alarm);
         alarm(120);
         started = pthread_create(&a, NULL, gate_race_creator, gr) == 0;
         TU_CHECK(started);
-        for (int j = 0; started && j < 40; j++) {
+        for (int j = 0; started && j < GATE_CYCLES; j++) {
             dmoe_resident *r = NULL;
             dmoe_status st = dmoe_resident_create(l.layer, NULL, &r);
             if (st != DMOE_OK) {
@@ -568,6 +635,9 @@ static void test_gate_race(uint64_t seed) {
                                       dmoe_context_last_error(l.ctx));
                 continue;
             }
+            const int from = __atomic_load_n(&gr->calls, __ATOMIC_ACQUIRE);
+            if (!gate_race_progress(gr, from, 2, 5000) && stuck++ < 3)
+                printf("  creator stuck behind resident kernel %d (no call of thread A returned in 5 s)  <-- FAIL\n", j);
             st = run_batch(r, x, T, row, NULL);
             if (st != DMOE_OK || !tu_compare("  resident batch while layers are created vs cpu-ref",
                                              dmoe_resident_output(r), DMOE_DTYPE_BF16, yref, DMOE_DTYPE_BF16, T, H,
@@ -577,15 +647,18 @@ static void test_gate_race(uint64_t seed) {
                 batches++;
             if (dmoe_resident_destroy(r) != DMOE_OK) bad++;
         }
+        __atomic_store_n(&gr->stop, 1, __ATOMIC_RELEASE);
         if (started) pthread_join(a, NULL);
         alarm(0);
         signal(SIGALRM, SIG_DFL);
     }
-    printf("gate race: %d resident kernels with a checked batch each, %d failed; meanwhile %d layers created, "
-           "%d refused (a resident kernel ran), %d other statuses%s\n",
-           batches, bad, gr->ok, gr->refused, gr->other, bad || gr->other ? "  <-- FAIL" : "");
-    TU_CHECK(bad == 0 && gr->other == 0 && batches == 40 && gr->ok + gr->refused == GATE_N);
-    for (int i = 0; i < GATE_N; i++) dmoe_layer_destroy(gr->made[i]);
+    const int fail = bad || stuck || gr->other || batches != GATE_CYCLES || gr->refused == 0 ||
+                     gr->ok + gr->refused != gr->calls;
+    printf("gate race: %d resident kernels with a checked batch each, %d failed, %d with thread A stuck; meanwhile "
+           "%d layers created, %d refused (a resident kernel ran), %d other statuses%s\n",
+           batches, bad, stuck, gr->ok, gr->refused, gr->other, fail ? "  <-- FAIL" : "");
+    TU_CHECK(!fail);
+    for (int i = 0; i < GATE_MAX; i++) dmoe_layer_destroy(gr->made[i]);
     dmoe_context_destroy(gr->ctx);
     free(gr);
     gpu_free(d_x);
