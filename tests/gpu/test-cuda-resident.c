@@ -577,6 +577,11 @@ static void gate_race_alarm(int sig) {
 }
 
 static void test_gate_race(uint64_t seed) {
+    gate_race *gr = (gate_race *)calloc(1, sizeof *gr);
+    if (!gr) {
+        TU_CHECK(0);
+        return;
+    }
     dmoe_layer_desc d;
     dmoe_layer_desc_init(&d);
     d.hidden = 256;
@@ -596,6 +601,7 @@ static void test_gate_race(uint64_t seed) {
         TU_CHECK(0);
         gpu_model_free(&g);
         tu_model_free(&m);
+        free(gr);
         return;
     }
     const int64_t T = 5, H = d.hidden;
@@ -604,17 +610,6 @@ static void test_gate_race(uint64_t seed) {
     fill_x(seed, 779, x, DMOE_DTYPE_BF16, T * H);
     void *d_x = gpu_upload(x, (size_t)T * row);
     cpu_reference(&l, &m, x, d_x, T, yref);
-    gate_race *gr = (gate_race *)calloc(1, sizeof *gr);
-    if (!gr) {
-        TU_CHECK(0);
-        gpu_free(d_x);
-        tu_free(x);
-        tu_free(yref);
-        tu_layer_close(&l);
-        gpu_model_free(&g);
-        tu_model_free(&m);
-        return;
-    }
     gr->desc = d;
     dmoe_context_desc cd;
     dmoe_context_desc_init(&cd);
