@@ -5,8 +5,6 @@
 # every-lane releases cost (ring / red variants). ~330 s; a cut call still leaves $OUT/summary.txt.
 set -u
 . dev/s15-lib.sh
-t() { local tag=$1; shift; ( cd $B && env "$@" > $OUT/h/t-$tag.txt 2>&1; echo "test $tag rc=$? $(date +%T) $(grep -E 'checks' $OUT/h/t-$tag.txt | tail -1)" ) >> $S
-  grep -E "FAIL" $OUT/h/t-$tag.txt | head -4 >> $S; }
 # 1. correctness of the new defaults
 t path timeout 40 ./test-cuda-path
 t fwd-fused DMOE_PATH=fused timeout 100 ./test-cuda-forward

@@ -19,3 +19,9 @@ ab() { for rep in $(seq ${REPS:-2}); do
     for v in $VARIANTS; do [ -f /tmp/v/$v/libdmoe.so ] && gp $v$rep /tmp/v/$v/libdmoe.so; done
   done
   ( cd $OUT && python3 $R/dev/ab-table.py gp > $OUT/ab.txt 2>&1 ); cat $OUT/ab.txt >> $S; }
+# t TAG [VAR=..] CMD..: one GPU test from the unpacked build, its "checks" line and first FAILs into the summary
+t() { local tag=$1; shift; ( cd $B && env "$@" > $OUT/h/t-$tag.txt 2>&1; echo "test $tag rc=$? $(date +%T) $(grep -E 'checks' $OUT/h/t-$tag.txt | tail -1)" ) >> $S
+  grep -E "FAIL" $OUT/h/t-$tag.txt | head -4 >> $S; }
+# pybuild_bg: builds the Python extension in the background; its pid in PYB (wait $PYB before pytest)
+pybuild_bg() { ( cd python && DMOE_BUILD_JOBS=8 python3 setup.py -q build_ext --inplace > $OUT/h/pybuild.txt 2>&1
+  echo "pybuild rc=$? $(date +%T)" >> $S ) & PYB=$!; }

@@ -6,10 +6,7 @@
 # its own), built while the GPU tests run; 5. more sanitizers. A cut call still leaves $OUT/summary.txt.
 set -u
 . dev/s15-lib.sh
-t() { local tag=$1; shift; ( cd $B && env "$@" > $OUT/h/t-$tag.txt 2>&1; echo "test $tag rc=$? $(date +%T) $(grep -E 'checks' $OUT/h/t-$tag.txt | tail -1)" ) >> $S
-  grep -E "FAIL" $OUT/h/t-$tag.txt | head -4 >> $S; }
-( cd python && DMOE_BUILD_JOBS=8 python3 setup.py -q build_ext --inplace > $OUT/h/pybuild.txt 2>&1; echo "pybuild rc=$? $(date +%T)" >> $S ) &
-PYB=$!
+pybuild_bg
 t path timeout 40 ./test-cuda-path
 t fwd-fused DMOE_PATH=fused timeout 100 ./test-cuda-forward
 t graph-fused DMOE_PATH=fused timeout 40 ./test-cuda-graph

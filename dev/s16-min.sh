@@ -3,8 +3,6 @@
 # fused GPU tests on the source defaults in .cudadev/bin.tgz (FM_NS=3) and racecheck of test-cuda-path.
 set -u
 . dev/s15-lib.sh
-t() { local tag=$1; shift; ( cd $B && env "$@" > $OUT/h/t-$tag.txt 2>&1; echo "test $tag rc=$? $(date +%T) $(grep -E 'checks' $OUT/h/t-$tag.txt | tail -1)" ) >> $S
-  grep -E "FAIL" $OUT/h/t-$tag.txt | head -4 >> $S; }
 t path timeout 30 ./test-cuda-path
 t fwd-fused DMOE_PATH=fused DMOE_GPU_TEST_QUICK=1 timeout 50 ./test-cuda-forward
 t graph-fused DMOE_PATH=fused timeout 30 ./test-cuda-graph

@@ -12,10 +12,7 @@ START=$(date +%s); LIMIT=${LIMIT:-480}
 left() { echo $(( LIMIT - ($(date +%s) - START) )); }
 . dev/s15-lib.sh
 mkdir -p /tmp/h && for f in .cudadev/h/*.gz; do gunzip -c $f > /tmp/h/$(basename ${f%.gz}); chmod +x /tmp/h/$(basename ${f%.gz}); done
-t() { local tag=$1; shift; ( cd $B && env "$@" > $OUT/h/t-$tag.txt 2>&1; echo "test $tag rc=$? $(date +%T) $(grep -E 'checks' $OUT/h/t-$tag.txt | tail -1)" ) >> $S
-  grep -E "FAIL" $OUT/h/t-$tag.txt | head -4 >> $S; }
-( cd python && DMOE_BUILD_JOBS=8 python3 setup.py -q build_ext --inplace > $OUT/h/pybuild.txt 2>&1; echo "pybuild rc=$? $(date +%T)" >> $S ) &
-PYB=$!
+pybuild_bg
 # 1
 t path timeout 30 ./test-cuda-path
 t fwd-fused DMOE_PATH=fused DMOE_GPU_TEST_QUICK=1 timeout 50 ./test-cuda-forward

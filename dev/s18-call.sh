@@ -8,10 +8,7 @@ set -u
 START=$(date +%s); LIMIT=${LIMIT:-360}
 left() { echo $(( LIMIT - ($(date +%s) - START) )); }
 . dev/s15-lib.sh
-t() { local tag=$1; shift; ( cd $B && env "$@" > $OUT/h/t-$tag.txt 2>&1; echo "test $tag rc=$? $(date +%T) $(grep -E 'checks' $OUT/h/t-$tag.txt | tail -1)" ) >> $S
-  grep -E "FAIL" $OUT/h/t-$tag.txt | head -4 >> $S; }
-( cd python && DMOE_BUILD_JOBS=8 python3 setup.py -q build_ext --inplace > $OUT/h/pybuild.txt 2>&1; echo "pybuild rc=$? $(date +%T)" >> $S ) &
-PYB=$!
+pybuild_bg
 t resident timeout 100 ./test-cuda-resident
 grep -E "orphan|one batch|destroy:|at once|reaped|SKIPPED|gate race" $OUT/h/t-resident.txt | cut -c1-250 >> $S
 t path timeout 30 ./test-cuda-path
