@@ -27,6 +27,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -357,20 +358,28 @@ static void sleep_ms(int ms) {
  *  - a new layer on the device then runs a resident batch that matches cpu-ref, and the stuck layer
  *    destroys cleanly. Weights are a constant (the orphan's output is never read), the router random
  *    so that the 64 tokens spread over the experts. Skipped where the device lacks the memory. */
-static void orphan_alarm(int sig) {
+/* A watchdog for tests that could hang: after `seconds` it prints msg as a failure and exits. */
+static const char *watchdog_msg;
+static void watchdog_fire(int sig) {
     (void)sig;
-    static const char msg[] = "  the orphaned resident kernel did not end in 60 s  <-- FAIL\n";
-    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
+    if (write(1, watchdog_msg, strlen(watchdog_msg)) < 0) _exit(3);
     _exit(2);
+}
+static void watchdog_on(unsigned seconds, const char *msg) {
+    watchdog_msg = msg;
+    signal(SIGALRM, watchdog_fire);
+    alarm(seconds);
+}
+static void watchdog_off(void) {
+    alarm(0);
+    signal(SIGALRM, SIG_DFL);
 }
 
 static void test_orphan_reaped_body(uint64_t seed);
 static void test_orphan_reaped(uint64_t seed) {
-    signal(SIGALRM, orphan_alarm);
-    alarm(60);
+    watchdog_on(60, "  the orphaned resident kernel did not end in 60 s  <-- FAIL\n");
     test_orphan_reaped_body(seed);
-    alarm(0);
-    signal(SIGALRM, SIG_DFL);
+    watchdog_off();
 }
 
 static void test_orphan_reaped_body(uint64_t seed) {
@@ -569,13 +578,6 @@ static int gate_race_progress(gate_race *gr, int from, int more, int timeout_ms)
     return 0;
 }
 
-static void gate_race_alarm(int sig) {
-    (void)sig;
-    static const char msg[] = "  layer creation racing dmoe_resident_create did not finish in 120 s  <-- FAIL\n";
-    if (write(1, msg, sizeof msg - 1) < 0) _exit(3);
-    _exit(2);
-}
-
 static void test_gate_race(uint64_t seed) {
     gate_race *gr = (gate_race *)calloc(1, sizeof *gr);
     if (!gr) {
@@ -618,8 +620,7 @@ static void test_gate_race(uint64_t seed) {
     pthread_t a;
     int started = 0, batches = 0, bad = 0, stuck = 0;
     if (gr->ctx) {
-        signal(SIGALRM, gate_race_alarm);
-        alarm(120);
+        watchdog_on(120, "  layer creation racing dmoe_resident_create did not finish in 120 s  <-- FAIL\n");
         started = pthread_create(&a, NULL, gate_race_creator, gr) == 0;
         TU_CHECK(started);
         for (int j = 0; started && j < GATE_CYCLES; j++) {
@@ -644,8 +645,7 @@ static void test_gate_race(uint64_t seed) {
         }
         __atomic_store_n(&gr->stop, 1, __ATOMIC_RELEASE);
         if (started) pthread_join(a, NULL);
-        alarm(0);
-        signal(SIGALRM, SIG_DFL);
+        watchdog_off();
     }
     const int fail = bad || stuck || gr->other || batches != GATE_CYCLES || gr->refused == 0 ||
                      gr->ok + gr->refused != gr->calls;
